@@ -1,0 +1,452 @@
+"""The GTN multi-digit reader (paper §IV–§VI): segmentation graph → recognition transformer → Viterbi.
+
+One training step, as data::
+
+    string images ──segment──▶ segmentation graphs (FsaVec, arcs carry ``segment``)
+        ──RecognitionTransformer──▶ interpretation graph (each segment arc → 10 digit arcs, score −penalty)
+        ──compose with linear(target)──▶ constrained graph
+    loss = forward_score(interpretation) − forward_score(constrained)        (discriminative forward, ≥ 0)
+
+The recognition transformer crops every segment of the whole batch, normalises the crops the way MNIST digits
+were normalised (tight ink box scaled to fit 20×20 keeping the aspect ratio, centred by mass in 28×28, padded
+to 32×32, grey levels mapped to the paper's −0.1 … 1.175) in one ``grid_sample`` call, scores them with one
+LeNet-5 call, and gathers ``−penalty[segment, digit]`` onto the arcs by index, so the gradient of the loss flows
+through the graph operations into LeNet-5 with no custom autograd code.
+
+Digit ``d`` is the symbol ``d + 1`` on the arcs (label 0 is epsilon in ``compose``); `SYMBOLS` maps back.
+
+Besides the class penalties each segment arc gets a small **segmentation score** ``θ · φ(segment) + b`` (φ: the
+segment's ink width and its square, in units of the string's ink height, and the number of blank gaps it
+spans). LeNet-5's penalties are squared distances, always positive, so without ``b`` every path would prefer
+fewer, wider segments; the isolated-digit system sets ``b`` to the median best-class penalty of correctly
+segmented training digits (a heuristic, see `StringReader.calibrate`), and global training learns θ and b
+together with LeNet-5.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import gtn
+from gtn.fsa import FsaVec, as_vec
+
+from .data import BACKGROUND, INK
+from .model import LeNet5, build
+from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentation, as_float_image,
+                      segment)
+
+__all__ = ["SYMBOLS", "digits_to_labels", "labels_to_string", "standardize", "crop_segments",
+           "RecognitionTransformer", "StringReader", "length_grammar", "recognize", "edit_distance",
+           "string_metrics"]
+
+#: ``SYMBOLS[label - 1]`` is the character of arc label ``label`` (label 0 is epsilon, -1 the final arc).
+SYMBOLS = "0123456789"
+
+_Transformer = getattr(gtn, "Transformer", nn.Module)
+
+
+def digits_to_labels(text: str) -> List[int]:
+    """``"307"`` → ``[4, 1, 8]`` (digit d is symbol d + 1)."""
+    if not isinstance(text, str) or not text or any(c not in SYMBOLS for c in text):
+        raise ValueError(f"a label must be a non-empty string of digits, got {text!r}")
+    return [SYMBOLS.index(c) + 1 for c in text]
+
+
+def labels_to_string(labels) -> str:
+    """Arc labels → text (epsilon 0 and the final -1 are skipped)."""
+    return "".join(SYMBOLS[int(l) - 1] for l in torch.as_tensor(labels).tolist() if l > 0)
+
+
+# ---------------------------------------------------------------------------------------------- images
+#: The ink height a string is rescaled to when its own is far from what the reader was trained on.
+REFERENCE_INK_HEIGHT = 24
+_INK_HEIGHT_RANGE = (14, 40)
+
+
+def standardize(image) -> torch.Tensor:
+    """Any grey image → ``float32 [H, W]`` in 0..1 for segmentation: checked (`as_float_image`), cropped to its
+    ink rows (plus a 2-pixel margin), and rescaled (keeping the aspect ratio) so that the ink height is
+    ``REFERENCE_INK_HEIGHT`` when it lies outside 14..40 pixels. Strings rendered by `lenet.strings` pass
+    unchanged apart from the row crop."""
+    x = as_float_image(image)
+    rows = torch.nonzero((x > INK_THRESHOLD).any(1)).flatten()
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    x = x[max(0, r0 - 2):r1 + 2]
+    h = r1 - r0
+    if not _INK_HEIGHT_RANGE[0] <= h <= _INK_HEIGHT_RANGE[1]:
+        f = REFERENCE_INK_HEIGHT / h
+        size = (max(1, round(x.shape[0] * f)), max(1, round(x.shape[1] * f)))
+        x = F.interpolate(x[None, None], size=size, mode="bilinear", align_corners=False,
+                          antialias=f < 1)[0, 0].clamp(0, 1)
+        if not bool((x > INK_THRESHOLD).any()):
+            raise ValueError("the image's ink vanished when rescaling it (too faint or too thin)")
+    return x.contiguous()
+
+
+def crop_segments(images: Sequence[torch.Tensor], segs: Sequence[Segmentation], size: int = 32,
+                  box: int = 20, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Every segment of every image as LeNet-5 input ``[S, 1, size, size]`` (segments in image order).
+
+    Each segment (the columns ``boxes[s]`` of its image) is cut to its tight ink box, scaled so its larger
+    side is ``box`` pixels, and placed so its centre of mass is the centre of the ``size``-square, as MNIST's
+    digits were; ink of other columns is never seen. All images go into one strip and all crops come out of
+    one ``grid_sample`` call (bilinear).
+    """
+    H = max(int(im.shape[0]) for im in images)
+    widths = torch.tensor([int(im.shape[1]) for im in images])
+    offsets = torch.cumsum(widths, 0) - widths
+    strip = torch.zeros(H, int(widths.sum()))
+    for im, off in zip(images, offsets.tolist()):  # one copy per image
+        strip[:im.shape[0], off:off + im.shape[1]] = im
+    W = strip.shape[1]
+    boxes = torch.cat([s.boxes + off for s, off in zip(segs, offsets.tolist())]).contiguous()  # [S, 2] strip columns
+    S = boxes.shape[0]
+    ink = strip > INK_THRESHOLD
+    # tight columns: the first and last ink column inside each segment's range
+    inkpos = torch.nonzero(ink.any(0)).flatten()
+    lo = inkpos[torch.searchsorted(inkpos, boxes[:, 0].contiguous())]
+    hi = inkpos[torch.searchsorted(inkpos, boxes[:, 1].contiguous()) - 1] + 1
+    # per-row ink counts and grey mass inside [lo, hi): prefix sums over columns, one gather per segment
+    zero = torch.zeros(H, 1)
+    ci = torch.cat([zero, torch.cumsum(ink.float(), 1)], 1)
+    cg = torch.cat([zero, torch.cumsum(strip, 1)], 1)
+    rowcnt = (ci[:, hi] - ci[:, lo]).T          # [S, H]
+    rowmass = (cg[:, hi] - cg[:, lo]).T
+    has = rowcnt > 0
+    y0 = has.float().argmax(1)
+    y1 = H - has.flip(1).float().argmax(1)
+    ys = torch.arange(H, dtype=torch.float32) + 0.5
+    mass = rowmass.sum(1).clamp(min=1e-6)
+    cy = (rowmass * ys).sum(1) / mass
+    colmass = strip.sum(0)
+    px = torch.cat([torch.zeros(1), torch.cumsum(colmass * (torch.arange(W) + 0.5), 0)])
+    pm = torch.cat([torch.zeros(1), torch.cumsum(colmass, 0)])
+    cx = (px[hi] - px[lo]) / (pm[hi] - pm[lo]).clamp(min=1e-6)
+    scale = box / torch.maximum(hi - lo, y1 - y0).float()           # output pixels per input pixel
+    u = torch.arange(size, dtype=torch.float32) + 0.5 - size / 2     # output offsets from the centre
+    sx = cx[:, None] + u[None, :] / scale[:, None]                   # [S, size] source column (continuous)
+    sy = cy[:, None] + u[None, :] / scale[:, None]                   # [S, size] source row
+    inside = (sx >= lo[:, None]) & (sx <= hi[:, None])               # never read a neighbour's columns
+    sx = torch.minimum(torch.maximum(sx, lo[:, None] + 0.5), hi[:, None] - 0.5)
+    gx = (2 * sx / W - 1)[:, None, :].expand(S, size, size)
+    gy = (2 * sy / H - 1)[:, :, None].expand(S, size, size)
+    grid = torch.stack([gx, gy], -1).reshape(1, S * size, size, 2)
+    out = F.grid_sample(strip[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out.reshape(S, size, size) * inside[:, None, :]
+    return (BACKGROUND + (INK - BACKGROUND) * out.clamp(0, 1)).unsqueeze(1).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------- graphs
+class RecognitionTransformer(_Transformer):
+    """The recognition transformer: segmentation graphs → interpretation graph.
+
+    Holds the recognizer (a `LeNet5`, or any variant returning penalties ``[N, 10]``) and the learnable
+    segmentation score. ``forward(seg_graphs, crops, features)`` scores all crops in one network call and
+    replaces each segment arc (attribute ``segment`` = row of ``crops``) by 10 arcs labelled 1..10 (digits
+    0..9) with score ``-penalty[segment, digit] + segmentation_score[segment]``; the final ``-1`` arcs stay.
+    The result is an `FsaVec` with attribute ``segment``, built with arc maps only.
+    """
+
+    def __init__(self, model: Optional[nn.Module] = None, seg_bias: float = 0.0):
+        super().__init__()
+        self.model = model if model is not None else LeNet5()
+        self.seg_weight = nn.Parameter(torch.zeros(NUM_SEG_FEATURES))
+        self.seg_bias = nn.Parameter(torch.tensor(float(seg_bias)))
+
+    def segment_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """``[S]`` the segmentation score of each segment from its features ``[S, NUM_SEG_FEATURES]``."""
+        return features.to(self.seg_weight.dtype) @ self.seg_weight + self.seg_bias
+
+    def forward(self, seg_graphs, crops: torch.Tensor, features: torch.Tensor) -> FsaVec:
+        dtype = self.seg_weight.dtype
+        penalties = self.model(crops.to(dtype))                       # [S, 10], one network call
+        seg_scores = self.segment_scores(features)                    # [S]
+        return interpretation_graph(seg_graphs, -penalties + seg_scores[:, None])
+
+
+def interpretation_graph(seg_graphs, arc_scores: torch.Tensor) -> FsaVec:
+    """Replace each segment arc of ``seg_graphs`` (attribute ``segment``) by one arc per class ``c`` (label
+    ``c + 1``) with score ``arc_scores[segment, c]``; arcs labelled ``-1`` are kept with score 0. Vectorized
+    with one arc map; differentiable in ``arc_scores`` ``[S, C]``."""
+    g = as_vec(seg_graphs)
+    C = arc_scores.shape[1]
+    is_seg = g.labels != -1
+    counts = torch.where(is_seg, C, 1)
+    total = int(counts.sum())
+    arc_map = torch.repeat_interleave(torch.arange(g.num_arcs), counts, output_size=total)
+    first = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(total) - first[arc_map]                   # class index within an arc's copies
+    seg_mask = is_seg[arc_map]
+    arcs = g.arcs[arc_map].clone()
+    arcs[:, 2] = torch.where(seg_mask, pos + 1, torch.full_like(pos, -1))
+    seg = g.segment[arc_map]
+    flat = arc_scores.reshape(-1)
+    picked = flat.index_select(0, (seg.clamp(min=0) * C + pos.clamp(max=C - 1)))
+    scores = torch.where(seg_mask, picked, torch.zeros_like(picked))
+    csum = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
+    arc_splits = csum[g.arc_splits]
+    return g._derive(arcs, arc_map, arc_splits, g.state_splits, scores=scores, kind=FsaVec)
+
+
+def length_grammar(min_len: int, max_len: int, num_symbols: int = 10, dtype=torch.float32) -> gtn.Fsa:
+    """An acceptor of every string of ``min_len..max_len`` symbols ``1..num_symbols`` (all scores 0)."""
+    if not 1 <= min_len <= max_len:
+        raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
+    final = max_len + 1
+    src = torch.arange(max_len).repeat_interleave(num_symbols)
+    lab = torch.arange(1, num_symbols + 1).repeat(max_len)
+    arcs = torch.stack([src, src + 1, lab], 1)
+    ends = torch.arange(min_len, max_len + 1)
+    fin = torch.stack([ends, torch.full_like(ends, final), torch.full_like(ends, -1)], 1)
+    allarcs = torch.cat([arcs, fin])
+    order = torch.sort(allarcs[:, 0], stable=True).indices
+    return gtn.Fsa(allarcs[order], torch.zeros(len(allarcs), dtype=dtype), num_states=final + 1)
+
+
+# ---------------------------------------------------------------------------------------------- reader
+class StringReader(nn.Module):
+    """The whole reader: segmenter + `RecognitionTransformer` + decoder, with the discriminative forward loss.
+
+    Args:
+        model: the digit recognizer (default a fresh `LeNet5`).
+        params: the over-segmentation settings.
+        lengths: ``(min, max)`` string lengths for the decoding grammar, or ``None`` for no grammar.
+        seg_bias: initial segmentation bias (see `calibrate`).
+    """
+
+    def __init__(self, model: Optional[nn.Module] = None, params: SegmentParams = SegmentParams(),
+                 lengths: Optional[Tuple[int, int]] = (3, 6), seg_bias: float = 0.0):
+        super().__init__()
+        self.transformer = RecognitionTransformer(model, seg_bias)
+        self.params = params
+        self.lengths = tuple(lengths) if lengths is not None else None
+
+    @property
+    def model(self) -> nn.Module:
+        return self.transformer.model
+
+    # ---- stages
+    def segment(self, images) -> Tuple[List[torch.Tensor], List[Segmentation], FsaVec]:
+        """Standardize and over-segment a list of images: ``(images, segmentations, segmentation FsaVec)``
+        with the ``segment`` attribute indexing the batch's concatenated segments."""
+        xs = [standardize(im) for im in images]
+        segs = [segment(x, self.params) for x in xs]
+        offsets = np.cumsum([0] + [s.num_segments for s in segs])
+        graphs = []
+        for s, off in zip(segs, offsets[:-1].tolist()):
+            g = s.graph
+            graphs.append(gtn.Fsa(g.arcs, g.scores, num_states=g.num_states,
+                                  segment=torch.where(g.segment >= 0, g.segment + off, g.segment)))
+        return xs, segs, FsaVec(graphs)
+
+    def interpret(self, images):
+        """The interpretation graph (`FsaVec`, one member per image) and the segmentations."""
+        xs, segs, graphs = self.segment(images)
+        crops = crop_segments(xs, segs)
+        feats = torch.cat([s.features for s in segs])
+        return self.transformer(graphs, crops, feats), segs
+
+    def forward(self, images) -> FsaVec:
+        return self.interpret(images)[0]
+
+    def loss(self, images, labels: Sequence[str], reduction: str = "mean") -> torch.Tensor:
+        """Discriminative forward loss ``forward(G_int) − forward(G_int ∘ linear(target))`` per image (≥ 0;
+        ``exp(−loss)`` is the posterior of the label string); ``reduction``: "mean", "sum" or "none"."""
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        g = self(images)
+        targets = gtn.linear_fsa([digits_to_labels(t) for t in labels], dtype=g.dtype)
+        loss = discriminative_forward(g, targets)
+        if reduction == "mean":
+            return loss.mean()
+        if reduction == "sum":
+            return loss.sum()
+        if reduction == "none":
+            return loss
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+
+    @torch.no_grad()
+    def decode(self, images, grammar: Optional[bool] = None, return_paths: bool = False):
+        """The best path's digits for each image (a list of str). With ``grammar`` (default: when ``lengths``
+        is set) the interpretation graph is first composed with `length_grammar`. ``return_paths`` also returns
+        the segmentations and each best path's segment indices (local to its image)."""
+        g, segs = self.interpret(images)
+        use = self.lengths is not None if grammar is None else grammar
+        if use and self.lengths is not None:
+            gg = gtn.compose(g, length_grammar(*self.lengths, dtype=g.dtype))
+            # strings too long or short for the grammar have no path there: fall back to no grammar
+            ok = torch.isfinite(gtn.viterbi_score(gg))
+            if bool(ok.all()):
+                g = gg
+            elif bool(ok.any()):
+                g = _merge(gg, g, ok)
+        path = gtn.viterbi_path(g)
+        splits = path.arc_splits.tolist()
+        texts, segpaths = [], []
+        offs = np.cumsum([0] + [s.num_segments for s in segs])
+        for i in range(len(segs)):  # one short path per image
+            lab = path.labels[splits[i]:splits[i + 1]]
+            texts.append(labels_to_string(lab))
+            if return_paths:
+                sg = path.segment[splits[i]:splits[i + 1]]
+                segpaths.append((sg[sg >= 0] - int(offs[i])).tolist())
+        if return_paths:
+            return texts, segs, segpaths
+        return texts
+
+    def plot_decoding(self, image, ax=None, title: str = "", truth: Optional[str] = None, out=None):
+        """Draw ``image`` with its candidate cuts and the decoded path (a box and the digit per segment)."""
+        from .segment import plot_segmentation
+        texts, segs, paths = self.decode([image], return_paths=True)
+        text = texts[0]
+        t = f"{title} {text!r}" + (f" (truth {truth!r})" if truth is not None else "")
+        return plot_segmentation(standardize(image), segs[0], paths[0], list(text), title=t.strip(), ax=ax,
+                                 out=out)
+
+    # ---- calibration of the isolated-digit system
+    @torch.no_grad()
+    def calibrate(self, digits: torch.Tensor, max_digits: int = 2000) -> float:
+        """Set the segmentation bias to the median smallest penalty of isolated digits (``digits`` uint8
+        ``[N, 28, 28]``), cropped and normalised like segments, so a clean digit segment scores about 0 and
+        worse segments below. Returns the bias. (A heuristic for the isolated-digit system; global training
+        then learns it.)"""
+        d = digits[:max_digits]
+        xs = [standardize(im) for im in d]
+        segs = []
+        for x in xs:
+            cols = torch.nonzero((x > INK_THRESHOLD).any(0)).flatten()
+            segs.append(_whole(int(cols[0]), int(cols[-1]) + 1))
+        crops = crop_segments(xs, segs)
+        pen = self.model(crops.to(self.transformer.seg_weight.dtype))
+        b = float(pen.min(1).values.median())
+        self.transformer.seg_bias.fill_(b)
+        self.transformer.seg_weight.zero_()
+        return b
+
+    def config(self):
+        p = self.params
+        return {"params": dict(min_piece=p.min_piece, max_piece=p.max_piece, max_width=p.max_width,
+                               max_pieces=p.max_pieces),
+                "lengths": list(self.lengths) if self.lengths is not None else None}
+
+
+class _whole:
+    """A minimal stand-in for a `Segmentation` with one segment (used by `calibrate`)."""
+
+    def __init__(self, x0, x1):
+        self.boxes = torch.tensor([[x0, x1]])
+
+
+def _merge(a: FsaVec, b: FsaVec, take_a: torch.Tensor) -> FsaVec:
+    """Members of ``a`` where ``take_a`` else of ``b`` (same attributes)."""
+    return FsaVec([a[i] if bool(take_a[i]) else b[i] for i in range(len(take_a))])
+
+
+def discriminative_forward(interpretation, targets) -> torch.Tensor:
+    """``forward_score(G) − forward_score(compose(G, targets))`` per member (the paper's discriminative forward
+    criterion in score form). Uses ``gtn.discriminative_forward_loss`` when the library has it."""
+    f = getattr(gtn, "discriminative_forward_loss", None)
+    if f is not None:
+        return f(interpretation, targets, reduction="none")
+    return gtn.forward_score(interpretation) - gtn.forward_score(gtn.compose(interpretation, targets))
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between two strings."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def string_metrics(predicted: Sequence[str], truth: Sequence[str]) -> dict:
+    """``string_accuracy`` (exact matches) and ``digit_error`` (total edit distance / total true digits)."""
+    n = len(truth)
+    correct = sum(p == t for p, t in zip(predicted, truth))
+    errors = sum(edit_distance(p, t) for p, t in zip(predicted, truth))
+    return {"string_accuracy": correct / max(n, 1), "digit_error": errors / max(sum(map(len, truth)), 1),
+            "strings": n}
+
+
+# ---------------------------------------------------------------------------------------------- public
+def recognize(images, model, batch_size: int = 64):
+    """Read digit strings. ``images``: one grey image (``H×W`` numpy array or tensor, uint8 0..255 or float
+    0..1, white ink on black) or a list of them, any width and height; ``model``: the path of a checkpoint
+    written by ``examples/multi_digit.py --out PATH`` or a loaded `StringReader`. Returns a ``str`` for one
+    image and a list of ``str`` for a list. Raises ``ValueError``/``TypeError`` for empty, all-black, wrongly
+    shaped or non-image input."""
+    reader = model
+    if not isinstance(reader, StringReader):
+        if isinstance(reader, (str, bytes)) or hasattr(reader, "__fspath__"):
+            from . import load
+            reader = load(reader)
+        if not isinstance(reader, StringReader):
+            raise TypeError(f"model must be a StringReader or the path of a checkpoint written by "
+                            f"examples/multi_digit.py, got {type(model).__name__}")
+    single = isinstance(images, (np.ndarray, torch.Tensor))
+    if single:
+        batch = [images]
+    elif isinstance(images, (list, tuple)):
+        batch = list(images)
+        if not batch:
+            raise ValueError("recognize got an empty list of images")
+    else:
+        raise TypeError(f"images must be an image (numpy array / tensor [H, W]) or a list of them, got "
+                        f"{type(images).__name__}")
+    for i, im in enumerate(batch):  # validate every image first, naming the bad one
+        try:
+            as_float_image(im)
+        except (ValueError, TypeError) as e:
+            raise type(e)(f"image {i}: {e}" if not single else str(e)) from None
+    was = reader.training
+    reader.eval()
+    try:
+        out = []
+        for k in range(0, len(batch), batch_size):
+            out.extend(reader.decode(batch[k:k + batch_size]))
+    finally:
+        reader.train(was)
+    return out[0] if single else out
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+#: Checkpoint kind of a `StringReader` (``lenet.load`` dispatches on it).
+CHECKPOINT_KIND = "string_reader"
+
+
+def save_reader(reader: "StringReader", path, **extra):
+    """Write ``reader`` as a ``"string_reader"`` checkpoint that ``lenet.load`` / `recognize` read back."""
+    from .checkpoint import save
+    config = {"reader": reader.config(), "model": reader.model.config()}
+    return save(path, CHECKPOINT_KIND, config, reader.state_dict(), **extra)
+
+
+def _load_reader(ckpt) -> "StringReader":
+    cfg = ckpt["config"]
+    model = build(**cfg["model"])
+    rc = cfg["reader"]
+    reader = StringReader(model, SegmentParams(**rc["params"]),
+                          lengths=tuple(rc["lengths"]) if rc["lengths"] is not None else None)
+    state = ckpt["state_dict"]
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:
+        reader.to(dtypes.pop())
+    reader.load_state_dict(state)
+    return reader.eval()
+
+
+def _register():
+    from .checkpoint import register
+    register(CHECKPOINT_KIND, "lenet.recognizer:_load_reader")
+
+
+_register()

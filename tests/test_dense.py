@@ -1,0 +1,365 @@
+"""DenseFsaVec, intersect_dense and the fused frame loop (dense_forward_score), numba and torch paths."""
+import math
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import gtn
+from gtn import dense as D
+
+NEG_INF = float("-inf")
+SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), max_examples=200)
+BACKENDS = ["numba", "torch"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: torch's intra-op thread pool only adds latency (badly so on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------------ generators
+def random_graph(gen, n_states, n_arcs, C, dtype=torch.float64, neg_inf=False):
+    """A random epsilon-free graph (cycles and self-loops allowed) with states 0..n_states-1 (last = final)."""
+    final = n_states - 1
+    rows = []
+    for _ in range(n_arcs):
+        src = int(torch.randint(0, final, (1,), generator=gen))
+        if float(torch.rand(1, generator=gen)) < 0.3:
+            rows.append((src, final, -1))
+        else:
+            rows.append((src, int(torch.randint(0, final, (1,), generator=gen)),
+                         int(torch.randint(0, C, (1,), generator=gen))))
+    rows.append((0, final, -1)) if not any(r[2] == -1 for r in rows) else None
+    sc = torch.randn(len(rows), generator=gen, dtype=dtype)
+    if neg_inf and len(rows) > 1:
+        sc[int(torch.randint(0, len(rows), (1,), generator=gen))] = NEG_INF
+    return gtn.Fsa(torch.tensor(rows), sc, num_states=n_states)
+
+
+def random_case(seed, shared=False, B=None, T=None, C=None, neg_inf=False, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    B = B or int(torch.randint(1, 4, (1,), generator=gen))
+    T = T if T is not None else int(torch.randint(0, 5, (1,), generator=gen))
+    C = C or int(torch.randint(1, 4, (1,), generator=gen))
+    graphs = [random_graph(gen, int(torch.randint(2, 5, (1,), generator=gen)),
+                           int(torch.randint(1, 8, (1,), generator=gen)), C, dtype, neg_inf)
+              for _ in range(1 if shared else B)]
+    g = graphs[0] if shared else gtn.FsaVec(graphs)
+    lp = torch.randn(B, T, C, generator=gen, dtype=dtype)
+    if neg_inf and lp.numel():
+        lp.view(-1)[int(torch.randint(0, lp.numel(), (1,), generator=gen))] = NEG_INF
+    lengths = torch.randint(0, T + 1, (B,), generator=gen)
+    return g, lp, lengths
+
+
+def brute_force(graph, lp, L):
+    """(forward, viterbi) of one graph against frames lp[:L] by enumerating every alignment path."""
+    arcs = graph.arcs.tolist()
+    sc = graph.scores.tolist()
+    totals = []
+
+    def walk(state, t, acc):
+        for i, (s, d, l) in enumerate(arcs):
+            if s != state:
+                continue
+            if t == L and l == -1:
+                totals.append(acc + sc[i])
+            elif t < L and l >= 0:
+                walk(d, t + 1, acc + sc[i] + float(lp[t, l]))
+
+    if graph.num_states:
+        walk(0, 0, 0.0)
+    finite = [x for x in totals if x > NEG_INF]
+    if not finite:
+        return NEG_INF, NEG_INF
+    m = max(finite)
+    return m + math.log(sum(math.exp(x - m) for x in finite)), m
+
+
+def _logaddexp(a, b):
+    m = max(a, b)
+    return m if m == NEG_INF else m + math.log(math.exp(a - m) + math.exp(b - m))
+
+
+def members(g, B):
+    return [g] * B if isinstance(g, gtn.Fsa) else list(g)
+
+
+# ------------------------------------------------------------------------------------------------ DenseFsaVec
+def test_dense_fsavec_validation():
+    lp = torch.zeros(2, 3, 4)
+    d = gtn.DenseFsaVec(lp, [3, 1])
+    assert (len(d), d.num_frames, d.num_symbols) == (2, 3, 4)
+    assert d.lengths.tolist() == [3, 1]
+    assert gtn.DenseFsaVec(lp).lengths.tolist() == [3, 3]
+    with pytest.raises(gtn.FsaError, match="shape"):
+        gtn.DenseFsaVec(torch.zeros(3, 4), [3])
+    with pytest.raises(gtn.FsaError, match="floating"):
+        gtn.DenseFsaVec(torch.zeros(2, 3, 4, dtype=torch.int64))
+    with pytest.raises(gtn.FsaError, match="sequence 1 .* length 4"):
+        gtn.DenseFsaVec(lp, [3, 4])
+    with pytest.raises(gtn.FsaError, match="one entry per sequence"):
+        gtn.DenseFsaVec(lp, [3])
+    bad = lp.clone()
+    bad[1, 0, 2] = float("nan")
+    with pytest.raises(gtn.FsaError, match=r"log_probs\[1, 0, 2\]"):
+        gtn.DenseFsaVec(bad, [3, 1])
+    bad[1, 0, 2] = 0
+    bad[1, 2, 2] = float("nan")  # in a padded frame: ignored
+    gtn.DenseFsaVec(bad, [3, 1])
+
+
+def test_label_out_of_range_and_batch_mismatch():
+    g = gtn.Fsa([(0, 0, 5), (0, 1, -1)])
+    d = gtn.DenseFsaVec(torch.zeros(2, 3, 4))
+    with pytest.raises(gtn.FsaError, match="label 5"):
+        gtn.dense_forward_score(g, d)
+    with pytest.raises(gtn.FsaError, match="3 FSAs"):
+        gtn.intersect_dense(gtn.FsaVec([gtn.Fsa([(0, 1, -1)])] * 3), d)
+
+
+# ------------------------------------------------------------------------------------------------ fused scores
+@settings(**SETTINGS)
+@given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans(), neg_inf=st.booleans())
+def test_fused_score_equals_brute_force(seed, shared, neg_inf):
+    """Law: dense_forward_score = log-sum-exp (max) over every alignment path, on both backends."""
+    g, lp, lengths = random_case(seed, shared=shared, neg_inf=neg_inf)
+    d = gtn.DenseFsaVec(lp, lengths)
+    want = [brute_force(m, lp[b], int(lengths[b])) for b, m in enumerate(members(g, lp.shape[0]))]
+    for backend in BACKENDS:
+        fw = gtn.dense_forward_score(g, d, backend=backend)
+        vi = gtn.dense_forward_score(g, d, log_semiring=False, backend=backend)
+        for b, (f, v) in enumerate(want):
+            assert torch.allclose(fw[b], torch.tensor(f, dtype=fw.dtype), rtol=1e-9, atol=1e-9, equal_nan=False), \
+                (backend, b, fw, want)
+            assert torch.allclose(vi[b], torch.tensor(v, dtype=vi.dtype), rtol=1e-9, atol=1e-9), (backend, b)
+
+
+@settings(**SETTINGS)
+@given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans(), log=st.booleans(), neg_inf=st.booleans())
+def test_numba_equals_torch(seed, shared, log, neg_inf):
+    """Law: the numba kernels and the torch frame loop give the same scores and gradients."""
+    g, lp, lengths = random_case(seed, shared=shared, neg_inf=neg_inf)
+    out = []
+    for backend in BACKENDS:
+        sc = g.scores.detach().clone().requires_grad_(True)
+        x = lp.clone().requires_grad_(True)
+        gg = g.clone()
+        gg.scores = sc
+        z = gtn.dense_forward_score(gg, gtn.DenseFsaVec(x, lengths), log_semiring=log, backend=backend)
+        w = torch.linspace(0.5, 1.5, z.numel(), dtype=z.dtype)
+        torch.where(torch.isfinite(z), z * w, torch.zeros_like(z)).sum().backward()
+        out.append((z.detach(), sc.grad, x.grad))
+    (z1, s1, x1), (z2, s2, x2) = out
+    assert torch.allclose(z1, z2, rtol=1e-10, atol=1e-10, equal_nan=False)
+    assert torch.allclose(s1, s2, rtol=1e-8, atol=1e-10) and torch.allclose(x1, x2, rtol=1e-8, atol=1e-10)
+    for t in (s1, x1):
+        assert not torch.isnan(t).any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("log", [True, False])
+def test_gradcheck(backend, log):
+    for seed in range(6):
+        g, lp, lengths = random_case(seed, shared=seed % 2 == 0, B=2, T=3, C=3)
+        sc = g.scores.detach().clone().requires_grad_(True)
+        x = lp.clone().requires_grad_(True)
+
+        def f(sc, x):
+            gg = g.clone()
+            gg.scores = sc
+            z = gtn.dense_forward_score(gg, gtn.DenseFsaVec(x, lengths), log_semiring=log, backend=backend)
+            return torch.where(torch.isfinite(z), z, torch.zeros_like(z))
+
+        assert torch.autograd.gradcheck(f, (sc, x), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_path_gives_minus_inf_and_zero_grads(backend):
+    # the graph needs at least 3 frames; the second sequence has 2
+    g = gtn.Fsa([(0, 1, 1), (1, 2, 1), (2, 2, 0), (2, 3, 1), (3, 4, -1)], dtype=torch.float64)
+    g.requires_grad_()
+    lp = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+    for log in (True, False):
+        z = gtn.dense_forward_score(g, gtn.DenseFsaVec(lp, [4, 2]), log_semiring=log, backend=backend)
+        assert torch.isfinite(z[0]) and z[1] == NEG_INF
+        z[1:].sum().backward()
+        assert (lp.grad == 0).all() and (g.scores.grad == 0).all()
+        lp.grad = None
+        g.scores.grad = None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_scores_fall_back_to_log_domain(backend):
+    """Emissions spanning far more than exp(-700) (unnormalised, x1000): the scaled kernel must hand the
+    sequence to the log kernel and still agree with brute force and with the other backend."""
+    for seed in range(10):
+        g, lp, lengths = random_case(seed, B=3, T=4, C=3)
+        lp = lp * 1000.0
+        gs = g.clone()
+        gs.scores = g.scores * 500.0
+        d = gtn.DenseFsaVec(lp, lengths)
+        z = gtn.dense_forward_score(gs, d, backend=backend)
+        for b, m in enumerate(members(gs, 3)):
+            f, _ = brute_force(m, lp[b], int(lengths[b]))
+            assert torch.allclose(z[b], torch.tensor(f, dtype=z.dtype), rtol=1e-9, atol=1e-7), (seed, b)
+
+
+def test_long_sequences_numba_matches_torch_float32():
+    """CTC-sized problem in float32 (exercises the scaled kernel and float32 gradient output)."""
+    torch.manual_seed(0)
+    B, T, C, U = 4, 60, 6, 12
+    targets = torch.randint(1, C, (B, U))
+    graphs = gtn.ctc_graph(targets.tolist())
+    lp = torch.randn(B, T, C).log_softmax(-1)
+    res = []
+    for backend in BACKENDS:
+        x = lp.clone().requires_grad_(True)
+        z = gtn.dense_forward_score(graphs, gtn.DenseFsaVec(x, [60, 50, 40, 30]), backend=backend)
+        z.sum().backward()
+        res.append((z.detach(), x.grad))
+    assert torch.allclose(res[0][0], res[1][0], rtol=1e-5)
+    assert torch.allclose(res[0][1], res[1][1], atol=1e-5)
+    assert res[0][1].dtype == torch.float32
+
+
+def test_env_var_forces_torch(monkeypatch):
+    from gtn import kernels
+    assert D._numba(force=True) is not None  # numba is a dependency: the "numba" tests above really ran it
+    old = kernels.use_numba()
+    kernels.use_numba(False)
+    try:
+        assert D._numba() is None
+    finally:
+        kernels.use_numba(old)
+    monkeypatch.setenv("GTN_DENSE_BACKEND", "torch")
+    assert D._numba() is None
+    assert D._numba(force=True) is not None  # an explicit backend="numba" still runs the kernels
+
+
+# ------------------------------------------------------------------------------------------------ the lattice
+def lattice_scores(lat):
+    """(forward, viterbi) per member of a lattice by a plain loop over its states (state order = frame order,
+    a topological order)."""
+    out = []
+    for m in lat:
+        n = m.num_states
+        if n == 0:
+            out.append((NEG_INF, NEG_INF))
+            continue
+        fw = [NEG_INF] * n
+        vi = [NEG_INF] * n
+        fw[0] = vi[0] = 0.0
+        arcs, sc = m.arcs.tolist(), m.scores.tolist()
+        for s in range(n):
+            for i, (a, d, _) in enumerate(arcs):
+                if a == s:
+                    assert d > s, "lattice states must be in topological order"
+                    fw[d] = _logaddexp(fw[d], fw[s] + sc[i])
+                    vi[d] = max(vi[d], vi[s] + sc[i])
+        out.append((fw[-1], vi[-1]))
+    return out
+
+
+@settings(**SETTINGS)
+@given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans())
+def test_intersect_dense_lattice(seed, shared):
+    """Laws: the lattice's paths are exactly the alignments (same forward/Viterbi score as brute force and as
+    the fused path); every state is accessible and co-accessible; arc attributes point at the right inputs."""
+    g, lp, lengths = random_case(seed, shared=shared, neg_inf=seed % 3 == 0)
+    B = lp.shape[0]
+    lat = gtn.intersect_dense(g, gtn.DenseFsaVec(lp, lengths))
+    assert isinstance(lat, gtn.FsaVec) and len(lat) == B
+    fused = gtn.dense_forward_score(g, gtn.DenseFsaVec(lp, lengths))
+    got = lattice_scores(lat)
+    for b, m in enumerate(members(g, B)):
+        f, v = brute_force(m, lp[b], int(lengths[b]))
+        assert math.isclose(got[b][0], f, rel_tol=1e-9, abs_tol=1e-9) or got[b][0] == f == NEG_INF
+        assert math.isclose(got[b][1], v, rel_tol=1e-9, abs_tol=1e-9) or got[b][1] == v == NEG_INF
+        assert math.isclose(float(fused[b]), f, rel_tol=1e-9, abs_tol=1e-9) or float(fused[b]) == f
+    # structure: sorted by (member, src); labels/scores consistent with graph_arc and frame
+    if lat.num_arcs:
+        assert bool((lat.src_global[1:] >= lat.src_global[:-1]).all())
+        ga, fr = lat.graph_arc, lat.frame
+        gv = gtn.fsa.as_vec(g)
+        assert torch.equal(lat.labels, gv.labels[ga])
+        seq = lat.arc_fsa
+        em = torch.where(lat.labels >= 0, lp[seq, fr.clamp(max=max(lp.shape[1] - 1, 0)), lat.labels.clamp(min=0)]
+                         if lp.shape[1] else torch.zeros_like(lat.scores), torch.zeros_like(lat.scores))
+        assert torch.allclose(lat.scores, gv.scores[ga] + em)
+        assert bool((fr[lat.labels == -1] == lengths[seq[lat.labels == -1]]).all())
+        assert bool((fr[lat.labels >= 0] < lengths[seq[lat.labels >= 0]]).all())
+    # accessible and co-accessible: each non-start state has an entering arc, each non-final a leaving arc
+    for m in lat:
+        if m.num_states:
+            ent = torch.zeros(m.num_states, dtype=torch.bool)
+            lea = torch.zeros(m.num_states, dtype=torch.bool)
+            ent[m.arcs[:, 1]] = True
+            lea[m.arcs[:, 0]] = True
+            assert bool(ent[1:].all()) and bool(lea[:-1].all())
+
+
+def test_intersect_dense_gradients_match_fused():
+    for seed in range(8):
+        g, lp, lengths = random_case(seed, shared=seed % 2 == 1, B=3, T=4, C=3)
+        grads = []
+        for route in ("lattice", "fused"):
+            sc = g.scores.detach().clone().requires_grad_(True)
+            x = lp.clone().requires_grad_(True)
+            gg = g.clone()
+            gg.scores = sc
+            d = gtn.DenseFsaVec(x, lengths)
+            z = gtn.forward_score(gtn.intersect_dense(gg, d)) if route == "lattice" else gtn.dense_forward_score(gg, d)
+            torch.where(torch.isfinite(z), z, torch.zeros_like(z)).sum().backward()
+            grads.append((z.detach(), sc.grad, x.grad))
+        (z1, s1, x1), (z2, s2, x2) = grads
+        assert torch.allclose(z1, z2, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(s1, s2, atol=1e-9) and torch.allclose(x1, x2, atol=1e-9)
+
+
+def test_intersect_dense_gradcheck():
+    g, lp, lengths = random_case(3, B=2, T=3, C=3)
+    sc = g.scores.detach().clone().requires_grad_(True)
+    x = lp.clone().requires_grad_(True)
+
+    def f(sc, x):
+        gg = g.clone()
+        gg.scores = sc
+        lat = gtn.intersect_dense(gg, gtn.DenseFsaVec(x, lengths))
+        return lat.scores
+
+    assert torch.autograd.gradcheck(f, (sc, x))
+
+
+def test_intersect_dense_keeps_aux_labels_and_attrs():
+    topo = gtn.ctc_topo(3, dtype=torch.float64)
+    topo.set_attr("tag", torch.arange(topo.num_arcs))
+    lp = torch.randn(2, 3, 3, dtype=torch.float64).log_softmax(-1)
+    lat = gtn.intersect_dense(topo, gtn.DenseFsaVec(lp, [3, 2]))
+    assert torch.equal(lat.aux_labels, topo.aux_labels[lat.graph_arc])
+    assert torch.equal(lat.tag, lat.graph_arc)
+    # the standard topology is deterministic on its input: every token sequence has one path, so the forward
+    # score against normalised emissions is log 1 = 0
+    assert torch.allclose(gtn.forward_score(lat), torch.zeros(2, dtype=torch.float64), atol=1e-12)
+
+
+def test_output_beam():
+    g, lp, lengths = random_case(11, B=3, T=4, C=3)
+    d = gtn.DenseFsaVec(lp, torch.tensor([4, 4, 4]))
+    full = gtn.intersect_dense(g, d)
+    best = gtn.dense_forward_score(g, d, log_semiring=False)
+    narrow = gtn.intersect_dense(g, d, output_beam=0.0)
+    wide = gtn.intersect_dense(g, d, output_beam=1e9)
+    assert wide.num_arcs == full.num_arcs and narrow.num_arcs <= full.num_arcs
+    # pruning never removes the best path
+    assert torch.allclose(gtn.viterbi_score(narrow), best)
+    assert torch.allclose(gtn.viterbi_score(full), best)
+    # every kept path with beam 0 is a best path: its forward score is log(#best paths) + best
+    fw = gtn.forward_score(narrow)
+    assert bool((fw >= best - 1e-9).all())

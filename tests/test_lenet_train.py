@@ -1,0 +1,128 @@
+"""Training, checkpoints, ``lenet.load`` and ``lenet.classify``."""
+import numpy as np
+import pytest
+import torch
+
+import lenet
+from lenet import checkpoint
+from lenet.data import load_digits
+from lenet.train import confusion_matrix, main, train
+
+torch.set_num_threads(1)
+
+QUIET = dict(progress=False, log=lambda *args: None)
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """400 SDLM steps (120 of them warm-up) on 3,200 digits: (model, history, checkpoint path)."""
+    out = tmp_path_factory.mktemp("run") / "lenet5.pt"
+    model, history = train(out=out, epochs=1, limit=3200, warmup_steps=120, seed=0, **QUIET)
+    return model, history, out
+
+
+def test_short_training_lowers_the_loss_and_beats_chance(short_run):
+    model, history, _ = short_run
+    x, y = load_digits("train")
+    x, y = x[:1000], y[:1000]
+    with torch.no_grad():
+        untrained = lenet.LeNet5()
+        before = untrained.loss(untrained(x), y).item()
+        after = model.loss(model(x), y).item()
+    assert before > 60  # all F6 states near 0: every penalty near 84, minus j
+    assert after < 0.25 * before
+    # Chance is 90 % error; 400 steps get far below it on the held-out digits.
+    assert history[-1]["test_error"] < 0.35
+    xt, yt = load_digits("test")
+    assert (model(xt).argmin(1) != yt).double().mean().item() == pytest.approx(history[-1]["test_error"])
+
+
+def test_training_is_deterministic():
+    tiny = dict(epochs=1, limit=160, batch_size=8, warmup_steps=5, curvature_samples=64, distort=True, **QUIET)
+    a, ha = train(seed=3, **tiny)
+    b, hb = train(seed=3, **tiny)
+    c, _ = train(seed=4, **tiny)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert ha[0]["train_loss"] == hb[0]["train_loss"]
+    assert not torch.equal(a.c1.weight, c.c1.weight)
+
+
+def test_checkpoint_round_trip_is_exact(short_run):
+    model, history, out = short_run
+    assert out.exists()
+    for suffix in ("_curve.png", "_confusion.png"):
+        png = out.with_name(out.stem + suffix)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = lenet.load(out)
+    assert type(loaded) is type(model) and not loaded.training
+    assert loaded.config() == model.config()
+    state, loaded_state = model.state_dict(), loaded.state_dict()
+    assert state.keys() == loaded_state.keys()
+    assert all(torch.equal(state[k], loaded_state[k]) for k in state)
+    x, _ = load_digits("test")
+    assert torch.equal(loaded(x[:50]), model(x[:50]))
+    raw = checkpoint.read(out)
+    assert raw["kind"] == "lenet5" and raw["history"] == history
+    assert raw["confusion"].sum() == 1000
+
+
+@pytest.mark.parametrize("variant", ["fullc3", "modern"])
+def test_variants_round_trip_in_float64(tmp_path, variant):
+    torch.manual_seed(0)
+    model = lenet.model.build(variant).double()
+    path = checkpoint.save_model(model, tmp_path / "m.pt")
+    loaded = lenet.load(path)
+    assert type(loaded) is type(model)
+    assert all(torch.equal(p, q) and q.dtype == torch.float64
+               for p, q in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_classify_from_path_and_model(short_run):
+    model, _, out = short_run
+    raw, labels = load_digits("test", raw=True)
+    prepared, _ = load_digits("test")
+    from_path = lenet.classify(raw[:100], out)
+    assert from_path.dtype == torch.int64 and from_path.shape == (100,)
+    assert torch.equal(from_path, model(prepared[:100]).argmin(1))
+    assert torch.equal(lenet.classify(raw[:100].numpy(), model), from_path)
+    assert torch.equal(lenet.classify(prepared[:100], model), from_path)
+    assert lenet.classify(raw[0], model).shape == (1,)
+    assert (from_path == labels[:100]).double().mean() > 0.75
+    with pytest.raises(TypeError):
+        lenet.classify(raw[:2], 42)
+
+
+def test_confusion_matrix():
+    c = confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), 3)
+    assert c.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 1]]
+
+
+def test_command_line(tmp_path):
+    out = tmp_path / "cli" / "m.pt"
+    main(["--out", str(out), "--epochs", "1", "--limit", "80", "--variant", "modern", "--no-progress",
+          "--no-plots", "--seed", "1"])
+    model = lenet.load(out)
+    assert isinstance(model, lenet.LeNet5Modern)
+    assert checkpoint.read(out)["train_config"]["limit"] == 80
+    assert not list(out.parent.glob("*.png"))
+
+
+def test_load_dispatches_on_kind(tmp_path):
+    checkpoint.register("test-kind", lambda ckpt: ("rebuilt", ckpt["config"]["size"]), replace=True)
+    path = checkpoint.save(tmp_path / "other.pt", "test-kind", {"size": 3}, {"w": torch.zeros(2)})
+    assert lenet.load(path) == ("rebuilt", 3)
+    checkpoint.register("test-kind-lazy", "numpy:asarray", replace=True)
+    path = checkpoint.save(tmp_path / "lazy.pt", "test-kind-lazy", {}, {})
+    assert isinstance(lenet.load(path), np.ndarray)
+    with pytest.raises(ValueError, match="already registered"):
+        checkpoint.register("lenet5", lambda c: None)
+    unknown = checkpoint.save(tmp_path / "unknown.pt", "no-such-kind", {}, {})
+    with pytest.raises(ValueError, match="no loader"):
+        lenet.load(unknown)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        lenet.load(junk)
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not a torch-gtn checkpoint"):
+        lenet.load(tmp_path / "plain.pt")

@@ -1,0 +1,269 @@
+"""Tests of lenet.recognizer: the recognition transformer, the discriminative forward loss, decoding,
+checkpoints and ``lenet.recognize``."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+import gtn
+import lenet
+from lenet.model import LeNet5
+from lenet.recognizer import (SYMBOLS, StringReader, crop_segments, digits_to_labels, edit_distance,
+                              interpretation_graph, labels_to_string, length_grammar, recognize, save_reader,
+                              standardize, string_metrics)
+from lenet.segment import SegmentParams
+from lenet.strings import make_strings
+
+
+def paths_of(fsa):
+    """Brute force (test oracle): (label sequence, total score) of every complete path of an acyclic Fsa."""
+    arcs = fsa.arcs.tolist()
+    sc = fsa.scores.detach().tolist()
+    final = fsa.num_states - 1
+    out = {}
+    for i, (s, d, l) in enumerate(arcs):
+        out.setdefault(s, []).append(i)
+    res = []
+
+    def walk(state, labs, total):
+        if state == final:
+            res.append((tuple(labs), total))
+            return
+        for i in out.get(state, []):
+            s, d, l = arcs[i]
+            walk(d, labs + ([l] if l > 0 else []), total + sc[i])
+
+    walk(0, [], 0.0)
+    return res
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """Two short strings and a reader with a fixed random LeNet-5 (no training needed for structure tests)."""
+    torch.manual_seed(0)
+    strings = make_strings(2, "test", seed=2, lengths=(2, 2))
+    reader = StringReader(LeNet5(), SegmentParams(), lengths=(1, 4), seg_bias=1.5)
+    with torch.no_grad():
+        reader.transformer.seg_weight.copy_(torch.tensor([0.3, -0.2, -1.0]))
+    return strings, reader
+
+
+def test_symbols():
+    assert digits_to_labels("0913") == [1, 10, 2, 4]
+    assert labels_to_string([1, 10, 2, 4, -1]) == "0913"
+    assert SYMBOLS == "0123456789"
+    for bad in ["", "12a", 12, None]:
+        with pytest.raises(ValueError):
+            digits_to_labels(bad)
+
+
+def test_interpretation_graph_has_ten_arcs_per_segment_with_the_crop_penalties(tiny):
+    strings, reader = tiny
+    images = [s.image for s in strings]
+    xs, segs, seg_graphs = reader.segment(images)
+    g = reader(images)
+    assert isinstance(g, gtn.FsaVec) and len(g) == 2
+    crops = crop_segments(xs, segs)
+    with torch.no_grad():
+        pen = reader.model(crops)
+        feats = torch.cat([s.features for s in segs])
+        segscore = feats @ reader.transformer.seg_weight + reader.transformer.seg_bias
+    body = seg_graphs.labels != -1
+    assert g.num_arcs == 10 * int(body.sum()) + int((~body).sum())
+    assert torch.equal(g.state_splits, seg_graphs.state_splits)
+    gb = g.labels != -1
+    # each segment arc became labels 1..10 between the same states, in order
+    assert g.labels[gb].view(-1, 10).tolist() == [list(range(1, 11))] * int(body.sum())
+    assert torch.equal(g.arcs[gb, :2].view(-1, 10, 2)[:, 0], seg_graphs.arcs[body, :2])
+    seg = g.segment[gb].view(-1, 10)
+    assert bool((seg == seg[:, :1]).all())
+    assert torch.equal(seg[:, 0], seg_graphs.segment[body])
+    want = -pen[seg[:, 0]] + segscore[seg[:, 0], None]
+    assert torch.allclose(g.scores[gb].view(-1, 10).detach(), want, atol=1e-5)
+    assert bool((g.scores[~gb] == 0).all())
+    # one network call scores every crop: gradient of one arc's score reaches LeNet-5
+    g.scores[gb][3].backward()
+    assert reader.model.c1.weight.grad is not None and reader.model.c1.weight.grad.abs().sum() > 0
+
+
+def test_interpretation_graph_paths_are_segmentation_paths_times_digits(tiny):
+    _, reader = tiny
+    one = make_strings(1, "test", seed=4, lengths=(1, 1))[0].image   # few pieces: brute force stays small
+    xs, segs, seg_graphs = reader.segment([one])
+    g = reader([one])
+    n_seg_paths = {}
+    for labs, _ in paths_of(seg_graphs[0]):   # segmentation arcs carry label 1: one per segment
+        n_seg_paths[len(labs)] = n_seg_paths.get(len(labs), 0) + 1
+    by_len = {}
+    for labs, _ in paths_of(g[0]):
+        by_len[len(labs)] = by_len.get(len(labs), 0) + 1
+    assert by_len == {k: v * 10 ** k for k, v in n_seg_paths.items()}
+    assert sum(by_len.values()) < 200000
+
+
+def test_constrained_graph_accepts_only_the_target(tiny):
+    strings, reader = tiny
+    g = reader([s.image for s in strings])
+    targets = [digits_to_labels(s.label) for s in strings]
+    lin = gtn.FsaVec([gtn.Fsa([(i, i + 1, l) for i, l in enumerate(t)] + [(len(t), len(t) + 1, -1)])
+                      for t in targets])
+    c = gtn.compose(g, lin)
+    _, _, seg_graphs = reader.segment([s.image for s in strings])
+    for i, t in enumerate(targets):
+        # brute force: every segmentation path with len(t) segments, read as t, scored with g's arcs
+        score = {(a, b, l): sc for (a, b, l), sc in zip(g[i].arcs.tolist(), g[i].scores.detach().tolist())}
+        seg_arcs = seg_graphs[i].arcs.tolist()
+        final = seg_graphs[i].num_states - 1
+        want = []
+
+        def walk(state, k, total):
+            if k == len(t):
+                if any(a == state and l == -1 for a, b, l in seg_arcs):
+                    want.append(round(total, 3))
+                return
+            for a, b, l in seg_arcs:
+                if a == state and l != -1:
+                    walk(b, k + 1, total + score[(a, b, t[k])])
+
+        walk(0, 0, 0.0)
+        got = paths_of(c[i])
+        assert want, "the target must be readable along some path"
+        assert all(list(labs) == t for labs, _ in got)
+        assert sorted(round(sc, 3) for _, sc in got) == sorted(want)
+
+
+def test_length_grammar():
+    gr = length_grammar(2, 3, num_symbols=3)
+    labs = sorted(l for l, _ in paths_of(gr))
+    assert labs == sorted(list(p) for n in (2, 3) for p in itertools.product([1, 2, 3], repeat=n)) or \
+        labs == sorted(tuple(p) for n in (2, 3) for p in itertools.product([1, 2, 3], repeat=n))
+    with pytest.raises(ValueError):
+        length_grammar(3, 2)
+
+
+def test_metrics():
+    assert edit_distance("1234", "1234") == 0
+    assert edit_distance("1234", "124") == 1
+    assert edit_distance("", "12") == 2
+    assert edit_distance("1234", "2143") == 3 or edit_distance("1234", "2143") == 2
+    m = string_metrics(["123", "45"], ["123", "456"])
+    assert m["string_accuracy"] == 0.5 and abs(m["digit_error"] - 1 / 6) < 1e-12
+
+
+def test_standardize_rescales_tall_images_and_keeps_rendered_ones():
+    s = make_strings(1, "test", seed=0)[0]
+    x = standardize(s.image)
+    assert x.shape[1] == s.image.shape[1]          # no rescaling of rendered strings, only the row crop
+    big = torch.nn.functional.interpolate(s.image[None, None].float(), scale_factor=3, mode="bilinear")[0, 0]
+    y = standardize(big.clamp(0, 255).to(torch.uint8))
+    rows = torch.nonzero((y > 0.1).any(1)).flatten()
+    assert 20 <= int(rows[-1] - rows[0]) + 1 <= 28
+
+
+def test_loss_is_nonnegative_and_its_gradient_reaches_lenet_finite_difference():
+    torch.manual_seed(1)
+    strings = make_strings(2, "test", seed=9, lengths=(2, 3))
+    reader = StringReader(LeNet5(), lengths=None, seg_bias=20.0).double()
+    images, labels = [s.image for s in strings], [s.label for s in strings]
+    loss = reader.loss(images, labels, reduction="none")
+    assert loss.dtype == torch.float64 and bool((loss >= -1e-9).all())
+    total = loss.sum()
+    total.backward()
+    w = reader.model.c5.weight
+    assert w.grad is not None and float(w.grad.abs().sum()) > 0
+    assert reader.transformer.seg_bias.grad is not None
+    # central finite difference on the weight with the largest gradient
+    k = int(w.grad.abs().flatten().argmax())
+    eps = 1e-6
+    with torch.no_grad():
+        flat = w.view(-1)
+        old = float(flat[k])
+        flat[k] = old + eps
+        up = float(reader.loss(images, labels, reduction="sum"))
+        flat[k] = old - eps
+        down = float(reader.loss(images, labels, reduction="sum"))
+        flat[k] = old
+    fd = (up - down) / (2 * eps)
+    assert abs(fd - float(w.grad.view(-1)[k])) <= 1e-5 * max(1.0, abs(fd)), (fd, float(w.grad.view(-1)[k]))
+
+
+def test_loss_is_zero_when_only_the_target_is_possible():
+    """A one-digit string whose graph has a single segment: with all classes but the target at -inf-like
+    penalties, the posterior of the target is 1."""
+    img = torch.zeros(28, 20, dtype=torch.uint8)
+    img[4:24, 8:12] = 255          # one narrow stroke: a single piece
+    reader = StringReader(LeNet5(), lengths=None)
+    g = reader([img])
+    assert int((g.labels != -1).sum()) == 10
+    lin = gtn.linear_fsa([[2]])
+    forced = g.scores.detach().clone()
+    forced[(g.labels != -1) & (g.labels != 2)] = -1e4
+    g2 = gtn.FsaVec([gtn.Fsa(g.arcs, forced)])
+    assert abs(float(gtn.discriminative_forward_loss(g2, lin, reduction="sum"))) < 1e-4
+
+
+def test_decode_reads_the_best_path_and_respects_the_grammar(tiny):
+    strings, reader = tiny
+    images = [s.image for s in strings]
+    texts, segs, paths = reader.decode(images, grammar=False, return_paths=True)
+    g = reader(images)
+    best = gtn.viterbi_score(g)
+    for i, t in enumerate(texts):
+        assert len(paths[i]) == len(t)
+        assert all(0 <= s < segs[i].num_segments for s in paths[i])
+        # the decoded segments, read as the decoded digits, score exactly the best path score
+        box = segs[i].segments[paths[i]].tolist()
+        assert box[0][0] == 0 and box[-1][1] == len(segs[i].cuts) - 1
+        assert all(a[1] == b[0] for a, b in zip(box[:-1], box[1:]))
+        score = {(a, b, l): sc for (a, b, l), sc in zip(g[i].arcs.tolist(), g[i].scores.detach().tolist())}
+        total = sum(score[(a, b, int(c) + 1)] for (a, b), c in zip(box, t))
+        assert abs(total - float(best[i])) < 1e-3
+    with_grammar = reader.decode(images)      # lengths (1, 4)
+    assert all(1 <= len(t) <= 4 for t in with_grammar)
+
+
+def test_checkpoint_round_trip(tmp_path, tiny):
+    strings, reader = tiny
+    path = save_reader(reader, tmp_path / "r.pt")
+    back = lenet.load(path)
+    assert isinstance(back, StringReader)
+    images = [s.image for s in strings]
+    a, b = reader(images), back(images)
+    assert torch.equal(a.scores.detach(), b.scores.detach())
+    assert recognize(images, path) == reader.decode(images)
+
+
+@pytest.mark.parametrize("bad, err", [
+    ([], ValueError),                                        # empty list
+    (np.zeros((32, 50), np.uint8), ValueError),              # all black
+    (np.zeros((0, 50), np.uint8), ValueError),               # empty image
+    (np.ones((3, 32, 50), np.uint8), ValueError),            # colour / batch: wrong shape
+    (np.ones(50, np.uint8), ValueError),                     # 1-D
+    ("image.png", TypeError),                                # not an image
+    (42, TypeError),
+    ([np.full((32, 50), 255, np.uint8), None], TypeError),   # a bad member of a list
+    (np.full((32, 50), 3.5, np.float32), ValueError),        # float outside 0..1
+])
+def test_recognize_errors(bad, err, tiny):
+    _, reader = tiny
+    with pytest.raises(err):
+        recognize(bad, reader)
+
+
+def test_recognize_accepts_any_size_and_type(tiny):
+    strings, reader = tiny
+    img = strings[0].image
+    ref = recognize(img, reader)
+    assert isinstance(ref, str)
+    assert recognize(img.numpy(), reader) == ref
+    assert recognize(img.float() / 255, reader) == ref
+    assert recognize([img, img.numpy()], reader) == [ref, ref]
+    # a padded, taller image reads the same (rows without ink are cropped away)
+    tall = torch.zeros(60, img.shape[1] + 10, dtype=torch.uint8)
+    tall[10:10 + img.shape[0], 5:5 + img.shape[1]] = img
+    assert recognize(tall, reader) == ref
+    big = torch.nn.functional.interpolate(img[None, None].float(), scale_factor=2.5, mode="bilinear")[0, 0]
+    assert isinstance(recognize(big.clamp(0, 255).to(torch.uint8), reader), str)
+    with pytest.raises(TypeError):
+        recognize(img, 3.0)

@@ -1,0 +1,96 @@
+"""Tests of lenet.strings: rendering digit strings from isolated digits."""
+import pytest
+import torch
+
+import lenet.data
+from lenet.strings import DigitString, make_strings, render_string, touching_fraction
+
+
+@pytest.fixture(scope="module")
+def strings():
+    return make_strings(300, "test", seed=7)
+
+
+def test_shapes_labels_and_extents(strings):
+    for s in strings:
+        assert isinstance(s, DigitString)
+        assert s.image.dtype == torch.uint8 and s.image.dim() == 2 and s.image.shape[0] == 32
+        assert 3 <= len(s.label) <= 6 and s.label.isdigit()
+        assert s.extents.shape == (len(s.label), 2)
+        W = s.image.shape[1]
+        assert bool((s.extents[:, 0] >= 0).all() and (s.extents[:, 1] <= W).all())
+        assert bool((s.extents[:, 1] > s.extents[:, 0]).all())
+        # digits are left to right, and every ink column lies in some digit's extent
+        assert bool((s.extents[1:, 0] > s.extents[:-1, 0]).all())
+        ink_cols = torch.nonzero(s.image.amax(0) > 0).flatten()
+        covered = torch.zeros(W, dtype=torch.bool)
+        for x0, x1 in s.extents.tolist():
+            covered[x0:x1] = True
+        assert bool(covered[ink_cols].all())
+
+
+def test_lengths_cover_the_range(strings):
+    assert {len(s.label) for s in strings} == {3, 4, 5, 6}
+
+
+def test_at_least_a_fifth_of_neighbours_touch_or_overlap(strings):
+    frac = touching_fraction(strings)
+    assert frac >= 0.2, frac
+    # and not all of them: most pairs still have a gap
+    assert frac <= 0.6, frac
+
+
+def test_deterministic_with_seed():
+    a = make_strings(5, "test", seed=3)
+    b = make_strings(5, "test", seed=3)
+    c = make_strings(5, "test", seed=4)
+    assert all(torch.equal(x.image, y.image) and x.label == y.label for x, y in zip(a, b))
+    assert any(x.label != y.label or not torch.equal(x.image, y.image) for x, y in zip(a, c))
+
+
+def test_uses_only_the_requested_split(monkeypatch):
+    asked = []
+    real = lenet.data.load_digits
+
+    def spy(split="train", raw=False):
+        asked.append((split, raw))
+        return real(split, raw=raw)
+
+    monkeypatch.setattr(lenet.data, "load_digits", spy)
+    make_strings(2, "test", seed=0)
+    make_strings(2, "train", seed=0)
+    assert asked == [("test", True), ("train", True)]
+
+
+def test_digits_come_from_the_given_set():
+    # a digit set of a single all-white square: every string is made of scaled copies of it
+    sq = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    sq[0, 4:24, 10:18] = 255
+    out = make_strings(3, digits=(sq, torch.tensor([7])), lengths=(2, 2), seed=1, touch=0.0, scale=(1.0, 1.0))
+    for s in out:
+        assert s.label == "77"
+        w = (s.extents[:, 1] - s.extents[:, 0]).tolist()
+        assert w == [8, 8]
+        assert int(s.image.max()) == 255
+
+
+def test_touch_zero_keeps_gaps_and_noise_adds_pixels():
+    imgs, labels = lenet.data.load_digits("test", raw=True)
+    g = torch.Generator().manual_seed(0)
+    img, ext = render_string(imgs[:5], g, touch=0.0, gap=(2, 4))
+    gaps = ext[1:, 0] - ext[:-1, 1]
+    assert bool(((gaps >= 2) & (gaps <= 4)).all())
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    clean, _ = render_string(imgs[:3], g1)
+    noisy, _ = render_string(imgs[:3], g2, noise=0.1)
+    changed = (clean != noisy).float().mean()
+    assert 0.02 < float(changed) < 0.15
+
+
+def test_bad_input():
+    with pytest.raises(ValueError):
+        render_string(torch.zeros(0, 28, 28, dtype=torch.uint8))
+    with pytest.raises(ValueError):
+        render_string(torch.zeros(2, 28, 28))
+    with pytest.raises(ValueError):
+        make_strings(1, lengths=(4, 2))
