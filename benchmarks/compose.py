@@ -2,7 +2,7 @@
 
 Workloads
   (a) random: an acyclic acceptor (a lattice: levels x width, fan-out 4, labels 1..V with some epsilons)
-      composed with a random cyclic transducer (V labels mapped to 40 output labels, epsilon insertions on
+      composed with a random cyclic transducer (4 states; V labels mapped to 40 output labels, epsilon insertions on
       its input side), from 10^3 to 10^5 lattice arcs.
   (b) lexicon: a lexicon transducer (letter strings -> words, closed under concatenation) composed with a
       bigram grammar over the words (cyclic result), then a letter lattice composed with that result.
@@ -116,6 +116,59 @@ def letter_lattice(spellings, n_words, r, alts=3):
                    num_states=nxt + 1)
 
 
+def shared_workload(L=60, W=20, K=5, V=30):
+    """The word lattice and bigram grammar of ../shared/bench/compose_bench.py (same seeded generator)."""
+    r = random.Random(0)
+    F = 1 + L * W
+    lat = [(0, 1 + j, r.randint(1, V), r.uniform(-1, 1)) for j in range(W)]
+    for l in range(L - 1):
+        for j in range(W):
+            for _ in range(K):
+                lat.append((1 + l * W + j, 1 + (l + 1) * W + r.randrange(W), r.randint(1, V), r.uniform(-1, 1)))
+    lat += [(1 + (L - 1) * W + j, F, -1, 0.0) for j in range(W)]
+    lat.sort()
+    G = [(p, q, q, r.uniform(-2, 0)) for p in range(V + 1) for q in range(1, V + 1)]
+    G += [(p, V + 1, -1, 0.0) for p in range(1, V + 1)]
+    G.sort()
+    lat_txt = "\n".join(f"{a} {b} {l} {s:.6f}" for a, b, l, s in lat) + f"\n{F}\n"
+    g_txt = "\n".join(f"{a} {b} {l} {s:.6f}" for a, b, l, s in G) + f"\n{V + 1}\n"
+    return gtn.Fsa.from_str(lat_txt), gtn.Fsa.from_str(g_txt)
+
+
+def breakdown(size, reps):
+    """Where the time of the shared reference workload goes: intersect (kernel / torch reference), the forward
+    score of a fresh result (most of it is building the scoring plan), and OpenFst's steps."""
+    import pywrapfst as fst
+    A, B = shared_workload(*size)
+    med = lambda f: statistics.median(_times(f, reps)) * 1e3  # noqa: E731
+    C = gtn.intersect(A, B)
+    t_nb = med(lambda: gtn.intersect(A, B, impl="numba"))
+    t_torch = med(lambda: gtn.intersect(A, B, impl="torch"))
+    t_fwd_fresh = med(lambda: gtn.forward_score(gtn.intersect(A, B).to(torch.float64))) - t_nb
+    C64 = C.to(torch.float64)
+    t_fwd_cached = med(lambda: gtn.forward_score(C64))
+    Ao, Bo = to_fst(A), to_fst(B)
+    Ao.arcsort("olabel")
+    Bo.arcsort("ilabel")
+    t_fi = med(lambda: fst.intersect(Ao, Bo))
+    Co = fst.intersect(Ao, Bo)
+    t_fsd = med(lambda: fst.shortestdistance(Co, reverse=True))
+    assert C.num_arcs == fst_arcs(Co)
+    assert abs(float(gtn.forward_score(C64)) - fst_forward(Co)) < 1e-6 * abs(fst_forward(Co))
+    return dict(size=size, out=C.num_arcs, nb=t_nb, torch=t_torch, fwd_fresh=t_fwd_fresh, fwd_cached=t_fwd_cached,
+                ofst_intersect=t_fi, ofst_sd=t_fsd)
+
+
+def _times(f, reps):
+    f()
+    out = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- OpenFst
 def to_fst(f):
     import pywrapfst as fst
@@ -190,10 +243,11 @@ def main():
     r = random.Random(0)
     rows = []
     V, W = 50, 40
-    b = mapper(V, W, 20, r)
-    for n in args.sizes:
+    b = mapper(V, W, 4, r)
+    for n in args.sizes:  # (a)
         a = lattice(n, V, r)
-        rows.append((f"(a) lattice {a.num_arcs} arcs o transducer {b.num_arcs} arcs", time_pair(a, b, args.reps, args.impl)))
+        rows.append((f"(a) lattice {a.num_arcs} arcs o transducer {b.num_arcs} arcs",
+                     time_pair(a, b, args.reps, args.impl)))
     for w in (100, 300):
         lex, G, spellings = lexicon_and_grammar(w, r)
         lg = time_pair(lex, G, args.reps, args.impl, check_forward=False)
@@ -203,7 +257,16 @@ def main():
         rows.append((f"(b) letter lattice {lat.num_arcs} arcs o (L o G) {LG.num_arcs} arcs",
                      time_pair(lat, LG, args.reps, args.impl)))
     print(f"impl={args.impl}, reps={args.reps}, torch threads={torch.get_num_threads()}")
-    print(f"| workload | out arcs | gtn cold ms | gtn warm ms | OpenFst ms | warm / OpenFst | gtn warm us per out arc |")
+    print("\nshared reference workload (lattice o cyclic bigram), medians in ms:")
+    print("| L W K V | out arcs | gtn.intersect (numba) | gtn.intersect (torch reference) | forward_score of a fresh "
+          "result | forward_score, plan cached | OpenFst intersect | OpenFst shortestdistance |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for size in ((60, 20, 5, 30), (100, 40, 5, 30)):
+        d = breakdown(size, args.reps)
+        print(f"| {' '.join(map(str, size))} | {d['out']} | {d['nb']:.2f} | {d['torch']:.1f} | {d['fwd_fresh']:.2f} | "
+              f"{d['fwd_cached']:.2f} | {d['ofst_intersect']:.2f} | {d['ofst_sd']:.2f} |")
+    print("\nrandom and lexicon workloads:")
+    print("| workload | out arcs | gtn cold ms | gtn warm ms | OpenFst ms | warm / OpenFst | gtn warm us per out arc |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, d in rows:
         print(f"| {name} | {d['out_arcs']} | {d['cold']:.2f} | {d['warm']:.2f} | {d['ofst']:.2f} | "

@@ -13,7 +13,6 @@ import math
 import torch
 
 import gtn
-from gtn.structure import project  # gtn.project once exported
 
 # Labels: digit d is label d + 1 (label 0 is epsilon in compose); words are numbered 1.. in WORDS.
 WORDS = ["one", "two", "five", "seven", "twelve", "twenty-five", "seventy-two"]
@@ -89,7 +88,7 @@ def main():
 
     # the posterior of a target word sequence: paths whose *output* is the target, over all paths
     target = gtn.linear_fsa([word_id("seventy-two"), word_id("five")], dtype=torch.float64)
-    out_side = project(words, "output")  # an acceptor of the word side (epsilons where no word starts)
+    out_side = gtn.project(words, "output")  # an acceptor of the word side (epsilons where no word starts)
     log_num = gtn.constrained_forward_score(out_side, target)
     log_den = gtn.forward_score(words)
     print(f"P(seventy-two five | image) = {math.exp((log_num - log_den).item()):.4f}")
@@ -118,7 +117,7 @@ def main():
     for _ in range(30):
         opt.zero_grad()
         w = reader(lattice.detach())
-        loss = gtn.forward_score(w) - gtn.constrained_forward_score(project(w, "output"), target)
+        loss = gtn.forward_score(w) - gtn.constrained_forward_score(gtn.project(w, "output"), target)
         loss.backward()
         opt.step()
     print(f"after 30 SGD steps on the word prior: P(seventy-two five | image) = {math.exp(-loss.item()):.4f}")

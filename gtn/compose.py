@@ -42,7 +42,6 @@ from . import kernels as _kernels
 __all__ = ["compose", "intersect", "constrained_forward_score"]
 
 Graphs = Union[Fsa, FsaVec]
-_nb = None  # gtn.kernels.compose_numba once loaded
 # the kernel's scratch buffers, kept between calls (per thread) so that they are not page-faulted in every time
 _workspace = threading.local()
 _WORKSPACE_KEEP = 256 << 20  # bytes
@@ -85,23 +84,23 @@ def _coaccessible_torch(src: torch.Tensor, dst: torch.Tensor, finals: torch.Tens
     return co
 
 
-def _coaccessible(g: Graphs, use_numba: bool) -> torch.Tensor:
-    if use_numba:
-        return torch.from_numpy(_nb.coaccessible_kernel(g.src_global.numpy(), g.dst_global.numpy(),
+def _coaccessible(g: Graphs, nb_mod) -> torch.Tensor:
+    if nb_mod is not None:
+        return torch.from_numpy(nb_mod.coaccessible_kernel(g.src_global.numpy(), g.dst_global.numpy(),
                                                         g.final_states.numpy(), g.total_states))
     return _coaccessible_torch(g.src_global, g.dst_global, g.final_states, g.total_states)
 
 
-def _prep_a(g: Graphs, use_numba: bool) -> dict:
+def _prep_a(g: Graphs, nb_mod) -> dict:
     """``a``'s side: arcs into co-accessible states, CSR by global source, output labels, epsilon flags."""
-    key = ("compose_a", use_numba)
+    key = ("compose_a", nb_mod is not None)
     hit = g._cache.get(key)
     if hit is not None and hit[0] is g.aux_labels:  # aux_labels may be reassigned by the user
         return hit[1]
     olab_all = g.aux_labels if g.aux_labels is not None else g.labels
     ns = g.total_states
-    co = _coaccessible(g, use_numba)
-    keep = torch.nonzero(co[g.dst_global]).view(-1) if g.num_arcs else torch.zeros(0, dtype=torch.int64)
+    co = _coaccessible(g, nb_mod)
+    keep = torch.nonzero(co[g.dst_global]).view(-1)  # the arcs into co-accessible states
     src = g.src_global[keep]
     lab = olab_all[keep]
     cnt = torch.bincount(src, minlength=ns)
@@ -112,16 +111,16 @@ def _prep_a(g: Graphs, use_numba: bool) -> dict:
     return p
 
 
-def _prep_b(g: Graphs, use_numba: bool) -> dict:
+def _prep_b(g: Graphs, nb_mod) -> dict:
     """``b``'s side: arcs into co-accessible states sorted by (global source, input label), CSR by source, and
     the join keys ``src * mult + label + 1`` (sorted) for ``searchsorted``."""
-    key = ("compose_b", use_numba)
+    key = ("compose_b", nb_mod is not None)
     hit = g._cache.get(key)
     if hit is not None:
         return hit
     ns = g.total_states
-    co = _coaccessible(g, use_numba)
-    keep = torch.nonzero(co[g.dst_global]).view(-1) if g.num_arcs else torch.zeros(0, dtype=torch.int64)
+    co = _coaccessible(g, nb_mod)
+    keep = torch.nonzero(co[g.dst_global]).view(-1)  # the arcs into co-accessible states
     src = g.src_global[keep]
     lab = g.labels[keep]
     top = int(lab.max()) if lab.numel() else 0
@@ -132,7 +131,7 @@ def _prep_b(g: Graphs, use_numba: bool) -> dict:
     cnt = torch.bincount(src, minlength=ns)
     p = dict(co=co, orig=keep, dst=g.dst_global[keep], lab=lab[order], cnt=cnt, start=torch.cumsum(cnt, 0) - cnt,
              key=k, top=top, mult=mult)
-    if use_numba:
+    if nb_mod is not None:
         # (state, label) -> first arc: one read per lookup instead of a binary search, when it is small
         w = top + 2
         if ns * w <= _TABLE_MAX and k.numel():
@@ -261,7 +260,7 @@ def _expand_torch(pa, pb, m_sa, m_sb, m_fa, m_fb, nb):
             torch.bincount(em, minlength=M))
 
 
-def _expand_numba(pa, pb, m_sa, m_sb, m_fa, m_fb, nb):
+def _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb):
     na = pa["cnt"].numel()
     dense_size = 2 * na * nb if 2 * na * nb <= _DENSE_MAX else 0
     n = lambda t: t.numpy()  # noqa: E731  (zero-copy views of CPU tensors)
@@ -269,11 +268,12 @@ def _expand_numba(pa, pb, m_sa, m_sb, m_fa, m_fb, nb):
     if "P" not in ws:
         ws.update(P=np.empty((4, 1024), np.int64), E=np.empty((4, 4096), np.int64),
                   O=np.empty((4, 4096), np.int64), dmap=np.empty(1, np.int32))
-    out = _nb.compose_kernel(n(pa["start"]), n(pa["cnt"]), n(pa["dst"]), n(pa["lab"]), n(pa["orig"]),
-                             n(pa["noeps"]), n(pa["alleps"]),
-                             n(pb["start"]), n(pb["cnt"]), n(pb["dst"]), n(pb["lab"]), n(pb["orig"]),
-                             n(m_sa), n(m_sb), n(m_fa), n(m_fb), nb, dense_size, n(pb["tab"]), pb["tab_w"],
-                             ws["P"], ws["E"], ws["O"], ws["dmap"])
+    if "np" not in pa:  # numpy views of the prepared arrays, kept with them
+        pa["np"] = tuple(n(pa[k]) for k in ("start", "cnt", "dst", "lab", "orig", "noeps", "alleps"))
+    if "np" not in pb:
+        pb["np"] = tuple(n(pb[k]) for k in ("start", "cnt", "dst", "lab", "orig"))
+    out = nb_mod.compose_kernel(*pa["np"], *pb["np"], n(m_sa), n(m_sb), n(m_fa), n(m_fb), nb, dense_size,
+                             n(pb["tab"]), pb["tab_w"], ws["P"], ws["E"], ws["O"], ws["dmap"])
     ws["P"], ws["E"], ws["O"], ws["dmap"] = out[6:]
     if ws["P"].nbytes + ws["E"].nbytes + ws["O"].nbytes + ws["dmap"].nbytes > _WORKSPACE_KEEP:
         ws.clear()  # do not hold on to the memory of one huge composition
@@ -331,14 +331,13 @@ def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = Fa
         raise FsaError(f"compose: a is on {a.device} and b on {b.device}; move them to one device")
     if impl not in ("auto", "torch", "numba"):
         raise FsaError(f"compose: impl must be 'auto', 'torch' or 'numba', got {impl!r}")
-    global _nb
-    if impl != "torch":  # the compiled kernel: CPU, numba importable, not disabled (GTN_NO_NUMBA=1)
-        _nb = _kernels.load("compose_numba", a.device) if impl == "auto" else _load_forced(a.device)
-    use_nb = impl != "torch" and _nb is not None
+    nb_mod = None  # the compiled kernel: CPU, numba importable, not disabled (GTN_NO_NUMBA=1)
+    if impl != "torch":
+        nb_mod = _kernels.load("compose_numba", a.device) if impl == "auto" else _load_forced(a.device)
     A, B = as_vec(a), as_vec(b)
     ia, ib = _pairing(a, b, A, B)
     # prepared per graph and cached on the object the caller holds (as_vec makes a fresh view each call)
-    pa, pb = _prep_a(a, use_nb), _prep_b(b, use_nb)
+    pa, pb = _prep_a(a, nb_mod), _prep_b(b, nb_mod)
     # start and final pair of every output member; -1 where no path can exist (empty member, dead start)
     ok = (A.states_per_fsa[ia] >= 2) & (B.states_per_fsa[ib] >= 2)
     m_sa, m_sb = A.state_splits[:-1][ia], B.state_splits[:-1][ib]
@@ -347,8 +346,10 @@ def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = Fa
     m_sa, m_sb = torch.where(ok, m_sa, -1), torch.where(ok, m_sb, -1)
     m_fa, m_fb = A.state_splits[1:][ia] - 1, B.state_splits[1:][ib] - 1
     nb = max(B.total_states, 1)
-    expand = _expand_numba if use_nb else _expand_torch
-    src, dst, a_map, b_map, spm, apm = expand(pa, pb, m_sa, m_sb, m_fa, m_fb, nb)
+    if nb_mod is not None:
+        src, dst, a_map, b_map, spm, apm = _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb)
+    else:
+        src, dst, a_map, b_map, spm, apm = _expand_torch(pa, pb, m_sa, m_sb, m_fa, m_fb, nb)
     dev = A.device
     src, dst, a_map, b_map, spm, apm = (t.to(dev) for t in (src, dst, a_map, b_map, spm, apm))
     # labels: a's input label where a moved (else epsilon); b's output label where b moved (else epsilon)

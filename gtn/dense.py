@@ -322,6 +322,9 @@ def _torch_backward(plan, saved, Z, gz, log_semiring, scores, lp):
 
 # ---------------------------------------------------------------------------------------------- numba kernels
 _UNDERFLOW = 700.0  # exp(-700) is still a normal float64; wider score ranges go to the log kernels
+# products below these mark a possible underflow in the scaled kernels (forward / backward); tests raise them
+# to force the log-domain fallbacks
+_TINY = {"forward": 1e-290, "backward": 1e-290}
 
 
 def _score_weights(plan, scores):
@@ -358,13 +361,16 @@ def _numba_forward(k, plan, scores, lp, log_semiring):
     Z = np.full(B, -np.inf)
     lin_mode = np.zeros(B, dtype=np.bool_)
     lin = None
-    lpn = lp.detach().numpy()
+    # one float64, C-contiguous layout for every input: the kernels compute in float64 anyway, and a single
+    # signature per kernel keeps numba's (cached) compilation short
+    lpn = np.ascontiguousarray(lp.detach().numpy(), dtype=np.float64)  # numpy: no intra-op thread latency
     if log_semiring:
         wn, lin_mode, offset = _score_weights(plan, scores)
         logz = np.full(B, -np.inf)
         P = np.empty(lpn.shape, dtype=np.float64)
         k.dense_forward_lin(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"],
-                            nb["in_lab"], wn[nb["in_arc"]], nb["alpha_off"], alpha, P, logz, lin_mode)
+                            nb["in_lab"], wn[nb["in_arc"]], nb["alpha_off"], alpha, P, logz, lin_mode,
+                            _TINY["forward"])
         Z[lin_mode] = logz[lin_mode] + offset[lin_mode]
         lin = (P, wn)
     rest = ~lin_mode
@@ -372,17 +378,16 @@ def _numba_forward(k, plan, scores, lp, log_semiring):
         k.dense_forward(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"],
                         nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, log_semiring, rest)
     dtype = torch.promote_types(lp.dtype, scores.dtype)
-    return torch.from_numpy(Z).to(dtype), (alpha, Z, sc, in_sc, lin_mode, lin)
+    return torch.from_numpy(Z).to(dtype), (alpha, Z, sc, in_sc, lin_mode, lin, lpn)
 
 
 def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
     nb = plan.numba_arrays()
-    alpha, Z, sc, in_sc, lin_mode, lin = saved
-    glpn = np.zeros(tuple(lp.shape), dtype=lp.detach().numpy().dtype)
+    alpha, Z, sc, in_sc, lin_mode, lin, lpn = saved
+    glpn = np.zeros(lpn.shape, dtype=np.float64)
     glp = torch.from_numpy(glpn)
     gsc = np.zeros(sc.shape[0], dtype=np.float64)
     gzn = gz.detach().to(torch.float64).contiguous().numpy()
-    lpn = lp.detach().numpy()
     if log_semiring:
         m = max(nb["max_states"], 1)
         redo = ~lin_mode
@@ -394,7 +399,7 @@ def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
             k.dense_backward_lin(P, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"],
                                  nb["out_splits"], nb["dst"], nb["lab"], wn, nb["alpha_off"], alpha, Z, gzn, ok,
                                  glpn, gsc, np.empty(m), np.empty(m), np.empty(na), np.empty(na),
-                                 np.empty(max(plan.C, 1)))
+                                 np.empty(max(plan.C, 1)), _TINY["backward"])
             failed = lin_mode & ~ok
             if failed.any():  # rare: recompute those sequences in the log domain
                 glp[torch.from_numpy(failed)] = 0
@@ -409,6 +414,8 @@ def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
     else:
         k.dense_backward_viterbi(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_arc"],
                                  nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, gzn, glpn, gsc)
+    if lp.dtype != torch.float64:
+        glp = torch.from_numpy(glpn.astype(lp.detach().numpy().dtype))
     return torch.from_numpy(gsc).to(scores.dtype), glp
 
 

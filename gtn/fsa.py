@@ -248,11 +248,14 @@ class _Graphs:
                 "arc_sorted": self.is_arc_sorted, "acceptor": self.is_acceptor}
 
     # ------------------------------------------------------------------ tensors: device, dtype, grad
-    def _map_tensors(self, arcs_fn, float_fn, keep_props=True):
+    def _map_tensors(self, arcs_fn, float_fn, keep_cache=False):
         attrs = {k: (float_fn(v) if v.dtype.is_floating_point else arcs_fn(v)) for k, v in self._attrs.items()}
         aux = None if self.aux_labels is None else arcs_fn(self.aux_labels)
-        return type(self)._from_parts(arcs_fn(self.arcs), float_fn(self.scores), arcs_fn(self.arc_splits),
-                                      arcs_fn(self.state_splits), aux, attrs, self._prop)
+        out = type(self)._from_parts(arcs_fn(self.arcs), float_fn(self.scores), arcs_fn(self.arc_splits),
+                                     arcs_fn(self.state_splits), aux, attrs, self._prop)
+        if keep_cache:  # the cache holds structure only (levels, plans), valid while arcs stay put
+            out._cache.update(self._cache)
+        return out
 
     def to(self, *args, **kwargs):
         """Like `torch.Tensor.to`: a device moves everything; a floating dtype changes ``scores`` (and
@@ -265,8 +268,10 @@ class _Graphs:
                 device = torch.device(a)
         if dtype is not None and not dtype.is_floating_point:
             raise FsaError(f"scores must stay floating point; cannot convert to {dtype}")
+        same_device = device is None or device == self.device or (
+            device.type == self.device.type and device.index is None)
         return self._map_tensors(lambda t: t if device is None else t.to(device),
-                                 lambda t: t.to(device=device, dtype=dtype))
+                                 lambda t: t.to(device=device, dtype=dtype), keep_cache=same_device)
 
     def float(self):
         return self.to(torch.float32)
@@ -278,7 +283,7 @@ class _Graphs:
         return self.to("cpu")
 
     def detach(self):
-        return self._map_tensors(lambda t: t, lambda t: t.detach())
+        return self._map_tensors(lambda t: t, lambda t: t.detach(), keep_cache=True)
 
     def clone(self):
         """A deep copy; the scores are a new leaf-like tensor (``clone`` keeps them in the autograd graph)."""

@@ -263,10 +263,13 @@ class Subsampling(nn.Module):
         self.weight = nn.Parameter(torch.empty(channels))
         self.bias = nn.Parameter(torch.empty(channels))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # 2x2 sum = 4 * mean; the 4 is folded into the coefficient and the affine done in one addcmul.
+    def forward(self, x: torch.Tensor, weight_scale: float = 1.0, bias_scale: float = 1.0) -> torch.Tensor:
+        """``bias_scale * bias + weight_scale * coefficient * (2x2 sum of x)`` per map (scales: see
+        ``LeNet5.trunk``)."""
+        # 2x2 sum = 4 * mean; the 4 goes into the (small) coefficient vector, the affine into one addcmul.
         pooled = F.avg_pool2d(x, 2)
-        return torch.addcmul(self.bias.view(1, -1, 1, 1), pooled, (4 * self.weight).view(1, -1, 1, 1))
+        return torch.addcmul((self.bias * bias_scale).view(1, -1, 1, 1), pooled,
+                             (self.weight * (4 * weight_scale)).view(1, -1, 1, 1))
 
     def extra_repr(self) -> str:
         return f"{self.channels}, 2x2 sum x coefficient + bias"
@@ -310,12 +313,13 @@ class SparseConv2d(nn.Module):
         return torch.tensor([len(row) * self.kernel_size ** 2 for row in self.table])
 
     def dense_weight(self) -> torch.Tensor:
+        """The ``[out, in, k, k]`` kernel, zeros where the table has no connection."""
         k = self.kernel_size
         dense = self.weight.new_zeros(self.out_channels * self.in_channels, k, k)
         return dense.index_copy(0, self.index, self.weight).view(self.out_channels, self.in_channels, k, k)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.dense_weight(), self.bias)
+    def forward(self, x: torch.Tensor, weight_scale: float = 1.0, bias_scale: float = 1.0) -> torch.Tensor:
+        return F.conv2d(x, self.dense_weight() * weight_scale, self.bias * bias_scale)
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, connections={len(self.index)}"
@@ -335,6 +339,15 @@ class EuclideanRBF(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.prototypes.shape[1]} -> {self.prototypes.shape[0]}, fixed prototypes"
+
+
+def _scaled(layer: nn.Module, x: torch.Tensor, weight_scale: float, bias_scale: float) -> torch.Tensor:
+    """``layer`` applied with its weight times ``weight_scale`` and its bias times ``bias_scale``."""
+    if isinstance(layer, nn.Conv2d):
+        return F.conv2d(x, layer.weight * weight_scale, layer.bias * bias_scale)
+    if isinstance(layer, nn.Linear):
+        return F.linear(x, layer.weight * weight_scale, layer.bias * bias_scale)
+    return layer(x, weight_scale, bias_scale)  # SparseConv2d
 
 
 class _LeNetBase(nn.Module):
@@ -457,14 +470,22 @@ class LeNet5(_LeNetBase):
             uniform_(self.c3.bias, 2.4 / 150)
 
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
-        """F6 states ``[B, P, 84]``, one per horizontal position of the C5 output."""
-        h = squash(self.c1(x))
-        h = squash(self.s2(h))
-        h = squash(self.c3(h))
-        h = squash(self.s4(h))
-        h = squash(self.c5(h))                  # [B, 120, H', W'], 1x1 for a 32x32 input
-        h = h.flatten(2).transpose(1, 2)        # [B, H'W', 120]: F6 is applied at every position
-        return squash(self.f6(h))
+        """F6 states ``[B, P, 84]``, one per horizontal position of the C5 output.
+
+        Computes ``h = squash(layer(h))`` for C1, S2, C3, S4, C5, F6 in turn, with the squashing constants
+        moved from the (large) activation maps to the (small) weights: every layer is affine, so with
+        ``h = A t``, ``squash(layer(h)) = A tanh(S W (A t) + S b) = A tanh(W' t + b')`` where
+        ``W' = S A W`` and ``b' = S b``. Same function, same parameters, two fewer passes over every
+        activation map forward and backward (``test_folded_squash_equals_layer_by_layer``).
+        """
+        sa = S * A
+        t = torch.tanh(_scaled(self.c1, x, S, S))   # the input is not squashed: no A
+        t = torch.tanh(self.s2(t, sa, S))
+        t = torch.tanh(_scaled(self.c3, t, sa, S))
+        t = torch.tanh(self.s4(t, sa, S))
+        t = torch.tanh(_scaled(self.c5, t, sa, S))  # [B, 120, H', W'], 1x1 for a 32x32 input
+        t = t.flatten(2).transpose(1, 2)            # [B, H'W', 120]: F6 is applied at every position
+        return A * torch.tanh(_scaled(self.f6, t, sa, S))
 
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.rbf(features)

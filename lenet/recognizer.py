@@ -276,6 +276,9 @@ class StringReader(nn.Module):
         is set) the interpretation graph is first composed with `length_grammar`. ``return_paths`` also returns
         the segmentations and each best path's segment indices (local to its image)."""
         g, segs = self.interpret(images)
+        return self._read(g, segs, grammar, return_paths)
+
+    def _read(self, g, segs, grammar=None, return_paths=False):
         use = self.lengths is not None if grammar is None else grammar
         if use and self.lengths is not None:
             gg = gtn.compose(g, length_grammar(*self.lengths, dtype=g.dtype))
@@ -298,6 +301,31 @@ class StringReader(nn.Module):
         if return_paths:
             return texts, segs, segpaths
         return texts
+
+    @torch.no_grad()
+    def tune_bias(self, images, labels: Sequence[str], factors=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
+                  batch_size: int = 50) -> float:
+        """Choose the segmentation bias among ``factors`` × the current bias by string accuracy on
+        (training) ``images``/``labels``, without touching the network: the interpretation graphs are
+        computed once and only the bias added to their digit arcs changes. Sets and returns the best bias."""
+        b0 = float(self.transformer.seg_bias)
+        graphs = []
+        for k in range(0, len(images), batch_size):
+            graphs.append(self.interpret(images[k:k + batch_size]))
+        best, best_acc = b0, -1.0
+        for f in factors:
+            b = b0 * f
+            right = 0
+            for j, (g, segs) in enumerate(graphs):
+                shifted = g._derive(g.arcs, torch.arange(g.num_arcs), g.arc_splits, g.state_splits,
+                                    scores=g.scores + (b - b0) * (g.labels != -1).to(g.dtype), kind=FsaVec)
+                texts = self._read(shifted, segs)
+                right += sum(t == l for t, l in zip(texts, labels[j * batch_size:(j + 1) * batch_size]))
+            acc = right / len(images)
+            if acc > best_acc:
+                best, best_acc = b, acc
+        self.transformer.seg_bias.fill_(best)
+        return best
 
     def plot_decoding(self, image, ax=None, title: str = "", truth: Optional[str] = None, out=None):
         """Draw ``image`` with its candidate cuts and the decoded path (a box and the digit per segment)."""
@@ -384,12 +412,14 @@ def recognize(images, model, batch_size: int = 64):
     written by ``examples/multi_digit.py --out PATH`` or a loaded `StringReader`. Returns a ``str`` for one
     image and a list of ``str`` for a list. Raises ``ValueError``/``TypeError`` for empty, all-black, wrongly
     shaped or non-image input."""
+    from .sdnn import SDNNReader
+    readers = (StringReader, SDNNReader)
     reader = model
-    if not isinstance(reader, StringReader):
+    if not isinstance(reader, readers):
         if isinstance(reader, (str, bytes)) or hasattr(reader, "__fspath__"):
             from . import load
             reader = load(reader)
-        if not isinstance(reader, StringReader):
+        if not isinstance(reader, readers):
             raise TypeError(f"model must be a StringReader or the path of a checkpoint written by "
                             f"examples/multi_digit.py, got {type(model).__name__}")
     single = isinstance(images, (np.ndarray, torch.Tensor))
@@ -447,6 +477,7 @@ def _load_reader(ckpt) -> "StringReader":
 def _register():
     from .checkpoint import register
     register(CHECKPOINT_KIND, "lenet.recognizer:_load_reader")
+    register("sdnn_reader", "lenet.sdnn:_load_sdnn")
 
 
 _register()

@@ -163,7 +163,7 @@ def train(out: Optional[Union[str, Path]] = None, epochs: int = DEFAULTS["epochs
                 if step % 50 == 0 or step == steps - 1:
                     bar.set_description(f"pass {epoch + 1}/{epochs}")
                     bar.set_postfix(loss=f"{total_loss / min(n, (step + 1) * batch_size):.3f}")
-        test_error, _ = evaluate(model, xt, yt)
+        test_error, test_preds = evaluate(model, xt, yt)
         record = dict(epoch=epoch + 1, lr=lr, train_loss=total_loss / n, train_error=wrong / n,
                       test_error=test_error, seconds=time.perf_counter() - start)
         history.append(record)
@@ -179,8 +179,7 @@ def train(out: Optional[Union[str, Path]] = None, epochs: int = DEFAULTS["epochs
     model.eval()
 
     if out is not None:
-        test_error, preds = evaluate(model, xt, yt)
-        confusion = confusion_matrix(yt, preds, model.num_classes)
+        confusion = confusion_matrix(yt, test_preds, model.num_classes)
         path = checkpoint.save_model(model, out, history=history, train_config=config,
                                      test_error=test_error, confusion=confusion,
                                      wall_seconds=time.perf_counter() - start)
@@ -234,7 +233,8 @@ def _plots(path: Path, history: List[Dict], confusion: torch.Tensor, title: str)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m lenet.train", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m lenet.train",
+                                description="Train LeNet-5 on isolated digits and write a checkpoint.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="checkpoint to write (PNGs of the curves go beside it)")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="passes over the training set")
@@ -248,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--lr-scale", type=float, default=DEFAULTS["lr_scale"],
                    help="multiplies the paper's learning-rate schedule")
     p.add_argument("--mu", type=float, default=DEFAULTS["mu"], help="SDLM's mu")
+    p.add_argument("--warmup-steps", type=int, default=DEFAULTS["warmup_steps"],
+                   help="steps at the start of the first pass at a tenth of the rate")
     p.add_argument("--j", type=float, default=DEFAULTS["j"], help="the MAP criterion's constant")
     p.add_argument("--limit", type=int, help="train on only the first LIMIT digits")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small batches gain little from more)")
@@ -257,7 +259,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     train(out=a.out, epochs=a.epochs, seed=a.seed, variant=a.variant, distort=a.distort, idx_dir=a.idx_dir,
-          batch_size=a.batch_size, lr_scale=a.lr_scale, mu=a.mu, j=a.j, limit=a.limit,
+          batch_size=a.batch_size, lr_scale=a.lr_scale, mu=a.mu, j=a.j, warmup_steps=a.warmup_steps, limit=a.limit,
           dtype=torch.float64 if a.double else torch.float32, progress=not a.no_progress,
           plots=not a.no_plots)
 

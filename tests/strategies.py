@@ -331,7 +331,8 @@ def openfst_shortest_distance(fsa: gtn.Fsa, semiring: str = "log") -> float:
             continue  # cost +inf: OpenFst's zero; leaving the arc out is the same
         f.add_arc(s, fst.Arc(l + 1, l + 1, fst.Weight(wtype, -w), d))
     f.set_final(n - 1, fst.Weight.one(wtype))
-    d = fst.shortestdistance(f, reverse=True)
+    # delta: OpenFst skips an update smaller than delta (default 1e-6), which drops the mass of unlikely paths
+    d = fst.shortestdistance(f, reverse=True, delta=1e-12)
     if len(d) == 0:
         return NEG_INF
     txt = str(d[0])

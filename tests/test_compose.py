@@ -231,9 +231,8 @@ def test_project_then_linear_selects(t, y, output_side):
     """compose(project(t, side), linear_fsa(y)) keeps exactly the paths of t whose (epsilon-free) label
     string on that side is y: its forward score is their logsumexp (brute force), and
     constrained_forward_score says the same."""
-    from gtn.structure import project
     side = "output" if output_side else "input"
-    p = project(t, side)
+    p = gtn.project(t, side)
     lin = gtn.linear_fsa(y, dtype=t.dtype)
     c = gtn.compose(p, lin)
     lab = (t.aux_labels if output_side and t.aux_labels is not None else t.labels).tolist()
@@ -412,13 +411,13 @@ def test_dtype_promotion_and_grad_flow():
 
 
 def test_bigger_lattice_all_paths_agree():
-    """A lattice (12 levels x 12 states, fan-out 3) against a cyclic bigram grammar: the torch reference, the
+    """A lattice (20 levels x 20 states, fan-out 3) against a cyclic bigram grammar: the torch reference, the
     kernel with its dense pair table, and the kernel with a growing hash table (rehashed several times) and
     binary search give the same FSA, and the forward score equals OpenFst's."""
     import random
     import sys
     r = random.Random(1)
-    L, W, K, V = 12, 12, 3, 8
+    L, W, K, V = 20, 20, 3, 8
     F = 1 + L * W
     lat = [(0, 1 + j, r.randint(1, V), r.uniform(-1, 1)) for j in range(W)]
     for lv in range(L - 1):
@@ -440,5 +439,5 @@ def test_bigger_lattice_all_paths_agree():
         assert gtn.compose(A.clone(), G.clone(), impl="numba") == ref
     finally:
         mod._DENSE_MAX, mod._TABLE_MAX = old
-    assert ref.num_states > 2000  # enough pairs for the hash table to grow from 1024 slots
+    assert ref.num_states > 1000  # enough pairs for the hash table to grow from 1024 slots (twice)
     assert close(real_total(ref), fst_total(fst_compose(A, G, "log64"), "log64"), 1e-7)

@@ -1,6 +1,5 @@
 """DenseFsaVec, intersect_dense and the fused frame loop (dense_forward_score), numba and torch paths."""
 import math
-import os
 
 import pytest
 import torch
@@ -209,6 +208,38 @@ def test_extreme_scores_fall_back_to_log_domain(backend):
         for b, m in enumerate(members(gs, 3)):
             f, _ = brute_force(m, lp[b], int(lengths[b]))
             assert torch.allclose(z[b], torch.tensor(f, dtype=z.dtype), rtol=1e-9, atol=1e-7), (seed, b)
+        if backend == "numba":
+            _numba_vs_torch(gs, lp, lengths)
+
+
+def _numba_vs_torch(g, lp, lengths, log=True):
+    out = []
+    for backend in BACKENDS:
+        sc = g.scores.detach().clone().requires_grad_(True)
+        x = lp.clone().requires_grad_(True)
+        gg = g.clone()
+        gg.scores = sc
+        z = gtn.dense_forward_score(gg, gtn.DenseFsaVec(x, lengths), log_semiring=log, backend=backend)
+        w = torch.linspace(0.5, 1.5, z.numel(), dtype=z.dtype)
+        torch.where(torch.isfinite(z), z * w, torch.zeros_like(z)).sum().backward()
+        out.append((z.detach(), sc.grad, x.grad))
+    (z1, s1, x1), (z2, s2, x2) = out
+    assert torch.allclose(z1, z2, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(s1, s2, rtol=1e-7, atol=1e-9) and torch.allclose(x1, x2, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.parametrize("fwd,bwd", [(0.5, 1e-290), (1e-4, 1e-290), (1e-290, 0.5), (1e-290, 1e-2), (1e-290, 1e-6)])
+def test_scaled_kernel_fallbacks(monkeypatch, fwd, bwd):
+    """Raising the underflow thresholds forces the scaled kernels to hand sequences to the log kernels, in the
+    forward or part-way through the backward; results must not change."""
+    monkeypatch.setitem(D._TINY, "forward", fwd)
+    monkeypatch.setitem(D._TINY, "backward", bwd)
+    for seed in range(12):
+        g, lp, lengths = random_case(seed, shared=seed % 2 == 0, T=4)
+        _numba_vs_torch(g, lp, lengths)
+    targets = torch.randint(1, 5, (3, 6), generator=torch.Generator().manual_seed(0))
+    lp = torch.randn(3, 20, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).log_softmax(-1)
+    _numba_vs_torch(gtn.ctc_graph(targets.tolist(), dtype=torch.float64), lp, torch.tensor([20, 17, 12]))
 
 
 def test_long_sequences_numba_matches_torch_float32():

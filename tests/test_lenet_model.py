@@ -257,3 +257,19 @@ def test_sdlm_step_and_schedule():
         opt.set_curvature({p: torch.tensor([-1.0, 0.0])})
     assert [paper_learning_rate(e) for e in range(14)] == (
         [5e-4] * 2 + [2e-4] * 3 + [1e-4] * 3 + [5e-5] * 4 + [1e-5] * 2)
+
+
+@pytest.mark.parametrize("cls", [LeNet5, LeNet5FullC3])
+def test_folded_squash_equals_layer_by_layer(cls):
+    # The trunk folds A and S into the weights; the function must be the paper's, layer by layer.
+    torch.manual_seed(0)
+    model = cls().double()
+    x = torch.randn(3, 1, 32, 32, dtype=torch.double)
+    h = squash(model.c1(x))
+    h = squash(model.s2(h))
+    h = squash(model.c3(h))
+    h = squash(model.s4(h))
+    h = squash(model.c5(h)).flatten(1)
+    h = squash(model.f6(h))
+    torch.testing.assert_close(model.features(x), h)
+    torch.testing.assert_close(model(x), model.rbf(h))

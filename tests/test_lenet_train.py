@@ -126,3 +126,14 @@ def test_load_dispatches_on_kind(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a torch-gtn checkpoint"):
         lenet.load(tmp_path / "plain.pt")
+
+
+def test_custom_prototypes_round_trip(tmp_path):
+    # An extra class (e.g. "no digit here" for the SDNN reader) is an extra +-1 code.
+    codes = torch.cat([lenet.digit_prototypes(), -torch.ones(1, 84)])
+    model = lenet.LeNet5(prototypes=codes)
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 11)
+    loaded = lenet.load(checkpoint.save_model(model, tmp_path / "m.pt"))
+    assert loaded.num_classes == 11 and torch.equal(loaded.rbf.prototypes, codes)
+    with pytest.raises(ValueError, match="prototypes"):
+        lenet.LeNet5(prototypes=torch.zeros(10, 84))

@@ -213,11 +213,12 @@ def dense_backward_viterbi(lp, lens, gidx, soff, ns, in_splits, in_arc, in_src, 
 # a path whose relative weight is below ~1e-300 at some frame, which later frames could still make
 # dominant) marks the sequence, and the caller recomputes it with the log-domain kernels above. Exact zeros
 # (-inf scores, unreachable states) are not underflows.
-TINY = 1e-290
+TINY = 1e-290  # the default ``tiny`` threshold (a parameter, so tests can force the fallbacks)
 
 
 @njit(cache=True)
-def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w, alpha_off, alpha, P, logz, ok):
+def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w, alpha_off, alpha, P, logz, ok,
+                      tiny):
     """Scaled forward for the sequences with ``ok[b]``; clears ``ok[b]`` on a possible underflow.
 
     Fills ``P[b, t, c] = exp(lp[b, t, c] - max_c lp[b, t])`` for the backward. ``logz[b]`` gets the total
@@ -268,7 +269,7 @@ def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w,
                     a = alpha[prev + in_src[k]]
                     wp = in_w[k] * Pt[in_lab[k]]
                     term = a * wp
-                    if term < TINY:
+                    if term < tiny:
                         if a > 0.0 and wp > 0.0:
                             bad = True
                     x += term
@@ -295,7 +296,7 @@ def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w,
         for k in range(in_splits[s0 + n - 1], in_splits[s0 + n]):
             a = alpha[last + in_src[k]]
             term = a * in_w[k]
-            if term < TINY and a > 0.0 and in_w[k] > 0.0:
+            if term < tiny and a > 0.0 and in_w[k] > 0.0:
                 ok[b] = False
             x += term
         if not ok[b]:
@@ -305,7 +306,7 @@ def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w,
 
 @njit(cache=True)
 def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab, w, alpha_off, alpha, logz, gz, ok,
-                       glp, gsc, beta_a, beta_b, qbuf, gloc, row):
+                       glp, gsc, beta_a, beta_b, qbuf, gloc, row, tiny):
     """Scaled backward for the sequences with ``ok[b]`` (alpha and P from `dense_forward_lin`); clears
     ``ok[b]`` on a possible underflow, leaving ``gsc`` untouched for that sequence (its ``glp[b]`` rows must be
     re-zeroed by the caller).
@@ -348,7 +349,7 @@ def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab,
                 sq += q
             cur[s] = bs
             btot += bs
-        if not (sq > TINY) or not (btot > 0.0):
+        if not (sq > tiny) or not (btot > 0.0):
             ok[b] = False
             continue
         sc = wb / sq
@@ -377,7 +378,7 @@ def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab,
                         wp = w[k] * Pt[lk]
                         bn = nxt[dst[k]]
                         term = wp * bn
-                        if term < TINY:
+                        if term < tiny:
                             if wp > 0.0 and bn > 0.0:
                                 bad = True
                         bs += term
@@ -387,7 +388,7 @@ def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab,
                     sq += q
                 cur[s] = bs
                 btot += bs
-            if bad or not (sq > TINY) or not (btot > 0.0):
+            if bad or not (sq > tiny) or not (btot > 0.0):
                 ok[b] = False
                 for c in range(C):
                     row[c] = 0.0

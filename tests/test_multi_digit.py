@@ -1,0 +1,56 @@
+"""End-to-end tests of examples/multi_digit.py (the GTN reader trained from string labels)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lenet
+from lenet.recognizer import StringReader, recognize
+from lenet.strings import make_strings
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "multi_digit.py"
+
+
+def run(tmp_path, *args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = tmp_path / "reader.pt"
+    p = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--no-progress", *args], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=timeout)
+    return p, out
+
+
+def test_quick_run_trains_and_lowers_the_loss(tmp_path):
+    p, out = run(tmp_path, "--quick", "--seed", "1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "global training lowered the loss" in p.stdout
+    for suffix in ("_curves.png", "_example.png", "_metrics.json"):
+        f = tmp_path / ("reader" + suffix)
+        assert f.exists() and f.stat().st_size > 500, f
+    m = json.loads((tmp_path / "reader_metrics.json").read_text())
+    assert m["monitor_loss_after"] < m["monitor_loss_before"]
+    assert "| hos | (a) isolated digits only |" in p.stdout and "| hos | (b) + global training |" in p.stdout
+    reader = lenet.load(out)
+    assert isinstance(reader, StringReader)
+    s = make_strings(3, "test", seed=0)
+    texts = recognize([x.image for x in s], out)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+@pytest.mark.slow
+def test_trained_checkpoint_reads_back_rendered_strings(tmp_path):
+    """A mid-sized run (a few minutes): the trained reader reads most rendered test strings exactly."""
+    p, out = run(tmp_path, "--iso-epochs", "8", "--train-strings", "1200", "--global-epochs", "1",
+                 "--test-strings", "100", timeout=3000)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    strings = make_strings(50, "test", seed=123)
+    texts = recognize([s.image for s in strings], str(out))
+    right = sum(t == s.label for t, s in zip(texts, strings))
+    assert right >= 30, (right, list(zip(texts, [s.label for s in strings]))[:10])
+    # a single image, given as float numpy, reads as a str
+    one = recognize(strings[0].image.numpy().astype("float32") / 255, out)
+    assert isinstance(one, str)
