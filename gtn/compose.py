@@ -260,7 +260,9 @@ def _expand_torch(pa, pb, m_sa, m_sb, m_fa, m_fb, nb):
             torch.bincount(em, minlength=M))
 
 
-def _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb):
+def _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb, a_labels):
+    """The kernel's expansion; returns ``(arcs, a_map, b_map, states_per_member, arcs_per_member)``, ``arcs``
+    already ``[num_arcs, 3]`` with ``a``'s input labels (what compose would otherwise gather and stack)."""
     na = pa["cnt"].numel()
     dense_size = 2 * na * nb if 2 * na * nb <= _DENSE_MAX else 0
     n = lambda t: t.numpy()  # noqa: E731  (zero-copy views of CPU tensors)
@@ -270,14 +272,15 @@ def _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb):
                   O=np.empty((4, 4096), np.int64), dmap=np.empty(1, np.int32))
     if "np" not in pa:  # numpy views of the prepared arrays, kept with them
         pa["np"] = tuple(n(pa[k]) for k in ("start", "cnt", "dst", "lab", "orig", "noeps", "alleps"))
+        pa["ilab"] = a_labels.contiguous().numpy()  # input labels of all of a's arcs (a column of its arcs)
     if "np" not in pb:
         pb["np"] = tuple(n(pb[k]) for k in ("start", "cnt", "dst", "lab", "orig"))
     out = nb_mod.compose_kernel(*pa["np"], *pb["np"], n(m_sa), n(m_sb), n(m_fa), n(m_fb), nb, dense_size,
-                             n(pb["tab"]), pb["tab_w"], ws["P"], ws["E"], ws["O"], ws["dmap"])
-    ws["P"], ws["E"], ws["O"], ws["dmap"] = out[6:]
+                             n(pb["tab"]), pb["tab_w"], ws["P"], ws["E"], ws["O"], ws["dmap"], pa["ilab"])
+    ws["P"], ws["E"], ws["O"], ws["dmap"] = out[5:]
     if ws["P"].nbytes + ws["E"].nbytes + ws["O"].nbytes + ws["dmap"].nbytes > _WORKSPACE_KEEP:
         ws.clear()  # do not hold on to the memory of one huge composition
-    return tuple(torch.from_numpy(x) for x in out[:6])
+    return tuple(torch.from_numpy(x) for x in out[:5])
 
 
 # ---------------------------------------------------------------------------------------------------- public
@@ -346,15 +349,13 @@ def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = Fa
     m_sa, m_sb = torch.where(ok, m_sa, -1), torch.where(ok, m_sb, -1)
     m_fa, m_fb = A.state_splits[1:][ia] - 1, B.state_splits[1:][ib] - 1
     nb = max(B.total_states, 1)
-    if nb_mod is not None:
-        src, dst, a_map, b_map, spm, apm = _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb)
+    # labels: a's input label where a moved (else epsilon); b's output label where b moved (else epsilon)
+    if nb_mod is not None:  # (CPU, like its inputs) the kernel also writes the arc tensor, labels included
+        arcs, a_map, b_map, spm, apm = _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb, A.labels)
     else:
         src, dst, a_map, b_map, spm, apm = _expand_torch(pa, pb, m_sa, m_sb, m_fa, m_fb, nb)
+        arcs = torch.stack([src, dst, index_arcs(A.labels, a_map, 0)], 1)
     dev = A.device
-    src, dst, a_map, b_map, spm, apm = (t.to(dev) for t in (src, dst, a_map, b_map, spm, apm))
-    # labels: a's input label where a moved (else epsilon); b's output label where b moved (else epsilon)
-    label = index_arcs(A.labels, a_map, 0)
-    arcs = torch.stack([src, dst, label], 1)
     b_out = B.aux_labels if B.aux_labels is not None else B.labels
     aux = None
     if A.aux_labels is not None or B.aux_labels is not None:

@@ -50,9 +50,46 @@ def _kernels(device=None):
 
 # ---------------------------------------------------------------------------------------------------- the plan
 class _Plan:
-    """The level structure of a graph (arcs only, no scores): cached on the graph as ``_cache["score_plan"]``."""
+    """The level structure of a graph (arcs only, no scores): cached on the graph as ``_cache["score_plan"]``.
 
-    def __init__(self, x):
+    Built by one numba pass on CPU (`gtn.kernels.scoring_numba._plan`) or by tensor operations (the reference,
+    any device); both give identical plans (``tests/test_scoring.py`` checks every field). The fields that only
+    the torch DP, the posteriors or the Viterbi backtrack read (``f_src`` ... ``b_dst``, ``levels()``) are
+    derived on first use, so that scoring a fresh graph once (compose, then score) pays for none of them."""
+
+    def __init__(self, x, use_kernel: Optional[bool] = None):
+        k = _kernels(x.device) if use_kernel is None or use_kernel else None
+        self._lazy = {}
+        self._levels = None  # per-depth slices for the torch DP, built on first use
+        self._numba = None  # arrays for the numba kernels (the kernel builder fills them at once)
+        if k is not None:
+            self._build_kernel(x, k)
+        else:
+            self._build_torch(x)
+
+    def _build_kernel(self, x, k):
+        arcs, arc_splits, state_splits = x.arcs, x.arc_splits, x.state_splits
+        N, A = arc_splits.numel() - 1, arcs.shape[0]
+        S = int(state_splits[-1])
+        small = max(S, A) < 2 ** 31 - 1  # int32 indices for the sweeps: half the memory traffic
+        (ok, level, L, order, pos, valid, start_pos, final_pos, arc_fsa, src_pos, dst_pos, fperm, bperm, lstart,
+         n_start, n_final, fsplit, bsplit, frow, fsrc, brow, bdst, is_start, is_final) = k.plan_arrays(
+            arcs, arc_splits, state_splits, small)
+        if not ok:
+            _raise_if_cyclic(x, "forward/Viterbi scoring")
+            raise AssertionError("internal: Kahn's algorithm stopped early but no cycle was found")  # unreachable
+        t = torch.from_numpy
+        c = x._cache  # Kahn's levels come for free: keep them for state_batches / top_sort
+        c.setdefault("kahn", (t(level), int(L)))
+        c.setdefault("cycle", None)
+        self.S, self.A, self.N = S, A, N
+        self.valid, self.start_pos, self.final_pos = t(valid), t(start_pos), t(final_pos)
+        self.order, self.pos, self.arc_fsa = t(order), t(pos), t(arc_fsa)
+        self.src_pos, self.dst_pos, self.fperm, self.bperm = t(src_pos), t(dst_pos), t(fperm), t(bperm)
+        self._splits = (int(L), t(lstart), t(n_start), t(n_final), t(fsplit), t(bsplit))
+        self._numba = (frow, fsrc, brow, bdst, is_start, is_final)
+
+    def _build_torch(self, x):
         _raise_if_cyclic(x, "forward/Viterbi scoring")
         level, L = _kahn(x)
         v = as_vec(x)
@@ -97,14 +134,22 @@ class _Plan:
         sas = v.state_arc_splits
         bperm = ragged_range(sas[order], sas[order + 1] - sas[order])
         self.fperm, self.bperm = fperm, bperm
-        self.f_src, self.f_dst = src_pos[fperm], dst_pos[fperm]
-        self.b_src, self.b_dst = src_pos[bperm], dst_pos[bperm]
         # f_dst and b_src are sorted positions, so each depth's arcs start where its first position would
         fsplit = torch.searchsorted(self.f_dst, lstart)
         bsplit = torch.searchsorted(self.b_src, lstart)
         self._splits = (L, lstart, n_start, n_final, fsplit, bsplit)
-        self._levels = None  # per-depth slices for the torch DP, built on first use
-        self._numba = None  # arrays for the numba kernels, built on first use
+
+    def _get(self, name, fn):
+        t = self._lazy.get(name)
+        if t is None:
+            t = self._lazy[name] = fn()
+        return t
+
+    # the arcs' source / destination positions in fperm (forward) and bperm (backward) order
+    f_src = property(lambda self: self._get("f_src", lambda: self.src_pos[self.fperm]))
+    f_dst = property(lambda self: self._get("f_dst", lambda: self.dst_pos[self.fperm]))
+    b_src = property(lambda self: self._get("b_src", lambda: self.src_pos[self.bperm]))
+    b_dst = property(lambda self: self._get("b_dst", lambda: self.dst_pos[self.bperm]))
 
     def levels(self):
         """Per depth with arcs, for the forward and the backward DP: ``(o1, o2, a, b, gather, slot)``: the arcs
@@ -129,7 +174,8 @@ class _Plan:
         return self._levels
 
     def numba_arrays(self):
-        """CSR of the kept forward arcs by destination position and of all arcs by source position."""
+        """CSR of the kept forward arcs by destination position and of all arcs by source position, with the
+        start / final flags per position: ``(frow, fsrc, brow, bdst, is_start, is_final)`` (numpy)."""
         if self._numba is None:
             S = self.S
             fcount = torch.bincount(self.f_dst, minlength=S)
@@ -145,7 +191,7 @@ class _Plan:
             # int32 indices where they fit: half the memory traffic of the sweeps
             small = max(self.S, self.A) < 2 ** 31 - 1
             idx = (lambda t: t.to(torch.int32)) if small else (lambda t: t)
-            self._numba = tuple(t.contiguous().numpy() for t in (
+            self._numba = tuple(t.contiguous().cpu().numpy() for t in (
                 idx(frow), idx(self.f_src), idx(brow), idx(self.b_dst), is_start, is_final))
         return self._numba
 

@@ -47,9 +47,6 @@ __all__ = ["SYMBOLS", "digits_to_labels", "labels_to_string", "standardize", "cr
 #: ``SYMBOLS[label - 1]`` is the character of arc label ``label`` (label 0 is epsilon, -1 the final arc).
 SYMBOLS = "0123456789"
 
-_Transformer = getattr(gtn, "Transformer", nn.Module)
-
-
 def digits_to_labels(text: str) -> List[int]:
     """``"307"`` → ``[4, 1, 8]`` (digit d is symbol d + 1)."""
     if not isinstance(text, str) or not text or any(c not in SYMBOLS for c in text):
@@ -142,7 +139,7 @@ def crop_segments(images: Sequence[torch.Tensor], segs: Sequence[Segmentation], 
 
 
 # ---------------------------------------------------------------------------------------------- graphs
-class RecognitionTransformer(_Transformer):
+class RecognitionTransformer(gtn.Transformer):
     """The recognition transformer: segmentation graphs → interpretation graph.
 
     Holds the recognizer (a `LeNet5`, or any variant returning penalties ``[N, 10]``) and the learnable

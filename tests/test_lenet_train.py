@@ -15,9 +15,10 @@ QUIET = dict(progress=False, log=lambda *args: None)
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """400 SDLM steps (120 of them warm-up) on 3,200 digits: (model, history, checkpoint path)."""
+    """500 SDLM steps (the default 250 of warm-up, then 250) on 4,000 digits: (model, history, path).
+    Seeds 0-3 all end near loss 10 and 15-20 % test error; a 120-step warm-up diverged for seed 1."""
     out = tmp_path_factory.mktemp("run") / "lenet5.pt"
-    model, history = train(out=out, epochs=1, limit=3200, warmup_steps=120, seed=0, **QUIET)
+    model, history = train(out=out, epochs=1, limit=4000, seed=0, **QUIET)
     return model, history, out
 
 
@@ -31,7 +32,7 @@ def test_short_training_lowers_the_loss_and_beats_chance(short_run):
         after = model.loss(model(x), y).item()
     assert before > 60  # all F6 states near 0: every penalty near 84, minus j
     assert after < 0.25 * before
-    # Chance is 90 % error; 400 steps get far below it on the held-out digits.
+    # Chance is 90 % error; 500 steps get far below it on the held-out digits.
     assert history[-1]["test_error"] < 0.35
     xt, yt = load_digits("test")
     assert (model(xt).argmin(1) != yt).double().mean().item() == pytest.approx(history[-1]["test_error"])

@@ -64,6 +64,7 @@ def test_interpretation_graph_has_ten_arcs_per_segment_with_the_crop_penalties(t
     xs, segs, seg_graphs = reader.segment(images)
     g = reader(images)
     assert isinstance(g, gtn.FsaVec) and len(g) == 2
+    assert isinstance(reader.transformer, gtn.Transformer)
     crops = crop_segments(xs, segs)
     with torch.no_grad():
         pen = reader.model(crops)
@@ -208,7 +209,7 @@ def test_decode_reads_the_best_path_and_respects_the_grammar(tiny):
     images = [s.image for s in strings]
     texts, segs, paths = reader.decode(images, grammar=False, return_paths=True)
     g = reader(images)
-    best = gtn.viterbi_score(g)
+    best = gtn.viterbi_score(g).detach()
     for i, t in enumerate(texts):
         assert len(paths[i]) == len(t)
         assert all(0 <= s < segs[i].num_segments for s in paths[i])

@@ -199,6 +199,80 @@ def test_numba_and_torch_paths_agree(v, dtype):
         assert torch.allclose(a.double(), b.double(), atol=tol, rtol=tol), (a, b)
 
 
+# ------------------------------------------------------------------------------------------ plan builders
+_PLAN_FIELDS = ("S", "A", "N", "valid", "start_pos", "final_pos", "order", "pos", "arc_fsa", "src_pos", "dst_pos",
+                "fperm", "bperm", "f_src", "f_dst", "b_src", "b_dst")
+
+
+def _assert_same_plan(pk, pt):
+    """Every field of two plans is identical (values and dtypes), including the derived ones."""
+    for name in _PLAN_FIELDS:
+        a, b = getattr(pk, name), getattr(pt, name)
+        if isinstance(a, int):
+            assert a == b, name
+        else:
+            assert a.dtype == b.dtype and torch.equal(a, b), (name, a, b)
+    assert pk._splits[0] == pt._splits[0]
+    for a, b in zip(pk._splits[1:], pt._splits[1:]):
+        assert torch.equal(a, b), (pk._splits, pt._splits)
+    for lk, lt in zip(pk.levels(), pt.levels()):  # the torch DP's per-depth slices
+        assert len(lk) == len(lt)
+        for a, b in zip(lk, lt):
+            assert a[:4] == b[:4] and torch.equal(a[4], b[4]) and torch.equal(a[5], b[5])
+    for a, b in zip(pk.numba_arrays(), pt.numba_arrays()):  # kernel-made vs derived by torch
+        assert a.dtype == b.dtype and (a == b).all()
+
+
+def _kernel_plan(x):
+    old = scoring.use_numba()
+    scoring.use_numba(True)
+    try:
+        p = scoring._Plan(x)
+    finally:
+        scoring.use_numba(old)
+    assert p._numba is not None  # built by the kernel (the torch builder leaves the sweep arrays for later)
+    return p
+
+
+@LAW
+@given(fsa_vecs(top_sorted=None, transducer=None, max_states=12, max_fsas=4))
+def test_plan_kernel_equals_torch_builder(v):
+    """The one-pass numba plan builder gives exactly the torch builder's plan (and Kahn's levels)."""
+    if not _numba_importable():
+        pytest.skip("numba does not import here")  # pragma: no cover
+    x = v.detach()  # a graph with its own cache
+    pk = _kernel_plan(x)
+    pt = scoring._Plan(v.detach(), use_kernel=False)
+    assert pt._numba is None
+    _assert_same_plan(pk, pt)
+    from gtn.topology import _kahn_torch
+    level, L = x._cache["kahn"]  # the kernel leaves Kahn's levels for state_batches / top_sort
+    want = _kahn_torch(gtn.fsa.as_vec(v))
+    assert torch.equal(level, want) and L == (int(want.max()) + 1 if want.numel() else 0)
+
+
+def test_plan_builders_agree_on_corner_cases():
+    """One-state and empty members, arcs into the start state, a permuted numbering, an all-empty batch."""
+    if not _numba_importable():
+        pytest.skip("numba does not import here")  # pragma: no cover
+    one = gtn.Fsa(torch.zeros(0, 3, dtype=torch.int64), num_states=1)
+    empty = gtn.Fsa(torch.zeros(0, 3, dtype=torch.int64), num_states=0)
+    # state 3 (no entering arcs, so depth 0) has an arc into the start state, whose depth is then 1
+    back = gtn.Fsa([(0, 2, 1, 0.5), (1, 4, -1, 0.0), (2, 1, 3, -1.0), (2, 4, -1, 0.25), (3, 0, 2, 1.0)])
+    lin = gtn.linear_fsa([1, 2, 3])
+    for x in (one, empty, back, lin, gtn.FsaVec([one, back, empty, lin, one]), gtn.FsaVec([empty, empty])):
+        _assert_same_plan(_kernel_plan(x.detach()), scoring._Plan(x.detach(), use_kernel=False))
+    for flag in (True, False):  # and the scores through either builder
+        old = scoring.use_numba()
+        scoring.use_numba(flag)
+        try:
+            tot = gtn.forward_score(gtn.FsaVec([one, back, empty, lin]))
+        finally:
+            scoring.use_numba(old)
+        want = math.log(math.exp(0.5 + 0.25) + math.exp(0.5 - 1.0 + 0.0))  # 0->2->4 and 0->2->1->4
+        assert tot[0] == NEG_INF and tot[2] == NEG_INF and tot[3] == 0.0 and close(tot[1], want, 1e-6)
+
+
 # ------------------------------------------------------------------------------------------ per-state scores
 def _partial_path_scores(f):
     """Per state: the scores of all paths start -> state, and of all paths state -> final (plain DFS)."""
@@ -293,7 +367,7 @@ def test_extreme_scores(both_paths):
         assert h.scores.grad.tolist() == [1.0, 0.0, 1.0]  # tie: the lowest-numbered arc
 
 
-def test_cyclic_input_raises_naming_a_cycle_state():
+def test_cyclic_input_raises_naming_a_cycle_state(both_paths):
     f = gtn.Fsa([(0, 1, 1), (1, 2, 2), (2, 3, 3), (3, 1, 4), (3, 4, -1)])
     for fn in (gtn.forward_score, gtn.viterbi_score, gtn.viterbi_path, gtn.forward_scores, gtn.arc_posteriors):
         with pytest.raises(gtn.FsaError, match=r"state [123] lies on a cycle"):

@@ -275,11 +275,12 @@ def _grow2(a, n):
 @njit(cache=True)
 def compose_kernel(a_start, a_cnt, a_dst, a_lab, a_orig, a_noeps, a_alleps,
                    b_start, b_cnt, b_dst, b_lab, b_orig,
-                   m_sa, m_sb, m_fa, m_fb, nb, dense_size, b_tab, tab_w, P, E, O, dmap):
+                   m_sa, m_sb, m_fa, m_fb, nb, dense_size, b_tab, tab_w, P, E, O, dmap, a_ilab):
     """Compose every output member ``m`` (start pair ``(m_sa[m], m_sb[m])``, final pair ``(m_fa[m], m_fb[m])``,
-    ``m_sa[m] < 0`` for an empty member). Returns ``(src, dst, a_map, b_map, states_per_member,
-    arcs_per_member, P, E, O, dmap)``: member-local state ids, only co-accessible pairs, the final pair last,
-    then the workspace (possibly grown) for the next call.
+    ``m_sa[m] < 0`` for an empty member). Returns ``(arcs, a_map, b_map, states_per_member, arcs_per_member,
+    P, E, O, dmap)``: ``arcs`` ``[n, 3]`` = (src, dst, label) with member-local state ids and ``a``'s input label
+    ``a_ilab[a_map]`` (0 where ``a`` did not move), only co-accessible pairs, the final pair last; then the
+    workspace (possibly grown) for the next call.
 
     ``b_tab[sb * tab_w + label + 1]`` is the first of b's sorted arcs of state ``sb`` with ``label`` (-1: none)
     when ``tab_w > 0``; otherwise labels are found by binary search. Workspace (reused across calls so that
@@ -330,8 +331,12 @@ def compose_kernel(a_start, a_cnt, a_dst, a_lab, a_orig, a_noeps, a_alleps,
         k0 = no
         st_cnt[m], no = _trim(npairs, ne, fid, E[0], E[1], E[2], E[3], O[0], O[1], O[2], O[3], no)
         arc_cnt[m] = no - k0
-    return (O[0, :no].copy(), O[1, :no].copy(), O[2, :no].copy(), O[3, :no].copy(), st_cnt, arc_cnt,
-            P, E, O, dmap)
+    arcs = np.empty((no, 3), np.int64)  # the output's arc tensor as it is stored (no stack on the torch side)
+    for k in range(no):
+        arcs[k, 0] = O[0, k]
+        arcs[k, 1] = O[1, k]
+        arcs[k, 2] = a_ilab[O[2, k]] if O[2, k] >= 0 else 0
+    return arcs, O[2, :no].copy(), O[3, :no].copy(), st_cnt, arc_cnt, P, E, O, dmap
 
 
 @njit(cache=True)

@@ -95,6 +95,157 @@ if _OK:
                     ga[gidx[k]] += c
 
 
+    @numba.njit(cache=True, nogil=True)
+    def _plan(arcs, arc_splits, state_splits, proto):
+        """The whole scoring plan of a graph in one O(states + arcs) pass (the twin of `gtn.scoring._Plan`'s
+        torch builder, with identical results): Kahn's algorithm (FIFO; depth = longest path from a state
+        without entering arcs), the level order (by depth, then start / other / final, then state id: a
+        counting sort), and the CSR layouts of the DP. Index arrays of the sweeps get ``proto``'s dtype
+        (int32 where it fits). Returns ``(ok, ...)``; ``ok`` is False when Kahn could not remove every state
+        (a cycle: the caller finds one and raises), and the other arrays are then meaningless."""
+        N = arc_splits.shape[0] - 1
+        A = arcs.shape[0]
+        S = state_splits[N]
+        idx = proto.dtype
+        src_pos = np.empty(A, np.int64)  # global source ids first, then their positions in level order
+        dst_pos = np.empty(A, np.int64)
+        arc_fsa = np.empty(A, np.int64)
+        valid = np.zeros(N, np.bool_)
+        start_pos = np.full(N, -1, np.int64)
+        final_pos = np.full(N, -1, np.int64)
+        for m in range(N):
+            off = state_splits[m]
+            valid[m] = state_splits[m + 1] - off >= 2
+            for a in range(arc_splits[m], arc_splits[m + 1]):
+                src_pos[a] = arcs[a, 0] + off
+                dst_pos[a] = arcs[a, 1] + off
+                arc_fsa[a] = m
+        sas = np.zeros(S + 1, np.int64)  # arcs are sorted by (member, src): CSR row splits by global source
+        indeg = np.zeros(S, np.int64)
+        for a in range(A):
+            sas[src_pos[a] + 1] += 1
+            indeg[dst_pos[a]] += 1
+        for s in range(S):
+            sas[s + 1] += sas[s]
+        level = np.full(S, -1, np.int64)
+        queue = np.empty(S, np.int64)
+        tail = 0
+        for s in range(S):
+            if indeg[s] == 0:
+                queue[tail] = s
+                tail += 1
+                level[s] = 0
+        head = 0
+        L = 0
+        while head < tail:
+            s = queue[head]
+            head += 1
+            nxt = level[s] + 1
+            if nxt > L:
+                L = nxt
+            for a in range(sas[s], sas[s + 1]):
+                d = dst_pos[a]
+                if level[d] < nxt:
+                    level[d] = nxt
+                indeg[d] -= 1
+                if indeg[d] == 0:
+                    queue[tail] = d
+                    tail += 1
+        ok = tail == S
+        if not ok:
+            L = 0
+        # class within a depth: 0 start, 1 other, 2 final (start wins for a one-state member)
+        cls = np.ones(S if ok else 0, np.int64)
+        for m in range(N if ok else 0):
+            if state_splits[m + 1] > state_splits[m]:
+                cls[state_splits[m + 1] - 1] = 2
+                cls[state_splits[m]] = 0
+        bucket = np.zeros(3 * L + 1, np.int64)  # counting sort by (depth, class), stable in the state id
+        for s in range(S if ok else 0):
+            bucket[level[s] * 3 + cls[s] + 1] += 1
+        for k in range(3 * L):
+            bucket[k + 1] += bucket[k]
+        lstart = np.empty(L + 1, np.int64)
+        n_start = np.empty(L, np.int64)
+        n_final = np.empty(L, np.int64)
+        for l in range(L):
+            lstart[l] = bucket[3 * l]
+            n_start[l] = bucket[3 * l + 1] - bucket[3 * l]
+            n_final[l] = bucket[3 * l + 3] - bucket[3 * l + 2]
+        lstart[L] = bucket[3 * L]
+        n = S if ok else 0
+        order = np.empty(n, np.int64)
+        pos = np.empty(n, np.int64)
+        is_start = np.zeros(n, np.bool_)
+        is_final = np.zeros(n, np.bool_)
+        for s in range(n):
+            k = level[s] * 3 + cls[s]
+            p = bucket[k]
+            bucket[k] = p + 1
+            order[p] = s
+            pos[s] = p
+        for m in range(N if ok else 0):
+            if state_splits[m + 1] > state_splits[m]:
+                start_pos[m] = pos[state_splits[m]]
+                final_pos[m] = pos[state_splits[m + 1] - 1]
+                if valid[m]:
+                    is_start[start_pos[m]] = True
+                    is_final[final_pos[m]] = True
+        # forward: kept arcs (not into a start state) by destination position; backward: all by source position
+        frow = np.zeros(n + 1, idx)
+        brow = np.zeros(n + 1, idx)
+        nf = 0
+        for a in range(A if ok else 0):
+            dg = dst_pos[a]
+            sp = pos[src_pos[a]]
+            dp = pos[dg]
+            src_pos[a] = sp
+            dst_pos[a] = dp
+            brow[sp + 1] += 1
+            if cls[dg] != 0:
+                frow[dp + 1] += 1
+                nf += 1
+        for p in range(n):
+            frow[p + 1] += frow[p]
+            brow[p + 1] += brow[p]
+        fperm = np.empty(nf, np.int64)
+        fsrc = np.empty(nf, idx)
+        fill = np.empty(n, np.int64)
+        for p in range(n):
+            fill[p] = frow[p]
+        for a in range(A if ok else 0):
+            dp = dst_pos[a]
+            if cls[order[dp]] != 0:
+                k = fill[dp]
+                fill[dp] = k + 1
+                fperm[k] = a
+                fsrc[k] = src_pos[a]
+        nb = A if ok else 0
+        bperm = np.empty(nb, np.int64)
+        bdst = np.empty(nb, idx)
+        k = 0
+        for p in range(n):
+            s = order[p]
+            for a in range(sas[s], sas[s + 1]):
+                bperm[k] = a
+                bdst[k] = dst_pos[a]
+                k += 1
+        fsplit = np.empty(L + 1, np.int64)
+        bsplit = np.empty(L + 1, np.int64)
+        for l in range(L + 1):
+            fsplit[l] = frow[lstart[l]]
+            bsplit[l] = brow[lstart[l]]
+        return (ok, level, L, order, pos, valid, start_pos, final_pos, arc_fsa, src_pos, dst_pos, fperm, bperm,
+                lstart, n_start, n_final, fsplit, bsplit, frow, fsrc, brow, bdst, is_start, is_final)
+
+
+def plan_arrays(arcs: torch.Tensor, arc_splits: torch.Tensor, state_splits: torch.Tensor, small: bool):
+    """Run `_plan` on a graph's structure tensors (CPU, int64); ``small``: int32 indices for the sweeps.
+    Returns the kernel's tuple, arrays as numpy (zero-copy into torch with ``torch.from_numpy``)."""
+    proto = np.empty(0, np.int32 if small else np.int64)
+    return _plan(arcs.contiguous().numpy(), arc_splits.numpy(), state_splits.numpy(), proto)
+
+
 def _run(row, gidx, vals_t, fixed, log, reverse, want_w=False):
     vals = vals_t.contiguous().numpy()
     S = row.shape[0] - 1
