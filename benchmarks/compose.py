@@ -137,7 +137,8 @@ def shared_workload(L=60, W=20, K=5, V=30):
 
 def breakdown(size, reps):
     """Where the time of the shared reference workload goes: intersect (kernel / torch reference), the forward
-    score of a fresh result (most of it is building the scoring plan), and OpenFst's steps."""
+    score of a fresh result (building its scoring plan, then the DP) and with the plan cached, and OpenFst's
+    steps."""
     import pywrapfst as fst
     A, B = shared_workload(*size)
     med = lambda f: statistics.median(_times(f, reps)) * 1e3  # noqa: E731

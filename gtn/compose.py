@@ -260,9 +260,24 @@ def _expand_torch(pa, pb, m_sa, m_sb, m_fa, m_fb, nb):
             torch.bincount(em, minlength=M))
 
 
-def _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb, a_labels):
-    """The kernel's expansion; returns ``(arcs, a_map, b_map, states_per_member, arcs_per_member)``, ``arcs``
-    already ``[num_arcs, 3]`` with ``a``'s input labels (what compose would otherwise gather and stack)."""
+def _member_pairs(A: FsaVec, B: FsaVec, ia, ib, pa, pb):
+    """Start and final pair ``(m_sa, m_sb, m_fa, m_fb)`` (global ids) of every output member (members ``ia`` of
+    ``a`` and ``ib`` of ``b``); the starts are -1 where no path can exist (fewer than 2 states, dead start)."""
+    ok = (A.states_per_fsa[ia] >= 2) & (B.states_per_fsa[ib] >= 2)
+    m_sa, m_sb = A.state_splits[:-1][ia], B.state_splits[:-1][ib]
+    ok &= pa["co"][m_sa.clamp(max=max(A.total_states - 1, 0))] if A.total_states else torch.zeros_like(ok)
+    ok &= pb["co"][m_sb.clamp(max=max(B.total_states - 1, 0))] if B.total_states else torch.zeros_like(ok)
+    m_sa, m_sb = torch.where(ok, m_sa, -1), torch.where(ok, m_sb, -1)
+    m_fa, m_fb = A.state_splits[1:][ia] - 1, B.state_splits[1:][ib] - 1
+    return m_sa, m_sb, m_fa, m_fb
+
+
+def _expand_numba(nb_mod, pa, pb, A, B, ia, ib):
+    """The kernel's expansion of the member pairs ``(ia[m], ib[m])``; returns ``(arcs, a_map, b_map, arc_splits,
+    state_splits)``: the kernel also finds each member's start and final pair, and writes the arc tensor with
+    ``a``'s input labels and the row splits (the tensor operations of `_member_pairs` and of the end of
+    `compose`, which cost more than the kernel itself on small graphs)."""
+    nb = max(B.total_states, 1)
     na = pa["cnt"].numel()
     dense_size = 2 * na * nb if 2 * na * nb <= _DENSE_MAX else 0
     n = lambda t: t.numpy()  # noqa: E731  (zero-copy views of CPU tensors)
@@ -272,10 +287,11 @@ def _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb, a_labels):
                   O=np.empty((4, 4096), np.int64), dmap=np.empty(1, np.int32))
     if "np" not in pa:  # numpy views of the prepared arrays, kept with them
         pa["np"] = tuple(n(pa[k]) for k in ("start", "cnt", "dst", "lab", "orig", "noeps", "alleps"))
-        pa["ilab"] = a_labels.contiguous().numpy()  # input labels of all of a's arcs (a column of its arcs)
+        pa["ilab"] = A.labels.contiguous().numpy()  # input labels of all of a's arcs (a column of its arcs)
     if "np" not in pb:
         pb["np"] = tuple(n(pb[k]) for k in ("start", "cnt", "dst", "lab", "orig"))
-    out = nb_mod.compose_kernel(*pa["np"], *pb["np"], n(m_sa), n(m_sb), n(m_fa), n(m_fb), nb, dense_size,
+    out = nb_mod.compose_kernel(*pa["np"], *pb["np"], n(A.state_splits), n(B.state_splits), n(ia), n(ib),
+                             n(pa["co"]), n(pb["co"]), nb, dense_size,
                              n(pb["tab"]), pb["tab_w"], ws["P"], ws["E"], ws["O"], ws["dmap"], pa["ilab"])
     ws["P"], ws["E"], ws["O"], ws["dmap"] = out[5:]
     if ws["P"].nbytes + ws["E"].nbytes + ws["O"].nbytes + ws["dmap"].nbytes > _WORKSPACE_KEEP:
@@ -341,21 +357,15 @@ def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = Fa
     ia, ib = _pairing(a, b, A, B)
     # prepared per graph and cached on the object the caller holds (as_vec makes a fresh view each call)
     pa, pb = _prep_a(a, nb_mod), _prep_b(b, nb_mod)
-    # start and final pair of every output member; -1 where no path can exist (empty member, dead start)
-    ok = (A.states_per_fsa[ia] >= 2) & (B.states_per_fsa[ib] >= 2)
-    m_sa, m_sb = A.state_splits[:-1][ia], B.state_splits[:-1][ib]
-    ok &= pa["co"][m_sa.clamp(max=max(A.total_states - 1, 0))] if A.total_states else torch.zeros_like(ok)
-    ok &= pb["co"][m_sb.clamp(max=max(B.total_states - 1, 0))] if B.total_states else torch.zeros_like(ok)
-    m_sa, m_sb = torch.where(ok, m_sa, -1), torch.where(ok, m_sb, -1)
-    m_fa, m_fb = A.state_splits[1:][ia] - 1, B.state_splits[1:][ib] - 1
-    nb = max(B.total_states, 1)
     # labels: a's input label where a moved (else epsilon); b's output label where b moved (else epsilon)
     if nb_mod is not None:  # (CPU, like its inputs) the kernel also writes the arc tensor, labels included
-        arcs, a_map, b_map, spm, apm = _expand_numba(nb_mod, pa, pb, m_sa, m_sb, m_fa, m_fb, nb, A.labels)
+        arcs, a_map, b_map, arc_splits, state_splits = _expand_numba(nb_mod, pa, pb, A, B, ia, ib)
     else:
-        src, dst, a_map, b_map, spm, apm = _expand_torch(pa, pb, m_sa, m_sb, m_fa, m_fb, nb)
+        m_sa, m_sb, m_fa, m_fb = _member_pairs(A, B, ia, ib, pa, pb)
+        src, dst, a_map, b_map, spm, apm = _expand_torch(pa, pb, m_sa, m_sb, m_fa, m_fb, max(B.total_states, 1))
         arcs = torch.stack([src, dst, index_arcs(A.labels, a_map, 0)], 1)
-    dev = A.device
+        zero = torch.zeros(1, dtype=torch.int64, device=A.device)
+        arc_splits, state_splits = torch.cat([zero, torch.cumsum(apm, 0)]), torch.cat([zero, torch.cumsum(spm, 0)])
     b_out = B.aux_labels if B.aux_labels is not None else B.labels
     aux = None
     if A.aux_labels is not None or B.aux_labels is not None:
@@ -364,9 +374,7 @@ def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = Fa
     scores = index_arcs(A.scores.to(dtype), a_map, 0.0) + index_arcs(B.scores.to(dtype), b_map, 0.0)
     attrs = {k: index_arcs(v, a_map, 0) for k, v in A._attrs.items()}
     attrs.update({k: index_arcs(v, b_map, 0) for k, v in B._attrs.items() if k not in attrs})
-    zero = torch.zeros(1, dtype=torch.int64, device=dev)
-    out = from_arcs(arcs, scores, torch.cat([zero, torch.cumsum(apm, 0)]), torch.cat([zero, torch.cumsum(spm, 0)]),
-                    aux, attrs)
+    out = from_arcs(arcs, scores, arc_splits, state_splits, aux, attrs)
     res = out if (isinstance(a, FsaVec) or isinstance(b, FsaVec)) else like(out, a)
     return (res, a_map, b_map) if return_arc_maps else res
 

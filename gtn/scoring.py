@@ -5,8 +5,11 @@ by topological depth across the whole batch (`gtn.topology.state_batches`). Stat
 "level order" (by depth; within a depth, start states first and final states last), so the states of one
 depth are a contiguous block of the alpha/beta vectors, and each DP step is one gather of the scores of the
 arcs entering (forward) or leaving (backward) that block plus one segmented semiring sum
-(`Semiring.segment_plus`). This level structure depends only on the arcs and is cached on the graph
-object (``x._cache``), so scoring the same graph again (a training loop, a benchmark) skips it.
+(`Semiring.segment_plus`). This level structure (the "plan") depends only on the arcs and is cached on the
+graph object (``x._cache``), so scoring the same graph again (a training loop, a benchmark) skips it. On CPU
+the plan of a fresh graph (e.g. the output of `gtn.compose`) is built by one O(states + arcs) numba pass
+(Kahn's levels, a counting sort into level order, the CSR layouts); the tensor-operation builder is the
+reference (any device) and gives the identical plan.
 
 The total scores are one custom `torch.autograd.Function`: the forward pass computes alpha, the backward pass
 computes beta and returns the arc posteriors (log semiring) or the indicator of the best path (tropical; ties

@@ -199,19 +199,20 @@ class RandomAffine(nn.Module):
 
     The paper does not give ranges; the defaults are mild so that every result is still clearly the same
     digit: ``translate`` pixels (uniform, each axis), ``scale`` factor range, ``squeeze`` factor range
-    (x scaled by ``s``, y by ``1/s``, ``s`` log-uniform), horizontal ``shear`` (x += shear·y, uniform).
-    Pixels that come from outside the image are background (``fill``). Bilinear resampling.
+    (x scaled by ``s``, y by ``1/s``, ``s`` log-uniform), horizontal ``shear`` (x += shear·y, uniform), and
+    ``rotate`` degrees (uniform in ±``rotate``, applied last; 0, the default, draws no angle, so the draws
+    without rotation are unchanged). Pixels that come from outside the image are background (``fill``). Bilinear resampling.
     Pass a ``torch.Generator`` for reproducible draws.
     """
 
     def __init__(self, translate: float = 2.0, scale: Tuple[float, float] = (0.9, 1.1),
                  squeeze: Tuple[float, float] = (0.87, 1.15), shear: float = 0.25, fill: float = BACKGROUND,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, rotate: float = 0.0):
         super().__init__()
-        if translate < 0 or shear < 0 or not 0 < scale[0] <= scale[1] or not 0 < squeeze[0] <= squeeze[1]:
-            raise ValueError("translate and shear must be >= 0; scale and squeeze must be ranges (lo <= hi) of positive factors")
+        if translate < 0 or shear < 0 or rotate < 0 or not 0 < scale[0] <= scale[1] or not 0 < squeeze[0] <= squeeze[1]:
+            raise ValueError("translate, shear and rotate must be >= 0; scale and squeeze must be ranges (lo <= hi) of positive factors")
         self.translate, self.scale, self.squeeze, self.shear = float(translate), tuple(scale), tuple(squeeze), float(shear)
-        self.fill = float(fill)
+        self.fill, self.rotate = float(fill), float(rotate)
         self.generator = generator
 
     def matrices(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -231,6 +232,11 @@ class RandomAffine(nn.Module):
         m[:, 0, 1] = h * s / q
         m[:, 1, 1] = s / q
         m[:, 0, 2], m[:, 1, 2] = t
+        if self.rotate > 0:
+            a = uniform(-self.rotate, self.rotate) * (np.pi / 180)
+            c, si = torch.cos(a), torch.sin(a)
+            rot = torch.stack([torch.stack([c, -si], 1), torch.stack([si, c], 1)], 1)
+            m[:, :, :2] = rot @ m[:, :, :2]
         return m
 
     def forward(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -252,4 +258,5 @@ class RandomAffine(nn.Module):
         return out[0] if single else out
 
     def extra_repr(self) -> str:
-        return f"translate={self.translate}, scale={self.scale}, squeeze={self.squeeze}, shear={self.shear}"
+        return (f"translate={self.translate}, scale={self.scale}, squeeze={self.squeeze}, shear={self.shear}"
+                + (f", rotate={self.rotate}" if self.rotate else ""))

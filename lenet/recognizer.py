@@ -24,8 +24,7 @@ together with LeNet-5.
 """
 from __future__ import annotations
 
-import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -305,7 +304,7 @@ class StringReader(nn.Module):
         """Choose the segmentation bias among ``factors`` × the current bias by string accuracy on
         (training) ``images``/``labels``, without touching the network: the interpretation graphs are
         computed once and only the bias added to their digit arcs changes. Sets and returns the best bias."""
-        b0 = float(self.transformer.seg_bias)
+        b0 = float(self.transformer.seg_bias.detach())
         graphs = []
         for k in range(0, len(images), batch_size):
             graphs.append(self.interpret(images[k:k + batch_size]))

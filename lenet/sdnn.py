@@ -21,7 +21,7 @@ heuristic) and regime (b) trains the swept network globally from string labels o
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -169,7 +169,7 @@ class SDNNReader(nn.Module):
         for k in range(0, len(images), batch_size):
             x, positions = sweep_input(images[k:k + batch_size])
             dense.append((self.model.sweep(x.to(self.blank.dtype)), positions))
-        best, best_acc = float(self.blank), -1.0
+        best, best_acc = float(self.blank.detach()), -1.0
         for c in candidates:
             right = 0
             for j, (pen, positions) in enumerate(dense):

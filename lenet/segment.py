@@ -23,7 +23,7 @@ follows every later graph operation through the arc maps; ``Segmentation.boxes[s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -167,8 +167,8 @@ def find_cuts(image: torch.Tensor, params: SegmentParams = SegmentParams()):
     return torch.tensor(cuts, dtype=torch.int64), torch.tensor(gap, dtype=torch.bool), unit
 
 
-#: Per-segment features for the learnable segmentation score: one-hot number of pieces (max_pieces values),
-#: ink width / unit, (ink width / unit)^2, number of blank-gap cuts strictly inside the segment.
+#: Per-segment features for the learnable segmentation score: ink width / unit, (ink width / unit)^2, and the
+#: number of blank-gap cuts strictly inside the segment (a segment spanning a clean gap is rarely one digit).
 NUM_SEG_FEATURES = 3
 
 

@@ -15,10 +15,10 @@ QUIET = dict(progress=False, log=lambda *args: None)
 
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory):
-    """500 SDLM steps (the default 250 of warm-up, then 250) on 4,000 digits: (model, history, path).
-    Seeds 0-3 all end near loss 10 and 15-20 % test error; a 120-step warm-up diverged for seed 1."""
+    """500 steps of the default recipe (AdamW, distorted digits, cosine decay) on 4,000 digits in batches of 8:
+    (model, history, path). Seed 0 ends near 18 % test error."""
     out = tmp_path_factory.mktemp("run") / "lenet5.pt"
-    model, history = train(out=out, epochs=1, limit=4000, seed=0, **QUIET)
+    model, history = train(out=out, epochs=1, limit=4000, batch_size=8, seed=0, **QUIET)
     return model, history, out
 
 
@@ -38,14 +38,49 @@ def test_short_training_lowers_the_loss_and_beats_chance(short_run):
     assert (model(xt).argmin(1) != yt).double().mean().item() == pytest.approx(history[-1]["test_error"])
 
 
+@pytest.mark.parametrize("optimizer", ["sdlm", "sgd"])
+def test_other_optimizers_lower_the_loss(optimizer):
+    # SDLM: the paper's recipe (its 250-step warm-up at a tenth of the rate, then the paper's rate);
+    # 400 steps on 3,200 undistorted digits. SGD: Nesterov momentum, the same cosine schedule as Adam.
+    model, history = train(epochs=1, limit=3200, batch_size=8, optimizer=optimizer, distort=False, seed=0, **QUIET)
+    x, y = load_digits("train")
+    with torch.no_grad():
+        after = model.loss(model(x[:1000]), y[:1000]).item()
+    assert after < 0.4 * 74  # the untrained loss is about 74 (every penalty near 84, minus j)
+    assert history[-1]["test_error"] < 0.5  # chance is 90 %
+
+
+def test_validation_split_and_recipe_defaults():
+    from lenet.train import RECIPES
+    model, history = train(epochs=1, limit=200, validation=100, warmup_steps=2, **QUIET)
+    assert 0 <= history[0]["val_error"] <= 1
+    assert history[0]["lr"] < RECIPES["adam"]["lr"] * 0.01  # the cosine decay ends near zero
+    with pytest.raises(ValueError, match="validation"):
+        train(epochs=1, limit=100, validation=100, **QUIET)
+    with pytest.raises(ValueError, match="optimizer"):
+        train(epochs=1, limit=100, optimizer="rmsprop", **QUIET)
+    with pytest.raises(ValueError, match="weight decay"):
+        train(epochs=1, limit=100, optimizer="sdlm", weight_decay=0.1, **QUIET)
+
+
+def test_cosine_rate():
+    from lenet.train import cosine_rate
+    assert cosine_rate(0, 100, 1.0, 10) == pytest.approx(0.1 * 1.0)  # warm-up: (0 + 1) / 10 of the peak
+    assert cosine_rate(10, 100, 1.0, 10) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.1)))
+    assert cosine_rate(50, 100, 2.0, 0) == pytest.approx(1.0)
+    assert cosine_rate(99, 100, 1.0, 0) < 1e-3
+
+
 def test_training_is_deterministic():
-    tiny = dict(epochs=1, limit=160, batch_size=8, warmup_steps=5, curvature_samples=64, distort=True, **QUIET)
-    a, ha = train(seed=3, **tiny)
-    b, hb = train(seed=3, **tiny)
-    c, _ = train(seed=4, **tiny)
-    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
-    assert ha[0]["train_loss"] == hb[0]["train_loss"]
-    assert not torch.equal(a.c1.weight, c.c1.weight)
+    for optimizer in ("adam", "sdlm"):
+        tiny = dict(epochs=1, limit=160, batch_size=8, warmup_steps=5, curvature_samples=64, distort=True,
+                    optimizer=optimizer, **QUIET)
+        a, ha = train(seed=3, **tiny)
+        b, hb = train(seed=3, **tiny)
+        c, _ = train(seed=4, **tiny)
+        assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+        assert ha[0]["train_loss"] == hb[0]["train_loss"]
+        assert not torch.equal(a.c1.weight, c.c1.weight)
 
 
 def test_checkpoint_round_trip_is_exact(short_run):
@@ -104,8 +139,14 @@ def test_command_line(tmp_path):
           "--no-plots", "--seed", "1"])
     model = lenet.load(out)
     assert isinstance(model, lenet.LeNet5Modern)
-    assert checkpoint.read(out)["train_config"]["limit"] == 80
+    config = checkpoint.read(out)["train_config"]
+    assert config["limit"] == 80 and config["optimizer"] == "adam" and config["distort"]
     assert not list(out.parent.glob("*.png"))
+    main(["--out", str(out), "--epochs", "1", "--limit", "80", "--optimizer", "sdlm", "--no-distort",
+          "--no-progress", "--no-plots", "--warmup-steps", "3"])
+    config = checkpoint.read(out)["train_config"]
+    assert config["optimizer"] == "sdlm" and not config["distort"] and config["batch_size"] == 8
+    assert config["warmup_steps"] == 3 and config["mu"] == 0.02
 
 
 def test_load_dispatches_on_kind(tmp_path):
@@ -138,3 +179,28 @@ def test_custom_prototypes_round_trip(tmp_path):
     assert loaded.num_classes == 11 and torch.equal(loaded.rbf.prototypes, codes)
     with pytest.raises(ValueError, match="prototypes"):
         lenet.LeNet5(prototypes=torch.zeros(10, 84))
+
+
+def test_random_affine_rotation():
+    # The training recipe's distortions add a rotation to RandomAffine (applied after the paper's
+    # distortions; rotate=0 draws no angle, so the other draws are unchanged).
+    from lenet.data import RandomAffine
+    base = RandomAffine().matrices(500, torch.Generator().manual_seed(5))
+    rotated = RandomAffine(rotate=10).matrices(500, torch.Generator().manual_seed(5))
+    assert torch.equal(RandomAffine(rotate=0).matrices(500, torch.Generator().manual_seed(5)), base)
+    # rotated = R(theta) @ base: R is orthogonal with det 1 and |theta| <= 10 degrees; shifts untouched.
+    r = rotated[:, :, :2] @ torch.linalg.inv(base[:, :, :2])
+    assert torch.allclose(r @ r.transpose(1, 2), torch.eye(2, dtype=torch.float64).expand(500, 2, 2), atol=1e-12)
+    assert torch.allclose(torch.linalg.det(r), torch.ones(500, dtype=torch.float64))
+    theta = torch.atan2(r[:, 1, 0], r[:, 0, 0]) * 180 / np.pi
+    assert theta.abs().max() <= 10 and theta.abs().max() > 9 and (theta > 0).any() and (theta < 0).any()
+    assert torch.equal(rotated[:, :, 2], base[:, :, 2])
+    # A pure rotation by 90 degrees about the centre moves pixels exactly (no interpolation).
+    x, _ = load_digits("test")
+    quarter = RandomAffine(translate=0, scale=(1, 1), squeeze=(1, 1), shear=0, rotate=90)
+    quarter.matrices = lambda n, generator=None: torch.tensor([[[0.0, -1.0, 0.0], [1.0, 0.0, 0.0]]],
+                                                              dtype=torch.float64).expand(n, 2, 3)
+    out = quarter(x[:3].double())
+    assert any(torch.allclose(out, torch.rot90(x[:3].double(), k, (2, 3)), atol=1e-9) for k in (1, 3))
+    with pytest.raises(ValueError):
+        RandomAffine(rotate=-1)

@@ -268,3 +268,18 @@ def test_recognize_accepts_any_size_and_type(tiny):
     assert isinstance(recognize(big.clamp(0, 255).to(torch.uint8), reader), str)
     with pytest.raises(TypeError):
         recognize(img, 3.0)
+
+
+def test_interpretation_graph_any_number_of_classes():
+    """interpretation_graph works for any class count (e.g. a rubbish class) and keeps gradients."""
+    seg = gtn.Fsa([(0, 1, 1), (0, 2, 1), (1, 2, 1), (2, 3, -1)], segment=torch.tensor([0, 1, 2, -1]))
+    scores = torch.arange(9, dtype=torch.float64).view(3, 3).requires_grad_()
+    g = interpretation_graph(seg, scores)
+    assert g.num_arcs == 3 * 3 + 1
+    assert g.labels.tolist() == [1, 2, 3, 1, 2, 3, 1, 2, 3, -1]
+    assert g.scores.detach().tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 0]
+    gtn.forward_score(g).backward()
+    # posteriors: the two-segment path and the one-segment path
+    p = torch.softmax(torch.tensor([torch.logsumexp(scores[0].detach(), 0) + torch.logsumexp(scores[2].detach(), 0),
+                                    torch.logsumexp(scores[1].detach(), 0)]), 0)
+    assert torch.allclose(scores.grad.sum(1), torch.stack([p[0], p[1], p[0]]).double())

@@ -275,19 +275,21 @@ def _grow2(a, n):
 @njit(cache=True)
 def compose_kernel(a_start, a_cnt, a_dst, a_lab, a_orig, a_noeps, a_alleps,
                    b_start, b_cnt, b_dst, b_lab, b_orig,
-                   m_sa, m_sb, m_fa, m_fb, nb, dense_size, b_tab, tab_w, P, E, O, dmap, a_ilab):
-    """Compose every output member ``m`` (start pair ``(m_sa[m], m_sb[m])``, final pair ``(m_fa[m], m_fb[m])``,
-    ``m_sa[m] < 0`` for an empty member). Returns ``(arcs, a_map, b_map, states_per_member, arcs_per_member,
-    P, E, O, dmap)``: ``arcs`` ``[n, 3]`` = (src, dst, label) with member-local state ids and ``a``'s input label
-    ``a_ilab[a_map]`` (0 where ``a`` did not move), only co-accessible pairs, the final pair last; then the
-    workspace (possibly grown) for the next call.
+                   a_ss, b_ss, ia, ib, a_co, b_co, nb, dense_size, b_tab, tab_w, P, E, O, dmap, a_ilab):
+    """Compose member ``ia[m]`` of ``a`` with member ``ib[m]`` of ``b`` for every output member ``m`` (``a_ss``,
+    ``b_ss``: the state splits; ``a_co``, ``b_co``: co-accessible states). The start pair is the two start
+    states, the final pair the two final states; a member of fewer than 2 states, or whose start cannot reach
+    its final, gives an empty output member. Returns ``(arcs, a_map, b_map, arc_splits, state_splits, P, E, O,
+    dmap)``: ``arcs`` ``[n, 3]`` = (src, dst, label) with member-local state ids and ``a``'s input label
+    ``a_ilab[a_map]`` (0 where ``a`` did not move), only co-accessible pairs, the final pair last; the output's
+    row splits; then the workspace (possibly grown) for the next call.
 
     ``b_tab[sb * tab_w + label + 1]`` is the first of b's sorted arcs of state ``sb`` with ``label`` (-1: none)
     when ``tab_w > 0``; otherwise labels are found by binary search. Workspace (reused across calls so that
     the big buffers are not page-faulted in again each time): ``P`` [4, *] the pair queue (sa, sb, filter,
     key), ``E`` [4, *] the arcs found (src, dst, a arc, b arc), ``O`` [4, *] the kept arcs, ``dmap`` the dense
     pair table (int32, any content)."""
-    M = m_sa.shape[0]
+    M = ia.shape[0]
     # pair key -> id: a dense table when the key space is small, else a hash table. The dense table is never
     # initialised (the "sparse set" trick): an entry counts only if it points at a queued pair of the current
     # member with that very key, so stale contents (earlier members, earlier calls) are harmless.
@@ -298,16 +300,18 @@ def compose_kernel(a_start, a_cnt, a_dst, a_lab, a_orig, a_noeps, a_alleps,
     hv = np.empty(hk.shape[0], np.int64)
     hn = 0
     no = 0
-    st_cnt = np.zeros(M, np.int64)
-    arc_cnt = np.zeros(M, np.int64)
+    state_splits = np.zeros(M + 1, np.int64)
+    arc_splits = np.zeros(M + 1, np.int64)
     for m in range(M):
-        if m_sa[m] < 0 or m_sb[m] < 0:
-            continue
+        sa0, fa = a_ss[ia[m]], a_ss[ia[m] + 1] - 1
+        sb0, fb = b_ss[ib[m]], b_ss[ib[m] + 1] - 1
+        if fa - sa0 < 1 or fb - sb0 < 1 or not a_co[sa0] or not b_co[sb0]:
+            continue  # no path can exist: an empty member
         # ---- BFS over reachable pairs (FIFO = level order, ids in discovery order)
         if not dense and 2 * (hn + 1) > hk.shape[0]:
             hk, hv = _rehash(hk, hv)
-        key = (m_sa[m] * nb + m_sb[m]) * 2
-        _, npairs, hn = _get_or_add(key, m_sa[m], m_sb[m], 0, 0, hn, dense, dmap, hk, hv, P[0], P[1], P[2], P[3])
+        key = (sa0 * nb + sb0) * 2
+        _, npairs, hn = _get_or_add(key, sa0, sb0, 0, 0, hn, dense, dmap, hk, hv, P[0], P[1], P[2], P[3])
         head = 0
         ne = 0
         while True:
@@ -324,19 +328,22 @@ def compose_kernel(a_start, a_cnt, a_dst, a_lab, a_orig, a_noeps, a_alleps,
             while not dense and 2 * (hn + bound) > hk.shape[0]:
                 hk, hv = _rehash(hk, hv)
         # ---- the final pair (both final, filter 0: the -1 arcs matched each other)
-        fid = _find((m_fa[m] * nb + m_fb[m]) * 2, dense, dmap, hk, hv, P[3], npairs)
+        fid = _find((fa * nb + fb) * 2, dense, dmap, hk, hv, P[3], npairs)
         if fid < 0:
             continue  # no common string: empty member
         O = _grow2(O, no + ne)
         k0 = no
-        st_cnt[m], no = _trim(npairs, ne, fid, E[0], E[1], E[2], E[3], O[0], O[1], O[2], O[3], no)
-        arc_cnt[m] = no - k0
+        state_splits[m + 1], no = _trim(npairs, ne, fid, E[0], E[1], E[2], E[3], O[0], O[1], O[2], O[3], no)
+        arc_splits[m + 1] = no - k0
     arcs = np.empty((no, 3), np.int64)  # the output's arc tensor as it is stored (no stack on the torch side)
     for k in range(no):
         arcs[k, 0] = O[0, k]
         arcs[k, 1] = O[1, k]
         arcs[k, 2] = a_ilab[O[2, k]] if O[2, k] >= 0 else 0
-    return arcs, O[2, :no].copy(), O[3, :no].copy(), st_cnt, arc_cnt, P, E, O, dmap
+    for m in range(M):  # counts -> row splits
+        state_splits[m + 1] += state_splits[m]
+        arc_splits[m + 1] += arc_splits[m]
+    return arcs, O[2, :no].copy(), O[3, :no].copy(), arc_splits, state_splits, P, E, O, dmap
 
 
 @njit(cache=True)
