@@ -24,6 +24,7 @@ import time
 import torch
 
 import gtn
+from gtn import scoring
 
 torch.set_num_threads(1)
 FINAL = 1_000_000  # OpenFst label standing for k2's -1
@@ -145,9 +146,16 @@ def breakdown(size, reps):
     C = gtn.intersect(A, B)
     t_nb = med(lambda: gtn.intersect(A, B, impl="numba"))
     t_torch = med(lambda: gtn.intersect(A, B, impl="torch"))
-    t_fwd_fresh = med(lambda: gtn.forward_score(gtn.intersect(A, B).to(torch.float64))) - t_nb
+    fresh = iter([gtn.intersect(A, B).to(torch.float64) for _ in range(reps + 1)])  # each scored once: no plan yet
+    t_fwd_fresh = med(lambda: gtn.forward_score(next(fresh)))
     C64 = C.to(torch.float64)
     t_fwd_cached = med(lambda: gtn.forward_score(C64))
+    # the scoring plan alone (what a fresh result adds), by the numba pass and by the tensor reference
+    # (on clones: a clone has an empty cache, so nothing of an earlier plan, Kahn's levels included, is reused)
+    fresh = iter([C64.clone() for _ in range(reps + 1)])
+    t_plan_nb = med(lambda: scoring._Plan(next(fresh)))
+    fresh = iter([C64.clone() for _ in range(reps + 1)])
+    t_plan_torch = med(lambda: scoring._Plan(next(fresh), use_kernel=False))
     Ao, Bo = to_fst(A), to_fst(B)
     Ao.arcsort("olabel")
     Bo.arcsort("ilabel")
@@ -157,7 +165,7 @@ def breakdown(size, reps):
     assert C.num_arcs == fst_arcs(Co)
     assert abs(float(gtn.forward_score(C64)) - fst_forward(Co)) < 1e-6 * abs(fst_forward(Co))
     return dict(size=size, out=C.num_arcs, nb=t_nb, torch=t_torch, fwd_fresh=t_fwd_fresh, fwd_cached=t_fwd_cached,
-                ofst_intersect=t_fi, ofst_sd=t_fsd)
+                plan_nb=t_plan_nb, plan_torch=t_plan_torch, ofst_intersect=t_fi, ofst_sd=t_fsd)
 
 
 def _times(f, reps):
@@ -260,12 +268,14 @@ def main():
     print(f"impl={args.impl}, reps={args.reps}, torch threads={torch.get_num_threads()}")
     print("\nshared reference workload (lattice o cyclic bigram), medians in ms:")
     print("| L W K V | out arcs | gtn.intersect (numba) | gtn.intersect (torch reference) | forward_score of a fresh "
-          "result | forward_score, plan cached | OpenFst intersect | OpenFst shortestdistance |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "result | forward_score, plan cached | scoring plan (numba) | scoring plan (torch reference) | "
+          "OpenFst intersect | OpenFst shortestdistance |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for size in ((60, 20, 5, 30), (100, 40, 5, 30)):
         d = breakdown(size, args.reps)
         print(f"| {' '.join(map(str, size))} | {d['out']} | {d['nb']:.2f} | {d['torch']:.1f} | {d['fwd_fresh']:.2f} | "
-              f"{d['fwd_cached']:.2f} | {d['ofst_intersect']:.2f} | {d['ofst_sd']:.2f} |")
+              f"{d['fwd_cached']:.2f} | {d['plan_nb']:.2f} | {d['plan_torch']:.2f} | {d['ofst_intersect']:.2f} | "
+              f"{d['ofst_sd']:.2f} |")
     print("\nrandom and lexicon workloads:")
     print("| workload | out arcs | gtn cold ms | gtn warm ms | OpenFst ms | warm / OpenFst | gtn warm us per out arc |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -39,14 +39,14 @@ from lenet.strings import make_strings, touching_fraction
 
 #: Run sizes. The default run is sized for < 15 minutes on this project's 2-core CPU; --quick for < 1 minute.
 CONFIGS = {
-    "default": dict(iso_epochs=20, iso_limit=None, distort=True, train_strings=4000, global_epochs=2,
+    "default": dict(iso_epochs=20, iso_limit=None, distort=True, train_strings=8000, global_epochs=2,
                     batch_size=16, test_strings=1000, monitor_strings=200, lr=3e-4, seg_lr=1e-2, lr_decay=0.3),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
                   batch_size=16, test_strings=40, monitor_strings=24, lr=3e-4, seg_lr=1e-2, lr_decay=0.3),
 }
 #: The SDNN's global training costs much less per string (one sweep, no crops, the fused dense forward), and
 #: it has more to learn (the blank between digits was never in the isolated training): more and faster passes.
-SDNN_OVERRIDES = {"default": dict(global_epochs=6, lr=1e-3, lr_decay=0.6), "quick": dict(lr=1e-3)}
+SDNN_OVERRIDES = {"default": dict(train_strings=4000, global_epochs=6, lr=1e-3, lr_decay=0.6), "quick": dict(lr=1e-3)}
 
 
 def parse(argv=None):

@@ -82,9 +82,11 @@ if _OK:
                     w[k] *= r
 
     @numba.njit(cache=True, nogil=True)
-    def _grad_local(row, gidx, w, ga, out):
+    def _grad_local(row, gidx, w, ga, perm, out):
         """Reverse sweep of the forward recursion: ga[p] is the (scaled) posterior of state p; each entering
-        arc k takes ga[p] * w[k] (w = its share of alpha[p]) and hands it on to its source state."""
+        arc k takes ga[p] * w[k] (w = its share of alpha[p]) and hands it on to its source state. ``out`` is
+        the gradient in the graph's arc order (``perm`` = plan.fperm: arc k of the sweep is arc perm[k]),
+        zero-initialised by the caller: written in place, with no second array and no scatter afterwards."""
         S = row.shape[0] - 1
         for i in range(S):
             p = S - 1 - i
@@ -95,9 +97,8 @@ if _OK:
                 wk = w[k]
                 if wk != 0.0:
                     c = gp * wk
-                    out[k] = c  # in plan.fperm order: contiguous writes (scattered once, by torch)
+                    out[perm[k]] = c
                     ga[gidx[k]] += c
-
 
     @numba.njit(cache=True, nogil=True)
     def _plan(arcs, arc_splits, state_splits, proto):
@@ -283,10 +284,9 @@ def grad_from_weights(plan, w: np.ndarray, tot: torch.Tensor, g: torch.Tensor, d
     gg = torch.where(ok, g.to(torch.float64), torch.zeros((), dtype=torch.float64))
     idx = plan.final_pos[ok].numpy()
     np.add.at(ga, idx, gg[ok].numpy())
-    out = np.zeros(plan.fperm.shape[0], dtype=w.dtype)
-    _grad_local(frow, fsrc, w, ga, out)
-    grad = torch.zeros(plan.A, dtype=dtype)
-    return grad.index_copy_(0, plan.fperm, torch.from_numpy(out).to(dtype))
+    grad = torch.zeros(plan.A, dtype=torch.float32 if w.dtype == np.float32 else torch.float64)
+    _grad_local(frow, fsrc, w, ga, plan.fperm.numpy(), grad.numpy())
+    return grad.to(dtype)
 
 
 def beta(plan, sc: torch.Tensor, log: bool) -> torch.Tensor:
