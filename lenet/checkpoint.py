@@ -89,16 +89,22 @@ def load(path: Union[str, os.PathLike]) -> Any:
     return loader(ckpt)
 
 
+def restore(module: torch.nn.Module, state: Dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Load ``state`` into ``module`` exactly and return it in eval mode.
+
+    When all floating tensors of the checkpoint share one dtype, the module is moved to it first, so float64
+    weights land in float64 parameters bit for bit."""
+    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(dtypes) == 1:
+        module.to(dtypes.pop())
+    module.load_state_dict(state)
+    return module.eval()
+
+
 def _load_lenet5(ckpt: Dict[str, Any]) -> torch.nn.Module:
     from .model import build
 
-    state = ckpt["state_dict"]
-    model = build(**ckpt["config"])
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    if len(dtypes) == 1:
-        model.to(dtypes.pop())  # load float64 weights into float64 parameters, bit for bit
-    model.load_state_dict(state)
-    return model.eval()
+    return restore(build(**ckpt["config"]), ckpt["state_dict"])
 
 
 register("lenet5", _load_lenet5)

@@ -462,12 +462,8 @@ def _load_reader(ckpt) -> "StringReader":
     rc = cfg["reader"]
     reader = StringReader(model, SegmentParams(**rc["params"]),
                           lengths=tuple(rc["lengths"]) if rc["lengths"] is not None else None)
-    state = ckpt["state_dict"]
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    if len(dtypes) == 1:
-        reader.to(dtypes.pop())
-    reader.load_state_dict(state)
-    return reader.eval()
+    from .checkpoint import restore
+    return restore(reader, ckpt["state_dict"])
 
 
 def _register():

@@ -223,12 +223,8 @@ def _load_sdnn(ckpt) -> SDNNReader:
     cfg = ckpt["config"]
     lengths = cfg["reader"]["lengths"]
     reader = SDNNReader(build(**cfg["model"]), lengths=tuple(lengths) if lengths is not None else None)
-    state = ckpt["state_dict"]
-    dtypes = {v.dtype for v in state.values() if v.is_floating_point()}
-    if len(dtypes) == 1:
-        reader.to(dtypes.pop())
-    reader.load_state_dict(state)
-    return reader.eval()
+    from .checkpoint import restore
+    return restore(reader, ckpt["state_dict"])
 
 
 def _register():
