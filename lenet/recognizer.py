@@ -36,6 +36,7 @@ from gtn.fsa import FsaVec, as_vec
 
 from .data import BACKGROUND, INK
 from .model import LeNet5, build
+from .model import _reduce as reduce_loss
 from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentation, as_float_image,
                       segment)
 
@@ -258,13 +259,7 @@ class StringReader(nn.Module):
         g = self(images)
         targets = gtn.linear_fsa([digits_to_labels(t) for t in labels], dtype=g.dtype)
         loss = discriminative_forward(g, targets)
-        if reduction == "mean":
-            return loss.mean()
-        if reduction == "sum":
-            return loss.sum()
-        if reduction == "none":
-            return loss
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+        return reduce_loss(loss, reduction)
 
     @torch.no_grad()
     def decode(self, images, grammar: Optional[bool] = None, return_paths: bool = False):

@@ -31,6 +31,7 @@ import gtn
 
 from .data import BACKGROUND, INK
 from .model import build
+from .model import _reduce as reduce_loss
 from .recognizer import SYMBOLS, digits_to_labels, labels_to_string, standardize
 from .segment import INK_THRESHOLD
 
@@ -133,13 +134,7 @@ class SDNNReader(nn.Module):
         # a target with more digits than the frames can hold has no path: a large finite loss, no NaN
         loss = torch.where(torch.isfinite(constrained), free - constrained,
                            torch.full_like(free, 1e4) + 0 * free)
-        if reduction == "mean":
-            return loss.mean()
-        if reduction == "sum":
-            return loss.sum()
-        if reduction == "none":
-            return loss
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', not {reduction!r}")
+        return reduce_loss(loss, reduction)
 
     @torch.no_grad()
     def decode(self, images, return_frames: bool = False):
