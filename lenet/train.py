@@ -8,8 +8,12 @@ modern variant), chosen by ``optimizer``:
   (``lenet.data.RandomAffine``, including a small rotation). With 8,000 training digits instead of the
   paper's 60,000 the paper's network fits the undistorted digits within a few passes and then stops
   improving on new ones; distortions on every pass keep it learning, and they make many more passes
-  useful, which a larger batch makes affordable. The choices were made on 1,000 of the 8,000 training
-  digits held out (``validation``), not on the test digits.
+  useful, which a larger batch makes affordable. 60 passes: on two folds of 1,000 held-out training digits
+  (``validation_offset`` 1,000 and 2,000) they made 1.30 % and 0.80 % validation error against 1.50 % and
+  1.10 % for 30 passes (and 0.90 % against 0.80 % on the last 1,000). The choices were made on training
+  digits held out (``validation``), not on the test digits. Optional: elastic distortions (``elastic``;
+  they did not help here), a moving average of the weights (``ema``), a share of undistorted digits per
+  pass (``distort_fraction``).
 * ``"sgd"``: the same with SGD, Nesterov momentum 0.9, peak rate 0.003 (0.01 and 0.05 diverged in the first
   pass on batches of 32; Adam did better on the validation digits, 0.7 % against 1.3 %).
 * ``"sdlm"``: the paper's optimiser, stochastic diagonal Levenberg–Marquardt (``lenet.optim.SDLM``,
@@ -43,18 +47,18 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from . import checkpoint
-from .data import RandomAffine, load_digits, load_idx_dataset, prepare
+from .data import ElasticDistortion, RandomAffine, load_digits, load_idx_dataset, prepare
 from .model import VARIANTS, build
 from .optim import SDLM, paper_learning_rate
 
-__all__ = ["train", "evaluate", "confusion_matrix", "cosine_rate", "main", "DEFAULTS", "RECIPES", "OPTIMIZERS"]
+__all__ = ["train", "evaluate", "mix_distorted", "confusion_matrix", "cosine_rate", "main", "DEFAULTS", "RECIPES", "OPTIMIZERS"]
 
 #: The recipe-independent defaults of ``train`` and of the command line.
-DEFAULTS = dict(optimizer="adam", j=10.0, distort=True, rotate=10.0, validation=0)
+DEFAULTS = dict(optimizer="adam", j=10.0, distort=True, rotate=10.0, elastic=0.0, elastic_sigma=4.0, validation=0)
 
 #: Per-optimizer defaults for the arguments that ``train`` leaves at ``None``.
 RECIPES = {
-    "adam": dict(epochs=30, batch_size=32, lr=1e-2, weight_decay=0.0, warmup_steps=100),
+    "adam": dict(epochs=60, batch_size=32, lr=1e-2, weight_decay=0.0, warmup_steps=100),
     "sgd": dict(epochs=30, batch_size=32, lr=0.003, weight_decay=0.0, warmup_steps=100),
     "sdlm": dict(epochs=20, batch_size=8, lr=None, weight_decay=0.0, warmup_steps=250),
 }
@@ -113,6 +117,22 @@ def _make_optimizer(name: str, model: torch.nn.Module, lr: float, weight_decay: 
     return SDLM(model.parameters(), lr=0.0, mu=mu)
 
 
+def mix_distorted(originals: torch.Tensor, distorted: torch.Tensor, fraction: float,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Each row from ``distorted`` with probability ``fraction``, else from ``originals`` (one draw per row).
+
+    A random share of the digits is kept as it is on every pass: the paper's training set was its 60,000
+    originals plus 540,000 distorted copies."""
+    keep = torch.rand(len(originals), generator=generator) >= fraction
+    return torch.where(keep.view((-1,) + (1,) * (originals.dim() - 1)), originals, distorted)
+
+
+@torch.no_grad()
+def _copy_into(params: List[torch.Tensor], values: List[torch.Tensor]) -> None:
+    for p, v in zip(params, values):
+        p.copy_(v)
+
+
 def cosine_rate(step: int, total: int, peak: float, warmup: int) -> float:
     """The rate of the ``adam``/``sgd`` recipes at ``step`` (from 0) of ``total``: linear warm-up over the
     first ``warmup`` steps, then ``peak`` decaying to zero along half a cosine over all steps."""
@@ -124,10 +144,12 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
           variant: str = "paper", distort: bool = DEFAULTS["distort"], idx_dir: Optional[Union[str, Path]] = None,
           batch_size: Optional[int] = None, optimizer: str = DEFAULTS["optimizer"], lr: Optional[float] = None,
           weight_decay: Optional[float] = None, lr_scale: float = 1.0, mu: float = SDLM_DEFAULTS["mu"],
-          j: float = DEFAULTS["j"], rotate: float = DEFAULTS["rotate"],
+          j: float = DEFAULTS["j"], rotate: float = DEFAULTS["rotate"], elastic: float = DEFAULTS["elastic"],
+          elastic_sigma: float = DEFAULTS["elastic_sigma"], affine: bool = True, ema: float = 0.0,
+          distort_fraction: float = 1.0,
           curvature_samples: int = SDLM_DEFAULTS["curvature_samples"], warmup_steps: Optional[int] = None,
           warmup_factor: float = SDLM_DEFAULTS["warmup_factor"], limit: Optional[int] = None,
-          validation: int = DEFAULTS["validation"], dtype: torch.dtype = torch.float32, progress: bool = True,
+          validation: int = DEFAULTS["validation"], validation_offset: int = 0, dtype: torch.dtype = torch.float32, progress: bool = True,
           plots: bool = True, log=print) -> Tuple[torch.nn.Module, List[Dict]]:
     """Train a LeNet-5 variant on isolated digits; returns ``(model, history)``.
 
@@ -135,14 +157,21 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     ``epochs``, ``batch_size``, ``lr`` (peak rate of adam/sgd), ``weight_decay`` and ``warmup_steps`` default
     to the recipe's values in ``RECIPES``. ``lr_scale``, ``mu``, ``curvature_samples`` and ``warmup_factor``
     are SDLM's. ``distort``: freshly distorted training digits every pass (``RandomAffine`` with its
-    defaults and ``rotate`` degrees of rotation). ``out``: where to write the checkpoint (``lenet.load``
+    defaults and ``rotate`` degrees of rotation; ``affine=False`` leaves it out). ``elastic``: with
+    ``distort``, add elastic distortions (``ElasticDistortion``, scale ``elastic`` pixels, smoothing
+    ``elastic_sigma`` pixels; 0 = none), composed with the affine draw in one resampling;
+    ``distort_fraction``: the share of digits distorted each pass (a fresh random choice every pass). ``ema``: keep an
+    exponential moving average of the weights (decay ``ema`` per step, 0 = off); the per-pass errors and the
+    returned model use the averaged weights. ``out``: where to write the checkpoint (``lenet.load``
     reads it back), plus ``<stem>_curve.png`` and ``<stem>_confusion.png`` beside it when ``plots``;
     ``None`` writes nothing. ``idx_dir``: train and test on MNIST-format IDX files instead of the bundled
     digits. ``limit``: use only the first ``limit`` training digits (quick runs). ``validation``: hold out
     the last ``validation`` of those training digits and report the error on them every pass (for choosing
-    a recipe without looking at the test digits). ``history`` has one dict per pass: ``epoch``, ``lr`` (at
+    a recipe without looking at the test digits); ``validation_offset``: hold out the ``validation`` digits
+    that end this many digits before the last instead (another fold). ``history`` has one dict per pass: ``epoch``, ``lr`` (at
     the pass's last step), ``train_loss``, ``train_error`` (on the pass's own, possibly distorted, batches
-    while training), ``val_error`` (when ``validation``), ``test_error``, ``seconds`` (since the start).
+    while training), ``val_error`` and ``val_loss`` (when ``validation``), ``test_error``, ``seconds`` (since
+    the start).
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
@@ -156,18 +185,33 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     warmup_steps = recipe["warmup_steps"] if warmup_steps is None else warmup_steps
     if epochs < 1 or batch_size < 1 or curvature_samples < 1:
         raise ValueError("epochs, batch_size and curvature_samples must be >= 1")
-    if warmup_steps < 0 or validation < 0 or rotate < 0 or weight_decay < 0:
-        raise ValueError("warmup_steps, validation, rotate and weight_decay must be >= 0")
+    if warmup_steps < 0 or validation < 0 or rotate < 0 or weight_decay < 0 or elastic < 0:
+        raise ValueError("warmup_steps, validation, rotate, elastic and weight_decay must be >= 0")
+    if elastic_sigma <= 0:
+        raise ValueError("elastic_sigma must be > 0")
+    if not 0 <= ema < 1:
+        raise ValueError("ema must be in [0, 1)")
+    if not 0 <= distort_fraction <= 1:
+        raise ValueError("distort_fraction must be in [0, 1]")
+    if distort and not affine and not elastic:
+        raise ValueError("distort without affine distortions needs elastic > 0")
     start = time.perf_counter()
     x, y, xt, yt, source = _load_data(idx_dir)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     xv = yv = None
+    if validation_offset < 0 or (validation_offset and not validation):
+        raise ValueError("validation_offset must be >= 0, and needs validation")
     if validation:
-        if validation >= len(x):
-            raise ValueError(f"validation ({validation}) must leave training digits (of {len(x)})")
-        x, y, xv, yv = x[:-validation], y[:-validation], x[-validation:].to(dtype), y[-validation:]
-        source += f", the last {validation:,} training digits held out for validation"
+        if validation + validation_offset >= len(x):
+            raise ValueError(f"validation ({validation}) and validation_offset ({validation_offset}) must leave "
+                             f"training digits (of {len(x)})")
+        stop = len(x) - validation_offset
+        held = torch.zeros(len(x), dtype=torch.bool)
+        held[stop - validation:stop] = True
+        x, y, xv, yv = x[~held], y[~held], x[held].to(dtype), y[held]
+        where = "last" if not validation_offset else f"{validation_offset:,} digits before the last"
+        source += f", {validation:,} training digits held out for validation (the {where})"
     x, xt = x.to(dtype), xt.to(dtype)
 
     with torch.random.fork_rng():
@@ -177,13 +221,24 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     gen = torch.Generator().manual_seed(seed)
     if variant != "modern":
         model.reset_parameters(gen)
-    distorter = RandomAffine(rotate=rotate) if distort else None
+    distorter = None
+    if distort:
+        distorter = RandomAffine(rotate=rotate) if affine else None
+        if elastic > 0:  # the affine draw (if any) and the elastic field in one resampling
+            distorter = ElasticDistortion(alpha=elastic, sigma=elastic_sigma, affine=distorter)
+    params = [p for p in model.parameters() if p.requires_grad]
+    averaged = [p.detach().clone() for p in params] if ema else None
     opt = _make_optimizer(optimizer, model, lr, weight_decay, mu)
     sdlm = optimizer == "sdlm"
     config = dict(epochs=epochs, seed=seed, variant=variant, distort=distort,
-                  rotate=rotate if distort else None, optimizer=optimizer, batch_size=batch_size,
+                  rotate=rotate if distort and affine else None, elastic=elastic if distort else None,
+                  affine=affine if distort else None, ema=ema,
+                  distort_fraction=distort_fraction if distort else None,
+                  elastic_sigma=elastic_sigma if distort and elastic else None, optimizer=optimizer, batch_size=batch_size,
                   lr=None if sdlm else lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                   j=j if variant != "modern" else None, limit=limit, validation=validation, data=source)
+    if validation_offset:
+        config["validation_offset"] = validation_offset
     if sdlm:
         config.update(lr_scale=lr_scale, mu=mu, curvature_samples=curvature_samples, warmup_factor=warmup_factor)
     log(f"training LeNet-5 ({variant}, {sum(p.numel() for p in model.parameters()):,} parameters) on {source}"
@@ -200,6 +255,8 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     model.train()
     for epoch in range(epochs):
         xe = distorter(x, generator=gen) if distorter is not None else x
+        if distorter is not None and distort_fraction < 1:
+            xe = mix_distorted(x, xe, distort_fraction, gen)
         if sdlm:
             lr_now = paper_learning_rate(epoch) * lr_scale
             warm = warmup_steps if epoch == 0 else 0
@@ -222,6 +279,11 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if averaged is not None:
+                # Exponential moving average of the weights, with a shorter memory at the start.
+                t = epoch * steps + step
+                with torch.no_grad():
+                    torch._foreach_lerp_(averaged, [p.detach() for p in params], 1 - min(ema, (1 + t) / (10 + t)))
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"loss became {loss.item()} in pass {epoch + 1}, step {step + 1}; "
                                          "lower the learning rate")
@@ -232,15 +294,25 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
                 if step % 50 == 0 or step == steps - 1:
                     bar.set_description(f"pass {epoch + 1}/{epochs}")
                     bar.set_postfix(loss=f"{total_loss / min(n, (step + 1) * batch_size):.3f}")
+        if averaged is not None:  # evaluate (and finally keep) the averaged weights
+            current = [p.detach().clone() for p in params]
+            _copy_into(params, averaged)
         test_error, test_preds = evaluate(model, xt, yt)
         record = dict(epoch=epoch + 1, lr=lr_now, train_loss=total_loss / n, train_error=wrong / n)
         if xv is not None:
             record["val_error"] = evaluate(model, xv, yv)[0]
+            with torch.no_grad():
+                model.eval()
+                record["val_loss"] = model.loss(model(xv), yv).item()
+                model.train()
+        if averaged is not None and epoch < epochs - 1:
+            _copy_into(params, current)
         record.update(test_error=test_error, seconds=time.perf_counter() - start)
         history.append(record)
         message = (f"pass {epoch + 1:2d}/{epochs}: lr {lr_now:.2e}  train loss {record['train_loss']:.4f}  "
                    f"train error {100 * record['train_error']:.2f}%  "
-                   + (f"validation error {100 * record['val_error']:.2f}%  " if xv is not None else "")
+                   + (f"validation error {100 * record['val_error']:.2f}% (loss {record['val_loss']:.4f})  "
+                      if xv is not None else "")
                    + f"test error {100 * test_error:.2f}%  ({record['seconds']:.0f} s)")
         if bar is not None:
             bar.write(message)
@@ -328,6 +400,18 @@ def main(argv: Optional[List[str]] = None) -> None:
                    help="freshly distorted training digits every pass (random affine + rotation)")
     p.add_argument("--rotate", type=float, default=DEFAULTS["rotate"],
                    help="largest rotation of the distortions, in degrees")
+    p.add_argument("--elastic", type=float, default=DEFAULTS["elastic"],
+                   help="with --distort: scale alpha (pixels) of elastic distortions (Simard et al. 2003) on top "
+                        "of the affine ones; 0 = none")
+    p.add_argument("--elastic-sigma", type=float, default=DEFAULTS["elastic_sigma"],
+                   help="smoothing (Gaussian sigma, pixels) of the elastic displacement field")
+    p.add_argument("--affine", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --distort: the random affine distortions (--no-affine with --elastic: elastic only)")
+    p.add_argument("--distort-fraction", type=float, default=1.0,
+                   help="with --distort: the share of training digits distorted each pass (the rest as they are)")
+    p.add_argument("--ema", type=float, default=0.0,
+                   help="keep and finally use an exponential moving average of the weights with this decay "
+                        "per step (0 = off)")
     p.add_argument("--idx-dir", help="train/test on MNIST-format IDX files in this directory "
                                      "(train-images-idx3-ubyte[.gz], ..., t10k-labels-idx1-ubyte[.gz])")
     p.add_argument("--epochs", type=int, help="passes over the training set (default: the optimizer's, "
@@ -346,6 +430,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--limit", type=int, help="train on only the first LIMIT digits")
     p.add_argument("--validation", type=int, default=0,
                    help="hold out the last N training digits and report the error on them every pass")
+    p.add_argument("--validation-offset", type=int, default=0,
+                   help="hold out the N digits that end this many digits before the last (another fold)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (small batches gain little from more)")
     p.add_argument("--double", action="store_true", help="train in float64")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -354,8 +440,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     torch.set_num_threads(a.threads)
     train(out=a.out, epochs=a.epochs, seed=a.seed, variant=a.variant, distort=a.distort, idx_dir=a.idx_dir,
           batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay,
-          lr_scale=a.lr_scale, mu=a.mu, j=a.j, rotate=a.rotate, warmup_steps=a.warmup_steps, limit=a.limit,
-          validation=a.validation, dtype=torch.float64 if a.double else torch.float32,
+          lr_scale=a.lr_scale, mu=a.mu, j=a.j, rotate=a.rotate,
+          elastic=a.elastic, elastic_sigma=a.elastic_sigma, affine=a.affine, ema=a.ema,
+          distort_fraction=a.distort_fraction, warmup_steps=a.warmup_steps, limit=a.limit,
+          validation=a.validation, validation_offset=a.validation_offset, dtype=torch.float64 if a.double else torch.float32,
           progress=not a.no_progress, plots=not a.no_plots)
 
 if __name__ == "__main__":

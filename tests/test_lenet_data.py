@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import lenet
-from lenet.data import BACKGROUND, INK, RandomAffine, load_digits, load_idx_dataset, prepare, read_idx
+from lenet.data import (BACKGROUND, INK, ElasticDistortion, RandomAffine, gaussian_kernel, load_digits,
+                        load_idx_dataset, prepare, read_idx)
 
 torch.set_num_threads(1)
 
@@ -188,6 +189,73 @@ def test_random_affine_pure_translation_moves_by_whole_pixels():
     shift.matrices = lambda n, generator=None: m.expand(n, 2, 3)
     moved = shift(x[:1])
     torch.testing.assert_close(moved[0, 0, 1:31, 2:30], x[0, 0, 2:32, 0:28])
+
+
+def test_elastic_distortion_determinism_range_and_identity():
+    x, _ = load_digits("test")
+    x = x[:16]
+    d1 = ElasticDistortion()(x, generator=torch.Generator().manual_seed(0))
+    d2 = ElasticDistortion(generator=torch.Generator().manual_seed(0))(x)
+    d3 = ElasticDistortion()(x, generator=torch.Generator().manual_seed(1))
+    assert d1.shape == x.shape and torch.equal(d1, d2) and not torch.allclose(d1, d3)
+    assert not torch.allclose(d1, x)
+    assert d1.min() >= BACKGROUND - 1e-6 and d1.max() <= INK + 1e-6
+    torch.testing.assert_close(d1[:, 0, 0, 0], torch.full((16,), BACKGROUND))
+    ink, dink = x > 0.5, d1 > 0.5
+    assert (ink & dink).sum() > 0.5 * ink.sum()  # a local warp of about a pixel: still the same digit
+    # alpha = 0 is the identity, alone and composed with an affine draw (which then acts alone).
+    torch.testing.assert_close(ElasticDistortion(alpha=0)(x), x, rtol=0, atol=1e-6)
+    affine = RandomAffine(rotate=10)
+    composed = ElasticDistortion(alpha=0, affine=affine)(x, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(composed, affine(x, generator=torch.Generator().manual_seed(3)), rtol=0, atol=1e-5)
+    assert ElasticDistortion()(x[0]).shape == (1, 32, 32)
+    for bad in (dict(alpha=-1), dict(sigma=0)):
+        with pytest.raises(ValueError):
+            ElasticDistortion(**bad)
+    with pytest.raises(ValueError):
+        ElasticDistortion()(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+
+
+def test_elastic_distortion_reads_the_input_at_p_plus_displacement():
+    # forward's output at pixel p is the input read bilinearly at p + displacements(p) (same draw).
+    x, _ = load_digits("test")
+    x = x[:4].double()
+    elastic = ElasticDistortion(alpha=30, sigma=5)
+    d = elastic.displacements(4, 32, 32, torch.Generator().manual_seed(7)).double()
+    out = elastic(x, generator=torch.Generator().manual_seed(7))
+    rows, cols = torch.meshgrid(torch.arange(32.0, dtype=torch.double), torch.arange(32.0, dtype=torch.double),
+                                indexing="ij")
+    sx, sy = cols + d[:, 0], rows + d[:, 1]                       # where each output pixel reads, [4, 32, 32]
+    padded = torch.nn.functional.pad(x[:, 0] - BACKGROUND, (1, 1, 1, 1))  # outside = background
+    x0, y0 = sx.floor(), sy.floor()
+    expected = torch.zeros_like(sx)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            w = (1 - (sx - xi).abs()) * (1 - (sy - yi).abs())
+            ok = (xi >= -1) & (xi <= 32) & (yi >= -1) & (yi <= 32)
+            vals = padded[torch.arange(4).view(4, 1, 1), (yi.clamp(-1, 32) + 1).long(), (xi.clamp(-1, 32) + 1).long()]
+            expected += torch.where(ok, w * vals, torch.zeros(()).double())
+    torch.testing.assert_close(out[:, 0], expected + BACKGROUND, rtol=0, atol=1e-5)
+
+
+def test_elastic_displacements_are_smooth_and_scale_with_alpha():
+    g = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    d = ElasticDistortion(alpha=34, sigma=4).displacements(400, 32, 32, g())
+    assert d.shape == (400, 2, 32, 32)
+    torch.testing.assert_close(ElasticDistortion(alpha=17, sigma=4).displacements(400, 32, 32, g()), d / 2)
+    # The smoothing is a normalised Gaussian; uniform noise in +-1 has variance 1/3, and the smoothed field
+    # has sum_k k^2 of it (separable: the product of the 1-D sums), times alpha^2, away from the border.
+    k = gaussian_kernel(4.0)
+    inner = d[:, :, 12:20, 12:20]
+    expected_std = 34 * (1 / 3) ** 0.5 * float((k ** 2).sum())
+    assert inner.std().item() == pytest.approx(expected_std, rel=0.1)
+    assert inner.mean().abs().item() < 0.1 * expected_std
+    # Smooth: neighbouring pixels move almost together; uncorrelated far apart.
+    a, b = d[:, 0, 16, 16], d[:, 0, 16, 17]
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9
+    assert torch.corrcoef(torch.stack([a, d[:, 0, 16, 2]]))[0, 1].abs() < 0.3
+    assert gaussian_kernel(4.0).sum().item() == pytest.approx(1.0) and len(gaussian_kernel(4.0)) == 25
 
 
 def test_package_exports():

@@ -149,6 +149,29 @@ def test_rbf_is_squared_euclidean_distance():
     assert torch.equal(rbf(protos).diagonal(), torch.zeros(10))
 
 
+def test_rbf_matrix_product_form_equals_the_difference_form_with_gradients():
+    # EuclideanRBF computes |x|^2 - 2 x.w + |w|^2 (one matrix product); values and gradients must be those of
+    # sum_j (x_j - w_ij)^2, for [rows, 84] and for sweep's [batch, positions, 84], float32 and float64.
+    torch.manual_seed(0)
+    for dtype, tol in ((torch.float64, dict(rtol=1e-12, atol=1e-12)), (torch.float32, dict(rtol=1e-5, atol=1e-4))):
+        protos = digit_prototypes(dtype)
+        rbf = EuclideanRBF(protos)
+        for shape in ((7, 84), (2, 5, 84)):
+            x = (torch.randn(shape, dtype=dtype) * 1.5).requires_grad_()
+            weights = torch.rand(shape[:-1] + (10,), dtype=dtype)
+            fast = rbf(x)
+            (g_fast,) = torch.autograd.grad((fast * weights).sum(), x)
+            direct = (x.unsqueeze(-2) - protos).pow(2).sum(-1)
+            (g_direct,) = torch.autograd.grad((direct * weights).sum(), x)
+            assert fast.shape == shape[:-1] + (10,)
+            torch.testing.assert_close(fast, direct, **tol)
+            torch.testing.assert_close(g_fast, g_direct, **tol)
+    # Near a code (the trained regime) the penalty stays >= 0 and close to the exact small value.
+    near = protos + 1e-3 * torch.randn(10, 84, dtype=protos.dtype)
+    assert (rbf(near) >= 0).all()
+    torch.testing.assert_close(rbf(near).diagonal(), (near - protos).pow(2).sum(-1), rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("variant", ["paper", "fullc3", "modern"])
 def test_sweep_equals_forward_on_every_window(variant):
     torch.manual_seed(1)

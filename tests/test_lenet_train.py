@@ -85,6 +85,76 @@ def test_training_is_deterministic():
         assert not torch.equal(a.c1.weight, c.c1.weight)
 
 
+def test_elastic_distortions_in_training_are_deterministic_and_recorded(tmp_path):
+    tiny = dict(epochs=1, limit=160, batch_size=8, warmup_steps=5, seed=2, **QUIET)
+    a, _ = train(elastic=30, elastic_sigma=5, **tiny)
+    b, _ = train(elastic=30, elastic_sigma=5, **tiny)
+    c, _ = train(**tiny)                                   # affine distortions only
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.c1.weight, c.c1.weight)
+    out = tmp_path / "e.pt"
+    _, history = train(out=out, elastic=30, elastic_sigma=5, validation=40, plots=False, **tiny)
+    config = checkpoint.read(out)["train_config"]
+    assert config["elastic"] == 30 and config["elastic_sigma"] == 5
+    assert history[0]["val_loss"] > 0 and 0 <= history[0]["val_error"] <= 1
+    for bad in (dict(elastic=-1), dict(elastic=30, elastic_sigma=0)):
+        with pytest.raises(ValueError):
+            train(epochs=1, limit=100, **bad, **QUIET)
+
+
+def test_validation_fold_holds_out_the_requested_digits():
+    from lenet.train import evaluate
+    model, history = train(epochs=1, limit=200, validation=50, validation_offset=50, warmup_steps=2, **QUIET)
+    x, y = load_digits("train")
+    # Rows 100..149 (the 50 that end 50 before the last of the first 200) are the validation digits.
+    assert history[0]["val_error"] == evaluate(model, x[100:150], y[100:150])[0]
+    with torch.no_grad():
+        assert history[0]["val_loss"] == pytest.approx(model.loss(model(x[100:150]), y[100:150]).item())
+    for bad in (dict(validation=50, validation_offset=-1), dict(validation_offset=10),
+                dict(validation=100, validation_offset=100)):
+        with pytest.raises(ValueError, match="validation"):
+            train(epochs=1, limit=200, **bad, **QUIET)
+
+
+def test_distort_fraction():
+    from lenet.train import mix_distorted
+    tiny = dict(epochs=1, limit=160, batch_size=16, warmup_steps=2, seed=6, **QUIET)
+    # 1 (the default) is the recipe without the option, exactly (no extra random draws).
+    a, _ = train(**tiny)
+    b, _ = train(distort_fraction=1.0, **tiny)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    c, _ = train(distort_fraction=0.5, **tiny)
+    assert not torch.equal(a.c1.weight, c.c1.weight)
+    # Every row is either the original or the distorted one, distorted with the given probability.
+    x = torch.randn(4000, 1, 2, 2)
+    d = x + 10
+    for fraction in (0.0, 0.3, 1.0):
+        mixed = mix_distorted(x, d, fraction, torch.Generator().manual_seed(0))
+        from_d = (mixed == d).flatten(1).all(1)
+        assert bool((from_d | (mixed == x).flatten(1).all(1)).all())
+        assert abs(from_d.double().mean().item() - fraction) < 0.03
+    with pytest.raises(ValueError, match="distort_fraction"):
+        train(distort_fraction=1.5, **tiny)
+
+
+def test_weight_average():
+    tiny = dict(epochs=2, limit=160, batch_size=16, warmup_steps=2, seed=5, **QUIET)
+    # With a zero rate the weights never move, so their average is the initial weights again.
+    still, _ = train(lr=0.0, ema=0.9, **tiny)
+    fresh, _ = train(lr=0.0, **tiny)
+    assert all(torch.allclose(p, q, rtol=0, atol=1e-7) for p, q in zip(still.parameters(), fresh.parameters()))
+    averaged, history = train(ema=0.9, **tiny)
+    again, _ = train(ema=0.9, **tiny)
+    plain, _ = train(**tiny)
+    assert all(torch.equal(p, q) for p, q in zip(averaged.parameters(), again.parameters()))
+    assert not torch.equal(averaged.c1.weight, plain.c1.weight)
+    # The history and the returned model are the averaged weights'.
+    xt, yt = load_digits("test")
+    assert (averaged(xt).argmin(1) != yt).double().mean().item() == pytest.approx(history[-1]["test_error"])
+    with pytest.raises(ValueError, match="ema"):
+        train(ema=1.0, **tiny)
+
+
 def test_checkpoint_round_trip_is_exact(short_run):
     model, history, out = short_run
     assert out.exists()
