@@ -39,14 +39,24 @@ from lenet.strings import make_strings, touching_fraction
 
 #: Run sizes. The default run is sized for < 15 minutes on this project's 2-core CPU; --quick for < 1 minute.
 CONFIGS = {
-    "default": dict(iso_epochs=20, iso_limit=None, distort=True, train_strings=8000, global_epochs=2,
-                    batch_size=16, test_strings=1000, monitor_strings=200, lr=3e-4, seg_lr=1e-2, lr_decay=0.3),
+    "default": dict(iso_epochs=20, iso_limit=None, distort=True, train_strings=4000, global_epochs=8,
+                    workers=1, fresh=True, schedule="cosine", batch_size=16, test_strings=1000,
+                    monitor_strings=200, lr=1e-3, seg_lr=1e-2, lr_decay=0.3),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
-                  batch_size=16, test_strings=40, monitor_strings=24, lr=3e-4, seg_lr=1e-2, lr_decay=0.3),
+                  workers=1, fresh=False, schedule="cosine", batch_size=16, test_strings=40, monitor_strings=24,
+                  lr=1e-3, seg_lr=1e-2, lr_decay=0.3),
 }
-#: The SDNN's global training costs much less per string (one sweep, no crops, the fused dense forward), and
-#: it has more to learn (the blank between digits was never in the isolated training): more and faster passes.
-SDNN_OVERRIDES = {"default": dict(train_strings=4000, global_epochs=6, lr=1e-3, lr_decay=0.6), "quick": dict(lr=1e-3)}
+#: The SDNN: (a) after the isolated digits, "isolated-character" training on windows of strings rendered from
+#: the isolated training digits (each window labelled digit / blank from the renderer's digit positions: the
+#: paper's SDNN training images), fresh strings every pass; (b) global training from string labels. Its
+#: global training costs less per string than the HOS reader's (one sweep, no crops, the fused dense forward).
+SDNN_OVERRIDES = {
+    "default": dict(window_strings=4000, window_passes=20, window_lr=3e-3, window_distort=False,
+                    window_between=False, stride=2, ink_height=24,
+                    train_strings=4000, global_epochs=4, lr=1e-3),
+    "quick": dict(window_strings=1000, window_passes=2, window_lr=3e-3, window_distort=False,
+                  window_between=False, stride=2, ink_height=24, lr=1e-3),
+}
 
 
 def parse(argv=None):
@@ -92,33 +102,84 @@ def evaluate(reader, strings, progress, desc):
 
 @torch.no_grad()
 def mean_loss(reader, strings, size=32):
-    total = 0.0
+    """Mean loss over the strings whose label the graph can spell (see `train_globally`)."""
+    total, count = 0.0, 0
     for b in batches(strings, size):
-        total += float(reader.loss([s.image for s in b], [s.label for s in b], reduction="sum"))
-    return total / len(strings)
+        losses = reader.loss([s.image for s in b], [s.label for s in b], reduction="none")
+        finite = torch.isfinite(losses)
+        total += float(losses[finite].sum())
+        count += int(finite.sum())
+    return total / max(count, 1)
 
 
-def train_globally(reader, strings, cfg, seed, progress, monitor):
-    """Discriminative forward training through the graph; returns the history (per-step and per-epoch)."""
+class PassBatches(torch.utils.data.IterableDataset):
+    """The batches of one pass of global training, as ``(prepared images, labels)``: pass ``k``'s strings
+    (``strings`` for the first pass, ``render(k)`` for later ones when given), in a seeded random order, each
+    batch run through ``prepare`` (the reader's network-independent work: segmentation and crops). Run in a
+    ``DataLoader`` worker process, this overlaps with training on the other core."""
+
+    def __init__(self, k, strings, render, batch_size, seed, prepare):
+        super().__init__()
+        self.k, self.strings, self.render, self.batch_size = k, strings, render, batch_size
+        self.seed, self.prepare = seed, prepare
+
+    def __iter__(self):
+        if torch.utils.data.get_worker_info() is not None:
+            torch.set_num_threads(1)  # the other core(s): leave the main process its own
+        strings = self.render(self.k) if self.render is not None and self.k > 0 else self.strings
+        order = torch.randperm(len(strings), generator=torch.Generator().manual_seed(self.seed * 1000 + self.k))
+        info = torch.utils.data.get_worker_info()
+        share, of = (info.id, info.num_workers) if info is not None else (0, 1)
+        for j, b in enumerate(batches([strings[i] for i in order.tolist()], self.batch_size)):
+            if j % of == share:  # each worker its share; the DataLoader interleaves them back in order
+                yield self.prepare([s.image for s in b]), [s.label for s in b]
+
+
+def train_globally(reader, strings, cfg, seed, progress, monitor, render=None):
+    """Discriminative forward training through the graph; returns the history (per-step and per-epoch).
+
+    ``strings`` are the first pass's training strings; with ``cfg["fresh"]`` every later pass trains on new
+    strings ``render(pass)`` (new combinations of the same training digits, never a test digit). The rates
+    follow ``cfg["schedule"]``: ``"cosine"`` (from the peak to zero over all steps) or ``"step"`` (× ``lr_decay``
+    after each pass). A string whose label no path of its graph can spell (its digits overlap so much that
+    no segmentation separates them) has an infinite loss and teaches nothing: it is left out of the batch's
+    mean and counted. With ``cfg["workers"]`` > 0 the strings are rendered, segmented and cropped in that many
+    worker processes while the network trains (the run stays deterministic)."""
     from tqdm.auto import tqdm
     net_params = list(reader.model.parameters())
     net_ids = {id(p) for p in net_params}
     other = [p for p in reader.parameters() if id(p) not in net_ids]
     opt = torch.optim.Adam([{"params": net_params, "lr": cfg["lr"]}, {"params": other, "lr": cfg["seg_lr"]}])
-    gen = torch.Generator().manual_seed(seed)
+    peaks = [g["lr"] for g in opt.param_groups]
     steps = math.ceil(len(strings) / cfg["batch_size"])
-    hist = {"step_loss": [], "epoch_loss": [], "monitor_loss": [mean_loss(reader, monitor)]}
+    total_steps = cfg["global_epochs"] * steps
+    cosine = cfg.get("schedule", "step") == "cosine"
+    prepare = getattr(reader, "prepare", None) or (lambda images: images)
+    workers = cfg.get("workers", 0)
+    hist = {"step_loss": [], "epoch_loss": [], "monitor_loss": [mean_loss(reader, monitor)], "unreachable": 0}
     reader.train()
-    with tqdm(total=cfg["global_epochs"] * steps, desc="global training", unit="step",
+    step = 0
+    with tqdm(total=total_steps, desc="global training", unit="step",
               disable=not progress, dynamic_ncols=True) as bar:
         for epoch in range(cfg["global_epochs"]):
-            if epoch > 0:
-                for group in opt.param_groups:
-                    group["lr"] *= cfg["lr_decay"]
-            order = torch.randperm(len(strings), generator=gen).tolist()
-            total = 0.0
-            for b in batches([strings[i] for i in order], cfg["batch_size"]):
-                loss = reader.loss([s.image for s in b], [s.label for s in b])
+            data = PassBatches(epoch, strings, render if cfg.get("fresh") else None, cfg["batch_size"], seed,
+                               prepare)
+            if workers > 0:
+                data = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4)
+            total, counted = 0.0, 0
+            for images, labels in data:
+                factor = (0.5 * (1 + math.cos(math.pi * step / total_steps)) if cosine
+                          else cfg["lr_decay"] ** epoch)
+                for group, peak in zip(opt.param_groups, peaks):
+                    group["lr"] = peak * factor
+                losses = reader.loss(images, labels, reduction="none")
+                finite = torch.isfinite(losses.detach())
+                hist["unreachable"] += int((~finite).sum())
+                step += 1
+                bar.update(1)
+                if not bool(finite.any()):
+                    continue
+                loss = losses[finite].mean()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -126,10 +187,10 @@ def train_globally(reader, strings, cfg, seed, progress, monitor):
                 if not math.isfinite(v):
                     raise FloatingPointError(f"the loss became {v}; lower --lr")
                 hist["step_loss"].append(v)
-                total += v * len(b)
-                bar.update(1)
+                total += v * int(finite.sum())
+                counted += int(finite.sum())
                 bar.set_postfix(loss=f"{v:.3f}")
-            hist["epoch_loss"].append(total / len(strings))
+            hist["epoch_loss"].append(total / max(counted, 1))
             hist["monitor_loss"].append(mean_loss(reader, monitor))
             bar.write(f"pass {epoch + 1}/{cfg['global_epochs']}: mean training loss {hist['epoch_loss'][-1]:.4f}, "
                       f"loss on the {len(monitor)} monitor strings {hist['monitor_loss'][-1]:.4f}")
@@ -173,12 +234,12 @@ def plot_curves(path, hist, iso_history, title):
     plt.close(fig)
 
 
-def plot_example(path, reader_before, reader_after, s):
+def plot_example(path, reader_before, reader_after, s, name_a="(a) isolated"):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(2, 1, figsize=(max(4.0, s.image.shape[1] / 14), 4.4))
-    for ax, (name, r) in zip(axes, [("(a) isolated", reader_before), ("(b) global", reader_after)]):
+    for ax, (name, r) in zip(axes, [(name_a, reader_before), ("(b) global", reader_after)]):
         r.plot_decoding(s.image, ax=ax, title=f"{name}: read", truth=s.label)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -222,7 +283,8 @@ def main(argv=None):
     monitor = make_strings(cfg["monitor_strings"], "train", lengths, seed=args.seed + 2)
     test_strings = make_strings(cfg["test_strings"], "test", lengths, seed=args.seed + 3)
     timings["render strings"] = time.perf_counter() - t
-    print(f"{len(train_strings)} training strings (train digits), {len(test_strings)} test strings (test digits), "
+    per_pass = " per pass, new ones every pass" if cfg.get("fresh") else ""
+    print(f"{len(train_strings)} training strings (train digits){per_pass}, {len(test_strings)} test strings (test digits), "
           f"lengths {lengths[0]}-{lengths[1]}; {100 * touching_fraction(test_strings):.0f} % of neighbouring "
           f"test digits touch or overlap")
 
@@ -246,27 +308,37 @@ def main(argv=None):
         print(f"segmentation bias (median best penalty of isolated training digits, then the best multiple "
               f"of it on the {len(monitor)} monitor training strings): {bias:.3f}")
     else:
-        from lenet.sdnn import SDNNReader
-        reader = SDNNReader(model, lengths=lengths)
-        with torch.no_grad():
-            digits = lenet.load_digits("train")[0][:2000]
-            b0 = float(model(digits).min(1).values.median())
+        from lenet.sdnn import SDNNReader, sdnn_network, train_windows
+        # an 11th output (the blank), the other layers copied from the isolated-digit network
+        reader = SDNNReader(sdnn_network(model), lengths=lengths, stride=cfg["stride"],
+                            ink_height=cfg["ink_height"])
+        t = time.perf_counter()
+        train_windows(reader, lenet.load_digits("train", raw=True), strings_per_pass=cfg["window_strings"],
+                      passes=cfg["window_passes"], batch_size=cfg["batch_size"], lr=cfg["window_lr"],
+                      seed=args.seed, lengths=lengths, distort=cfg["window_distort"], between=cfg["window_between"],
+                      progress=progress)
+        timings["(a) window training"] = time.perf_counter() - t
         blank = reader.tune_blank([s.image for s in monitor], [s.label for s in monitor],
-                                  [b0 * f for f in (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)])
-        print(f"blank penalty (best multiple of the median best penalty of isolated digits on the "
-              f"{len(monitor)} monitor training strings): {blank:.3f}")
+                                  [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0])
+        print(f"blank offset (the best of a few on the {len(monitor)} monitor training strings): {blank:.1f}")
     reader.eval()
     before, preds_a = evaluate(reader, test_strings, progress, "evaluate (a)")
-    before.update(system=args.system, training="(a) isolated digits only")
-    print(f"(a) isolated only: string accuracy {100 * before['string_accuracy']:.1f} %, digit error "
+    regime_a = "(a) isolated digits only" if args.system == "hos" else "(a) isolated digits + SDNN windows"
+    before.update(system=args.system, training=regime_a)
+    print(f"{regime_a}: string accuracy {100 * before['string_accuracy']:.1f} %, digit error "
           f"{100 * before['digit_error']:.2f} %")
     import copy
     reader_a = copy.deepcopy(reader)
 
     # ---- (b) global training through the graph
     t = time.perf_counter()
-    hist = train_globally(reader, train_strings, cfg, args.seed, progress, monitor)
+    hist = train_globally(reader, train_strings, cfg, args.seed, progress, monitor,
+                          render=lambda k: make_strings(cfg["train_strings"], "train", lengths,
+                                                        seed=args.seed + 100 + k))
     timings["(b) global training"] = time.perf_counter() - t
+    if hist.get("unreachable"):
+        print(f"{hist['unreachable']} training strings had a label no path of their graph could spell "
+              f"(digits no segmentation separates); left out of the loss")
     after, preds_b = evaluate(reader, test_strings, progress, "evaluate (b)")
     after.update(system=args.system, training="(b) + global training")
 
@@ -295,7 +367,8 @@ def main(argv=None):
     print(f"wrote {stem}_curves.png")
     # show a string that global training fixed, if there is one
     fixed = [i for i, s in enumerate(test_strings) if preds_a[i] != s.label and preds_b[i] == s.label]
-    plot_example(f"{stem}_example.png", reader_a, reader, test_strings[fixed[0] if fixed else 0])
+    plot_example(f"{stem}_example.png", reader_a, reader, test_strings[fixed[0] if fixed else 0],
+                 "(a) isolated" if args.system == "hos" else "(a) isolated + windows")
     print(f"wrote {stem}_example.png")
     with open(f"{stem}_metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)

@@ -7,9 +7,10 @@ One training step, as data::
         ──compose with linear(target)──▶ constrained graph
     loss = forward_score(interpretation) − forward_score(constrained)        (discriminative forward, ≥ 0)
 
-The recognition transformer crops every segment of the whole batch, normalises the crops the way MNIST digits
-were normalised (tight ink box scaled to fit 20×20 keeping the aspect ratio, centred by mass in 28×28, padded
-to 32×32, grey levels mapped to the paper's −0.1 … 1.175) in one ``grid_sample`` call, scores them with one
+The recognition transformer crops every segment of the whole batch (the ink of the segment's own pieces
+only), normalises the crops the way MNIST digits were normalised (tight ink box scaled to fit 20×20 keeping
+the aspect ratio, centred by mass in 28×28, padded to 32×32, grey levels mapped to the paper's −0.1 … 1.175)
+in one ``grid_sample`` call, scores them with one
 LeNet-5 call, and gathers ``−penalty[segment, digit]`` onto the arcs by index, so the gradient of the loss flows
 through the graph operations into LeNet-5 with no custom autograd code.
 
@@ -24,6 +25,7 @@ together with LeNet-5.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,12 +39,12 @@ from gtn.fsa import FsaVec, as_vec
 from .data import BACKGROUND, INK
 from .model import LeNet5, build
 from .model import _reduce as reduce_loss
-from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentation, as_float_image,
-                      segment)
+from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentation, WholeImage,
+                      as_float_image, segment)
 
 __all__ = ["SYMBOLS", "digits_to_labels", "labels_to_string", "standardize", "crop_segments",
-           "RecognitionTransformer", "StringReader", "length_grammar", "recognize", "edit_distance",
-           "string_metrics"]
+           "RecognitionTransformer", "StringReader", "PreparedBatch", "prepare_batch", "length_grammar",
+           "recognize", "edit_distance", "string_metrics"]
 
 #: ``SYMBOLS[label - 1]`` is the character of arc label ``label`` (label 0 is epsilon, -1 the final arc).
 SYMBOLS = "0123456789"
@@ -89,52 +91,76 @@ def crop_segments(images: Sequence[torch.Tensor], segs: Sequence[Segmentation], 
                   box: int = 20, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Every segment of every image as LeNet-5 input ``[S, 1, size, size]`` (segments in image order).
 
-    Each segment (the columns ``boxes[s]`` of its image) is cut to its tight ink box, scaled so its larger
-    side is ``box`` pixels, and placed so its centre of mass is the centre of the ``size``-square, as MNIST's
-    digits were; ink of other columns is never seen. All images go into one strip and all crops come out of
-    one ``grid_sample`` call (bilinear).
+    A segment's image is the ink of its pieces only (``segs[i].piece_map``; the ink of other pieces in the
+    same columns is masked out), cut to its tight ink box, scaled so that its larger side is ``box`` pixels
+    and placed so that its centre of mass is the centre of the ``size``-square, as MNIST's digits were. All
+    images go into one strip; per-piece sums (mass, moments, ink extent) are gathered once and combined per
+    segment, and all crops come out of one ``grid_sample`` call (bilinear), masked by a nearest-neighbour
+    sample of the piece map. ``segs`` may be any objects with ``piece_map`` and ``segments`` (e.g.
+    `lenet.segment.WholeImage`).
     """
     H = max(int(im.shape[0]) for im in images)
-    widths = torch.tensor([int(im.shape[1]) for im in images])
-    offsets = torch.cumsum(widths, 0) - widths
-    strip = torch.zeros(H, int(widths.sum()))
-    for im, off in zip(images, offsets.tolist()):  # one copy per image
+    widths = [int(im.shape[1]) for im in images]
+    offsets = np.cumsum([0] + widths)
+    poffs = np.cumsum([0] + [int(s.piece_map.max()) + 1 for s in segs])
+    W, P = int(offsets[-1]), int(poffs[-1])
+    strip = torch.zeros(H, W)
+    pstrip = torch.full((H, W), -1, dtype=torch.int64)
+    for im, s, off, po in zip(images, segs, offsets.tolist(), poffs.tolist()):  # one copy per image
         strip[:im.shape[0], off:off + im.shape[1]] = im
-    W = strip.shape[1]
-    boxes = torch.cat([s.boxes + off for s, off in zip(segs, offsets.tolist())]).contiguous()  # [S, 2] strip columns
-    S = boxes.shape[0]
-    ink = strip > INK_THRESHOLD
-    # tight columns: the first and last ink column inside each segment's range
-    inkpos = torch.nonzero(ink.any(0)).flatten()
-    lo = inkpos[torch.searchsorted(inkpos, boxes[:, 0].contiguous())]
-    hi = inkpos[torch.searchsorted(inkpos, boxes[:, 1].contiguous()) - 1] + 1
-    # per-row ink counts and grey mass inside [lo, hi): prefix sums over columns, one gather per segment
-    zero = torch.zeros(H, 1)
-    ci = torch.cat([zero, torch.cumsum(ink.float(), 1)], 1)
-    cg = torch.cat([zero, torch.cumsum(strip, 1)], 1)
-    rowcnt = (ci[:, hi] - ci[:, lo]).T          # [S, H]
-    rowmass = (cg[:, hi] - cg[:, lo]).T
-    has = rowcnt > 0
-    y0 = has.float().argmax(1)
-    y1 = H - has.flip(1).float().argmax(1)
-    ys = torch.arange(H, dtype=torch.float32) + 0.5
-    mass = rowmass.sum(1).clamp(min=1e-6)
-    cy = (rowmass * ys).sum(1) / mass
-    colmass = strip.sum(0)
-    px = torch.cat([torch.zeros(1), torch.cumsum(colmass * (torch.arange(W) + 0.5), 0)])
-    pm = torch.cat([torch.zeros(1), torch.cumsum(colmass, 0)])
-    cx = (px[hi] - px[lo]) / (pm[hi] - pm[lo]).clamp(min=1e-6)
-    scale = box / torch.maximum(hi - lo, y1 - y0).float()           # output pixels per input pixel
-    u = torch.arange(size, dtype=torch.float32) + 0.5 - size / 2     # output offsets from the centre
-    sx = cx[:, None] + u[None, :] / scale[:, None]                   # [S, size] source column (continuous)
-    sy = cy[:, None] + u[None, :] / scale[:, None]                   # [S, size] source row
-    inside = (sx >= lo[:, None]) & (sx <= hi[:, None])               # never read a neighbour's columns
-    sx = torch.minimum(torch.maximum(sx, lo[:, None] + 0.5), hi[:, None] - 0.5)
+        pstrip[:im.shape[0], off:off + im.shape[1]] = s.piece_map + po
+    seg = torch.cat([s.segments + po for s, po in zip(segs, poffs.tolist())])    # [S, 2] global piece ranges
+    a, b = seg[:, 0], seg[:, 1]
+    # per-piece sums over its pixels (float64: long strips outgrow float32's precision)
+    yx = torch.nonzero(pstrip >= 0)
+    pid = pstrip[yx[:, 0], yx[:, 1]]
+    v = strip[yx[:, 0], yx[:, 1]].double()
+    ys, xs = yx[:, 0].double() + 0.5, yx[:, 1].double() + 0.5
+
+    def prefix(w):
+        return torch.cat([torch.zeros(1, dtype=torch.float64),
+                          torch.cumsum(torch.zeros(P, dtype=torch.float64).index_add_(0, pid, w), 0)])
+
+    cm, cx_, cy_ = prefix(v), prefix(v * xs), prefix(v * ys)
+    mass = (cm[b] - cm[a]).clamp(min=1e-9)
+    cx, cy = (cx_[b] - cx_[a]) / mass, (cy_[b] - cy_[a]) / mass
+    # tight ink box of each piece, then of each segment (a running min/max over its <= K pieces)
+    inkm = v > INK_THRESHOLD
+    ip, iy, ix = pid[inkm], yx[inkm, 0], yx[inkm, 1]
+    big = torch.iinfo(torch.int64).max
+
+    def extent(idx, vals):
+        lo = torch.full((P,), big, dtype=torch.int64).scatter_reduce(0, idx, vals, "amin")
+        hi = torch.full((P,), -1, dtype=torch.int64).scatter_reduce(0, idx, vals + 1, "amax")
+        return lo, hi
+
+    px0, px1 = extent(ip, ix)
+    py0, py1 = extent(ip, iy)
+    x0, x1, y0, y1 = px0[a], px1[a], py0[a], py1[a]
+    for k in range(1, int((b - a).max())):
+        idx = (a + k).clamp(max=P - 1)
+        use = a + k < b
+        x0 = torch.where(use, torch.minimum(x0, px0[idx]), x0)
+        x1 = torch.where(use, torch.maximum(x1, px1[idx]), x1)
+        y0 = torch.where(use, torch.minimum(y0, py0[idx]), y0)
+        y1 = torch.where(use, torch.maximum(y1, py1[idx]), y1)
+    extent_px = torch.maximum(x1 - x0, y1 - y0).clamp(min=1).double()
+    scale = box / extent_px                                              # output pixels per input pixel
+    u = torch.arange(size, dtype=torch.float64) + 0.5 - size / 2          # output offsets from the centre
+    sx = cx[:, None] + u[None, :] / scale[:, None]                        # [S, size] source column
+    sy = cy[:, None] + u[None, :] / scale[:, None]                        # [S, size] source row
+    S = seg.shape[0]
     gx = (2 * sx / W - 1)[:, None, :].expand(S, size, size)
     gy = (2 * sy / H - 1)[:, :, None].expand(S, size, size)
-    grid = torch.stack([gx, gy], -1).reshape(1, S * size, size, 2)
+    grid = torch.stack([gx, gy], -1).reshape(1, S * size, size, 2).float()
     out = F.grid_sample(strip[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out.reshape(S, size, size) * inside[:, None, :]
+    # the piece under each output pixel (nearest source pixel, from the float64 coordinates)
+    ix = torch.floor(sx).long()[:, None, :].expand(S, size, size)
+    iy = torch.floor(sy).long()[:, :, None].expand(S, size, size)
+    inside = (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
+    owner = torch.where(inside, pstrip[iy.clamp(0, H - 1), ix.clamp(0, W - 1)], -1)
+    mine = (owner >= a[:, None, None]) & (owner < b[:, None, None])
+    out = out.reshape(S, size, size) * mine
     return (BACKGROUND + (INK - BACKGROUND) * out.clamp(0, 1)).unsqueeze(1).to(dtype)
 
 
@@ -206,6 +232,37 @@ def length_grammar(min_len: int, max_len: int, num_symbols: int = 10, dtype=torc
 
 
 # ---------------------------------------------------------------------------------------------- reader
+@dataclass
+class PreparedBatch:
+    """The network-independent part of a batch: standardized images, their segmentations, the segmentation
+    graphs (`FsaVec`, ``segment`` attribute indexing the batch's segments), the crops ``[S, 1, 32, 32]`` and
+    the segmentation features ``[S, NUM_SEG_FEATURES]``. Picklable, so a data-loading worker process can make
+    it while the main process trains."""
+
+    images: List[torch.Tensor]
+    segmentations: List[Segmentation]
+    graphs: FsaVec
+    crops: Optional[torch.Tensor]
+    features: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def prepare_batch(images, params: SegmentParams = SegmentParams(), crops: bool = True) -> PreparedBatch:
+    """Standardize, over-segment and crop a list of images (all that `StringReader` does before the network)."""
+    xs = [standardize(im) for im in images]
+    segs = [segment(x, params) for x in xs]
+    offsets = np.cumsum([0] + [s.num_segments for s in segs])
+    graphs = []
+    for s, off in zip(segs, offsets[:-1].tolist()):
+        g = s.graph
+        graphs.append(gtn.Fsa(g.arcs, g.scores, num_states=g.num_states,
+                              segment=torch.where(g.segment >= 0, g.segment + off, g.segment)))
+    return PreparedBatch(xs, segs, FsaVec(graphs), crop_segments(xs, segs) if crops else None,
+                         torch.cat([s.features for s in segs]))
+
+
 class StringReader(nn.Module):
     """The whole reader: segmenter + `RecognitionTransformer` + decoder, with the discriminative forward loss.
 
@@ -231,32 +288,30 @@ class StringReader(nn.Module):
     def segment(self, images) -> Tuple[List[torch.Tensor], List[Segmentation], FsaVec]:
         """Standardize and over-segment a list of images: ``(images, segmentations, segmentation FsaVec)``
         with the ``segment`` attribute indexing the batch's concatenated segments."""
-        xs = [standardize(im) for im in images]
-        segs = [segment(x, self.params) for x in xs]
-        offsets = np.cumsum([0] + [s.num_segments for s in segs])
-        graphs = []
-        for s, off in zip(segs, offsets[:-1].tolist()):
-            g = s.graph
-            graphs.append(gtn.Fsa(g.arcs, g.scores, num_states=g.num_states,
-                                  segment=torch.where(g.segment >= 0, g.segment + off, g.segment)))
-        return xs, segs, FsaVec(graphs)
+        p = prepare_batch(images, self.params, crops=False)
+        return p.images, p.segmentations, p.graphs
+
+    def prepare(self, images) -> "PreparedBatch":
+        """Everything of a batch that does not depend on the network (see `prepare_batch`)."""
+        return prepare_batch(images, self.params)
 
     def interpret(self, images):
-        """The interpretation graph (`FsaVec`, one member per image) and the segmentations."""
-        xs, segs, graphs = self.segment(images)
-        crops = crop_segments(xs, segs)
-        feats = torch.cat([s.features for s in segs])
-        return self.transformer(graphs, crops, feats), segs
+        """The interpretation graph (`FsaVec`, one member per image) and the segmentations. ``images``: a list
+        of images or a `PreparedBatch`."""
+        p = images if isinstance(images, PreparedBatch) else prepare_batch(images, self.params)
+        return self.transformer(p.graphs, p.crops, p.features), p.segmentations
 
     def forward(self, images) -> FsaVec:
+        """The interpretation graph of a list of images (or of a `PreparedBatch`)."""
         return self.interpret(images)[0]
 
     def loss(self, images, labels: Sequence[str], reduction: str = "mean") -> torch.Tensor:
         """Discriminative forward loss ``forward(G_int) − forward(G_int ∘ linear(target))`` per image (≥ 0;
-        ``exp(−loss)`` is the posterior of the label string); ``reduction``: "mean", "sum" or "none"."""
+        ``exp(−loss)`` is the posterior of the label string; ``inf`` when no path spells the label);
+        ``reduction``: "mean", "sum" or "none". ``images``: a list of images or a `PreparedBatch`."""
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        g = self(images)
+        g = self.interpret(images)[0]
         targets = gtn.linear_fsa([digits_to_labels(t) for t in labels], dtype=g.dtype)
         loss = discriminative_forward(g, targets)
         return reduce_loss(loss, reduction)
@@ -336,11 +391,7 @@ class StringReader(nn.Module):
         then learns it.)"""
         d = digits[:max_digits]
         xs = [standardize(im) for im in d]
-        segs = []
-        for x in xs:
-            cols = torch.nonzero((x > INK_THRESHOLD).any(0)).flatten()
-            segs.append(_whole(int(cols[0]), int(cols[-1]) + 1))
-        crops = crop_segments(xs, segs)
+        crops = crop_segments(xs, [WholeImage.of(x) for x in xs])
         pen = self.model(crops.to(self.transformer.seg_weight.dtype))
         b = float(pen.min(1).values.median())
         self.transformer.seg_bias.fill_(b)
@@ -350,15 +401,8 @@ class StringReader(nn.Module):
     def config(self):
         p = self.params
         return {"params": dict(min_piece=p.min_piece, max_piece=p.max_piece, max_width=p.max_width,
-                               max_pieces=p.max_pieces),
+                               max_pieces=p.max_pieces, pieces=p.pieces, min_area=p.min_area),
                 "lengths": list(self.lengths) if self.lengths is not None else None}
-
-
-class _whole:
-    """A minimal stand-in for a `Segmentation` with one segment (used by `calibrate`)."""
-
-    def __init__(self, x0, x1):
-        self.boxes = torch.tensor([[x0, x1]])
 
 
 def _merge(a: FsaVec, b: FsaVec, take_a: torch.Tensor) -> FsaVec:
@@ -455,10 +499,16 @@ def _load_reader(ckpt) -> "StringReader":
     cfg = ckpt["config"]
     model = build(**cfg["model"])
     rc = cfg["reader"]
-    reader = StringReader(model, SegmentParams(**rc["params"]),
+    params = dict(pieces="columns")  # checkpoints written before "components" existed used column cuts
+    params.update(rc["params"])
+    reader = StringReader(model, SegmentParams(**params),
                           lengths=tuple(rc["lengths"]) if rc["lengths"] is not None else None)
     from .checkpoint import restore
-    return restore(reader, ckpt["state_dict"])
+    state = dict(ckpt["state_dict"])
+    w = state.get("transformer.seg_weight")
+    if w is not None and w.numel() < NUM_SEG_FEATURES:  # older checkpoints had fewer features: weight 0
+        state["transformer.seg_weight"] = torch.cat([w, w.new_zeros(NUM_SEG_FEATURES - w.numel())])
+    return restore(reader, state)
 
 
 def _register():

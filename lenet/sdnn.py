@@ -1,11 +1,14 @@
 """The space-displacement neural network reader (SDNN, paper §VII): LeNet-5 swept over the whole string.
 
-No segmentation at all: the string image (normalised so that its ink is as tall as an MNIST digit, 20 of
-32 rows) is scanned by LeNet-5 convolutionally (``LeNet5.sweep``: one 32×32 window every 4 columns, in one
-pass because C5 is a convolution). Each window position is a frame with 11 symbols: ``0`` = blank (no digit
-centred here) and ``d + 1`` = digit ``d``, scored ``-penalty`` — the blank's score is a learned constant
-``-blank`` (LeNet-5 has no rubbish output, like the MAP criterion's constant ``j``). The frames are a
-`gtn.DenseFsaVec`.
+No segmentation at all: the string image (normalised so that its ink is 24 of 32 rows tall, which makes its
+digits about as tall as MNIST's) is scanned by LeNet-5 convolutionally (``LeNet5.sweep``: one 32×32 window
+every 4 columns, in one pass because C5 is a convolution; with ``stride=2`` a second pass shifted by 2 columns
+is interleaved). Each
+window position is a frame with 11 symbols: ``0`` = blank (no digit centred here) and ``d + 1`` = digit ``d``,
+scored ``-penalty``. The recognizer made by `sdnn_network` has an **11th RBF output, the blank** (a
+"no central character" prototype, the paper's non-character class); its penalty plus the learned offset
+``blank`` scores symbol 0. (A plain 10-class LeNet-5 also works: the blank is then the constant ``-blank``.)
+The frames are a `gtn.DenseFsaVec`.
 
 The **character model** (the paper's "grammar" of the SDNN output) says a digit occupies one or more
 consecutive frames and two digits are always separated by at least one blank frame (no digit on contiguous
@@ -15,12 +18,17 @@ discriminative forward criterion ``forward(model ∩ frames) − forward(target 
 `gtn.dense_forward_score` (no lattice is built); decoding takes the Viterbi path of the lattice and reads
 each run of digit frames as one digit.
 
-Not the paper's: it trained its SDNN on images of a central digit flanked by random neighbours with a
-"blank" class; here regime (a) uses the isolated-digit LeNet-5 as it is (the blank constant set by a
-heuristic) and regime (b) trains the swept network globally from string labels only.
+Two training regimes, as in the paper: (a) **window training** (`train_windows`), the paper's
+"isolated-character" training of the SDNN: strings rendered from isolated training digits with random
+neighbours, gaps and overlaps, where every window is labelled from the renderer's known digit positions
+(`frame_labels`: a digit centred in the window → that digit; the window centred between digits or beside the
+string → blank; in between → no label), with the MAP criterion per window; (b) **global training** from the
+string labels only, through the character model (`SDNNReader.loss`). Decoding reads only 3–6 digits
+(`counting_character_model`) when the reader's ``lengths`` are set.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -30,15 +38,17 @@ from torch import nn
 import gtn
 
 from .data import BACKGROUND, INK
-from .model import build
+from .model import LeNet5, build, digit_prototypes
 from .model import _reduce as reduce_loss
 from .recognizer import SYMBOLS, digits_to_labels, labels_to_string, standardize
 from .segment import INK_THRESHOLD
 
-__all__ = ["character_model", "target_graphs", "SDNNReader", "save_sdnn"]
+__all__ = ["character_model", "counting_character_model", "target_graphs", "sweep_input", "swept_penalties",
+           "frame_labels", "sdnn_prototypes", "sdnn_network", "train_windows", "SDNNReader", "save_sdnn"]
 
-#: Ink height of a string in the swept input (MNIST's digits are 20 pixels tall in their 28×28 box).
-SWEEP_INK_HEIGHT = 20
+#: Default ink height of a string in the swept input. A string's ink rows span its digits' vertical shifts
+#: and sizes, so at 24 of 32 rows its digits are about MNIST's 20 pixels tall (read better than at 20).
+SWEEP_INK_HEIGHT = 24
 
 
 def character_model(num_digits: int = 10, dtype=torch.float32) -> gtn.Fsa:
@@ -54,6 +64,33 @@ def character_model(num_digits: int = 10, dtype=torch.float32) -> gtn.Fsa:
         torch.stack([d, d, d], 1),                                  # continue the digit
         torch.stack([d, torch.zeros_like(d), torch.zeros_like(d)], 1),  # separator
         torch.stack([d, torch.full_like(d, final), torch.full_like(d, -1)], 1),
+    ])
+    order = torch.sort(arcs[:, 0], stable=True).indices
+    return gtn.Fsa(arcs[order], torch.zeros(len(arcs), dtype=dtype), num_states=final + 1)
+
+
+def counting_character_model(min_len: int, max_len: int, num_digits: int = 10, dtype=torch.float32) -> gtn.Fsa:
+    """The character model restricted to strings of ``min_len..max_len`` digits (for decoding when the
+    lengths are known, like the segmentation reader's length grammar): state ``k (D + 1)`` = blank after
+    ``k`` digits, state ``k (D + 1) + d`` = in the ``k``-th digit, which is ``d``."""
+    D, S = num_digits, num_digits + 1
+    if not 0 <= min_len <= max_len:
+        raise ValueError(f"lengths must satisfy 0 <= min <= max, got ({min_len}, {max_len})")
+    final = (max_len + 1) * S
+    k = torch.arange(max_len + 1)
+    d = torch.arange(1, D + 1)
+    kk, dd = torch.meshgrid(k, d, indexing="ij")                  # [K, D]
+    k1, d1 = kk[1:].flatten(), dd[1:].flatten()                    # digit states exist for k >= 1
+    k0, d0 = kk[:-1].flatten(), dd[:-1].flatten()                  # starting digit k + 1 from blank k
+    fin_k = k[(k >= min_len)]
+    fk1 = (k1 >= min_len)
+    arcs = torch.cat([
+        torch.stack([k * S, k * S, torch.zeros_like(k)], 1),                     # blank loops
+        torch.stack([k0 * S, (k0 + 1) * S + d0, d0], 1),                         # start digit k + 1
+        torch.stack([k1 * S + d1, k1 * S + d1, d1], 1),                          # continue it
+        torch.stack([k1 * S + d1, k1 * S, torch.zeros_like(k1)], 1),             # separator
+        torch.stack([fin_k * S, torch.full_like(fin_k, final), torch.full_like(fin_k, -1)], 1),
+        torch.stack([k1[fk1] * S + d1[fk1], torch.full_like(k1[fk1], final), torch.full_like(k1[fk1], -1)], 1),
     ])
     order = torch.sort(arcs[:, 0], stable=True).indices
     return gtn.Fsa(arcs[order], torch.zeros(len(arcs), dtype=dtype), num_states=final + 1)
@@ -80,50 +117,236 @@ def target_graphs(labels: Sequence[Sequence[int]], dtype=torch.float32) -> gtn.F
     return gtn.FsaVec(out)
 
 
-def sweep_input(images) -> Tuple[torch.Tensor, torch.Tensor]:
-    """String images → ``([B, 1, 32, W] network input, [B] number of window positions)``: ink height scaled to
-    `SWEEP_INK_HEIGHT`, centred in 32 rows, 16 blank columns each side, padded to a common width."""
-    xs = []
+def _normalise(im, ink_height: int = SWEEP_INK_HEIGHT) -> Tuple[torch.Tensor, float]:
+    """One string image → ``(float [ink_height, W']``, its ink rows scaled to ``ink_height``; column scale
+    ``W'/W)``."""
+    x0 = standardize(im)
+    rows = torch.nonzero((x0 > INK_THRESHOLD).any(1)).flatten()
+    x = x0[int(rows[0]):int(rows[-1]) + 1]
+    f = ink_height / x.shape[0]
+    size = (ink_height, max(1, round(x.shape[1] * f)))
+    x = F.interpolate(x[None, None], size=size, mode="bilinear", align_corners=False,
+                      antialias=f < 1)[0, 0].clamp(0, 1)
+    width = im.shape[-1] if hasattr(im, "shape") else x0.shape[1]
+    return x, x.shape[1] / width
+
+
+def sweep_input(images, return_scales: bool = False, ink_height: int = SWEEP_INK_HEIGHT):
+    """String images → ``([B, 1, 32, W] network input, [B] number of window positions)`` (and, with
+    ``return_scales``, ``[B]`` the factor from input columns to normalised columns): ink height scaled to
+    ``ink_height`` (default `SWEEP_INK_HEIGHT`, at most 28), centred in 32 rows, 16 blank columns each side,
+    padded to a common width.
+    Window ``p`` (left edge at column ``4p``) is centred on normalised column ``4p`` of the string, i.e. on
+    column ``4p / scale`` of the input image."""
+    if not 8 <= ink_height <= 28:
+        raise ValueError(f"ink_height must be in 8..28, not {ink_height}")
+    xs, scales = [], []
     for im in images:
-        x = standardize(im)
-        rows = torch.nonzero((x > INK_THRESHOLD).any(1)).flatten()
-        x = x[int(rows[0]):int(rows[-1]) + 1]
-        f = SWEEP_INK_HEIGHT / x.shape[0]
-        size = (SWEEP_INK_HEIGHT, max(1, round(x.shape[1] * f)))
-        x = F.interpolate(x[None, None], size=size, mode="bilinear", align_corners=False,
-                          antialias=f < 1)[0, 0].clamp(0, 1)
-        top = (32 - SWEEP_INK_HEIGHT) // 2
-        xs.append(F.pad(x, (16, 16, top, 32 - SWEEP_INK_HEIGHT - top)))
+        x, f = _normalise(im, ink_height)
+        scales.append(f)
+        top = (32 - ink_height) // 2
+        xs.append(F.pad(x, (16, 16, top, 32 - ink_height - top)))
     W = max(max(x.shape[1] for x in xs), 32)
     W += (-(W - 32)) % 4
     batch = torch.stack([F.pad(x, (0, W - x.shape[1])) for x in xs])
     positions = torch.tensor([max(1, (x.shape[1] - 32) // 4 + 1) for x in xs])
-    return (BACKGROUND + (INK - BACKGROUND) * batch).unsqueeze(1), positions
+    x = (BACKGROUND + (INK - BACKGROUND) * batch).unsqueeze(1)
+    if return_scales:
+        return x, positions, torch.tensor(scales, dtype=torch.float64)
+    return x, positions
+
+
+def swept_penalties(model: nn.Module, x: torch.Tensor, positions: torch.Tensor, stride: int = 4):
+    """``model.sweep`` of ``sweep_input``'s output at window stride 4 or 2 (2: a second pass on the input
+    shifted left by 2 columns, interleaved; frame ``p`` is then centred on normalised column ``2p``).
+    Returns ``(penalties [B, P, K], positions [B])``."""
+    if stride == 4:
+        return model.sweep(x), positions
+    if stride != 2:
+        raise ValueError(f"stride must be 4 or 2, not {stride}")
+    shifted = F.pad(x[..., 2:], (0, 2), value=BACKGROUND)
+    pen = model.sweep(torch.cat([x, shifted]))                            # [2B, P, K]
+    B, P = x.shape[0], pen.shape[1]
+    pen = torch.stack([pen[:B], pen[B:]], 2).reshape(B, 2 * P, -1)       # frames 0, 2, 4, ... then 2, 6, ...
+    # the last shifted window may not fit in the string's own width: keep 2P - 1 frames (it is margin anyway)
+    return pen, 2 * positions - 1
+
+
+def frame_labels(extents: Sequence[torch.Tensor], labels: Sequence[str], scales: torch.Tensor,
+                 positions: torch.Tensor, stride: int = 4, core: float = 0.25, min_core: float = 2.0,
+                 edge: float = 1.5, gap: float = 1.0, between: bool = False) -> torch.Tensor:
+    """Per-window training labels of rendered strings (the paper's SDNN training images), ``[B, P]``:
+    ``d + 1`` when the window is centred on digit ``d`` (its centre within ``max(min_core, core × width)``
+    normalised columns of the digit's centre), ``0`` (blank) when it is centred outside every digit's ink box
+    (or less than ``edge`` columns inside its edge: between two touching digits, or beside the string) and at
+    least ``gap`` columns beyond every digit's labelled core, or when it is the window nearest the junction of
+    two neighbours (and not the one nearest a digit's centre), or (with ``between``) anywhere between two
+    neighbours' labelled cores (``gap`` clear of them), and
+    ``-1`` (no label) otherwise and beyond the string. ``extents``: each string's ``[L, 2]`` true column ranges
+    (`lenet.strings.DigitString.extents`), ``scales`` from ``sweep_input(..., return_scales=True)``."""
+    P = int(positions.max())
+    v = torch.arange(P, dtype=torch.float64) * stride        # window centres, normalised string columns
+    out = torch.full((len(labels), P), -1, dtype=torch.int64)
+    for b, (ext, text) in enumerate(zip(extents, labels)):    # one [P, L] table per string
+        e = torch.as_tensor(ext, dtype=torch.float64) * float(scales[b])
+        c, w = e.mean(1), e[:, 1] - e[:, 0]
+        d = (v[:, None] - c[None]).abs()
+        near = d.argmin(1)
+        digit = torch.tensor([int(ch) + 1 for ch in text])
+        radius = (core * w).clamp(min=min_core)
+        is_digit = d.gather(1, near[:, None])[:, 0] <= radius[near]
+        # blank: outside every box (or just inside its edge), and clear of every digit's labelled core, so that
+        # the windows of a narrow digit ("1") are never labelled both ways a column apart
+        clear = (d >= radius + gap).all(1)
+        is_blank = clear & ((d - w / 2) >= -edge).all(1)
+        if between:  # every window between two neighbours' labelled cores: no digit is central there
+            lo, hi = c[:-1] + radius[:-1] + gap, c[1:] - radius[1:] - gap
+            is_blank |= clear & ((v[:, None] >= lo[None]) & (v[:, None] <= hi[None])).any(1)
+        lab = torch.where(is_digit, digit[near], torch.where(is_blank, 0, -1))
+        # the window nearest the junction of two neighbours is blank (the character model needs a blank
+        # between them), unless it is the one nearest a digit's centre
+        junction = ((e[:-1, 1] + e[1:, 0]) / 2 / stride).round().long()
+        central = (c / stride).round().long()
+        sep = (junction != central[:-1]) & (junction != central[1:]) & (junction >= 0) & (junction < P)
+        lab[junction[sep]] = 0
+        lab[int(positions[b]):] = -1
+        out[b] = lab
+    return out
+
+
+def sdnn_prototypes(dtype=torch.float32) -> torch.Tensor:
+    """The 11 RBF prototypes of the SDNN recognizer ``[11, 84]``: the ten digit codes, then the blank's
+    (an empty bitmap: all −1, at Hamming distance ≥ 18 from every digit code)."""
+    return torch.cat([digit_prototypes(dtype), -torch.ones(1, 84, dtype=dtype)])
+
+
+def sdnn_network(model: Optional[nn.Module] = None) -> LeNet5:
+    """An 11-output LeNet-5 for the SDNN (outputs 0..9 = digits, 10 = blank), initialised from the 10-class
+    ``model`` (its layers copied; a fresh network when ``None``)."""
+    net = LeNet5(connections=getattr(model, "connections", "paper"), j=getattr(model, "j", 10.0),
+                 prototypes=sdnn_prototypes())
+    if model is not None:
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("rbf.")}
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if unexpected or set(missing) - {"rbf.prototypes"}:
+            raise ValueError(f"cannot initialise the SDNN network from {type(model).__name__}")
+    return net.to(next(model.parameters()).dtype) if model is not None else net
+
+
+def _to_classes(symbols: torch.Tensor) -> torch.Tensor:
+    """Frame symbols (0 = blank, d + 1 = digit d) → classes of the 11-output network (d, blank = 10)."""
+    return torch.where(symbols == 0, 10, symbols - 1)
+
+
+def _distorted(digits, seed: int):
+    """``(uint8 [N, 28, 28], labels)`` → randomly distorted copies (one `RandomAffine` draw per digit; no
+    translation: the renderer places the ink box itself)."""
+    from .data import RandomAffine
+    images, labels = digits
+    g = torch.Generator().manual_seed(seed)
+    x = RandomAffine(translate=0.0, rotate=10.0, fill=0.0)(images[:, None].float(), generator=g)
+    x = x[:, 0].round().clamp(0, 255)
+    x[x < 16] = 0  # drop the faint resampling halo, which would widen the ink box the renderer uses
+    return x.to(torch.uint8), labels
+
+
+def train_windows(reader: "SDNNReader", digits, strings_per_pass: int = 4000, passes: int = 3,
+                  batch_size: int = 16, lr: float = 1e-3, seed: int = 0, lengths=(3, 6), distort: bool = False,
+                  between: bool = False, progress: bool = False, log=print, **render_kw):
+    """Regime (a) of the SDNN: train the swept network on windows of strings rendered from the isolated
+    ``digits`` (``(uint8 [N, 28, 28], labels [N])``, freshly rendered every pass), each window labelled by
+    `frame_labels`, with the network's MAP criterion per labelled window (blank = output 10). Adam with a
+    cosine-decaying rate. ``distort``: every pass renders from freshly distorted copies of the digits
+    (`lenet.data.RandomAffine`: scale, squeeze, shear, ±10° rotation). ``between``: see `frame_labels`.
+    Needs an 11-output network (`sdnn_network`). Returns the mean loss per pass. Neither ``distort`` nor
+    ``between`` helped in our measurements (docs/multi_digit.md); both are off by default."""
+    from tqdm.auto import tqdm
+    from .strings import make_strings
+    model = reader.model
+    if model.num_classes != 11:
+        raise ValueError("train_windows needs the 11-output SDNN network (lenet.sdnn.sdnn_network)")
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = passes * -(-strings_per_pass // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / steps)))
+    dtype = next(model.parameters()).dtype
+    history = []
+    model.train()
+    with tqdm(total=steps, desc="(a) window training", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        for p in range(passes):
+            source = _distorted(digits, seed * 1000 + p) if distort else digits
+            strings = make_strings(strings_per_pass, lengths=lengths, seed=seed * 1000 + p, digits=source, **render_kw)
+            total, count = 0.0, 0
+            for k in range(0, len(strings), batch_size):
+                b = strings[k:k + batch_size]
+                x, positions, scales = sweep_input([s.image for s in b], return_scales=True,
+                                                   ink_height=reader.ink_height)
+                pen, positions = swept_penalties(model, x.to(dtype), positions, reader.stride)
+                lab = frame_labels([s.extents for s in b], [s.label for s in b], scales, positions, reader.stride,
+                                   between=between)
+                keep = lab >= 0
+                loss = model.loss(pen[:, :lab.shape[1]][keep], _to_classes(lab[keep]))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(b)
+                count += len(b)
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            history.append(total / count)
+            if log:
+                log(f"window training pass {p + 1}/{passes}: mean loss {history[-1]:.4f}")
+    model.eval()
+    return history
 
 
 class SDNNReader(nn.Module):
     """The SDNN string reader: LeNet-5 swept over the string + character model + Viterbi (see module doc).
 
-    ``blank``: the penalty of the blank symbol (learned). ``lengths`` is kept for the checkpoint (the
-    character model itself does not restrict the length)."""
+    ``model``: an 11-output network from `sdnn_network` (output 10 = blank; ``blank`` is then a learned offset
+    added to its penalty, default 0) or a plain 10-class LeNet-5 (``blank`` is then the blank's constant
+    penalty, default 10). ``stride``: 4 (one sweep) or 2 (two interleaved sweeps). ``ink_height``: the
+    string's ink is scaled to this many of the window's 32 rows. ``lengths`` (min, max digits): decoding
+    reads only strings of those lengths (`counting_character_model`) where it can; ``None`` for no limit.
+    Training always uses the unrestricted character model."""
 
-    def __init__(self, model: Optional[nn.Module] = None, blank: float = 10.0,
-                 lengths: Optional[Tuple[int, int]] = (3, 6)):
+    def __init__(self, model: Optional[nn.Module] = None, blank: Optional[float] = None,
+                 lengths: Optional[Tuple[int, int]] = (3, 6), stride: int = 4,
+                 ink_height: int = SWEEP_INK_HEIGHT):
         super().__init__()
         self.model = model if model is not None else build("paper")
+        if self.model.num_classes not in (10, 11):
+            raise ValueError(f"the SDNN needs a 10- or 11-output network, got {self.model.num_classes}")
+        if blank is None:
+            blank = 0.0 if self.model.num_classes == 11 else 10.0
         self.blank = nn.Parameter(torch.tensor(float(blank)))
         self.lengths = tuple(lengths) if lengths is not None else None
+        if stride not in (2, 4):
+            raise ValueError(f"stride must be 4 or 2, not {stride}")
+        self.stride = stride
+        self.ink_height = int(ink_height)
+
+    def _frames(self, pen: torch.Tensor, positions: torch.Tensor, blank=None) -> gtn.DenseFsaVec:
+        """Network penalties ``[B, P, 10 or 11]`` → the dense frames ``[B, P, 11]`` (symbol 0 = blank)."""
+        blank = self.blank if blank is None else blank
+        if pen.shape[-1] == 11:
+            bl = pen[..., 10:] + blank
+        else:
+            bl = (blank + 0 * pen[..., :1]) if torch.is_tensor(blank) else torch.full_like(pen[..., :1], blank)
+        return gtn.DenseFsaVec(torch.cat([-bl, -pen[..., :10]], 2), positions)
+
+    def penalties(self, images):
+        """``(network penalties [B, P, K], positions [B])`` of the swept windows of ``images``."""
+        x, positions = sweep_input(images, ink_height=self.ink_height)
+        return swept_penalties(self.model, x.to(self.blank.dtype), positions, self.stride)
 
     def emissions(self, images) -> gtn.DenseFsaVec:
-        """Frame scores ``[B, positions, 11]``: ``-blank`` then ``-penalty`` of digits 0..9."""
-        x, positions = sweep_input(images)
-        dtype = self.blank.dtype
-        pen = self.model.sweep(x.to(dtype))                                   # [B, P, 10]
-        blank = (-self.blank).expand(pen.shape[0], pen.shape[1], 1)
-        return gtn.DenseFsaVec(torch.cat([blank, -pen], 2), positions)
+        """Frame scores ``[B, positions, 11]``: ``-(blank penalty)`` then ``-penalty`` of digits 0..9."""
+        return self._frames(*self.penalties(images))
 
     def loss(self, images, labels: Sequence[str], reduction: str = "mean") -> torch.Tensor:
-        """Discriminative forward loss per string: ``forward(model ∩ frames) − forward(target ∩ frames)``."""
+        """Discriminative forward loss per string: ``forward(model ∩ frames) − forward(target ∩ frames)`` (≥ 0;
+        ``+inf`` where no path of the frames spells the label)."""
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
         dense = self.emissions(images)
@@ -131,9 +354,11 @@ class SDNNReader(nn.Module):
         free = gtn.dense_forward_score(character_model(dtype=dtype), dense)
         constrained = gtn.dense_forward_score(target_graphs([digits_to_labels(t) for t in labels], dtype),
                                               dense)
-        # a target with more digits than the frames can hold has no path: a large finite loss, no NaN
-        loss = torch.where(torch.isfinite(constrained), free - constrained,
-                           torch.full_like(free, 1e4) + 0 * free)
+        # a target the frames cannot spell (more digits than frames allow) has no path: loss +inf, like the
+        # segmentation reader's, and no gradient (the caller leaves it out of the mean)
+        reachable = torch.isfinite(constrained)
+        loss = torch.where(reachable, free - torch.where(reachable, constrained, torch.zeros_like(constrained)),
+                           torch.full_like(free, float("inf")))
         return reduce_loss(loss, reduction)
 
     @torch.no_grad()
@@ -143,7 +368,16 @@ class SDNNReader(nn.Module):
         return self._read(dense, return_frames)
 
     def _read(self, dense, return_frames=False):
-        lat = gtn.intersect_dense(character_model(dtype=dense.log_probs.dtype), dense)
+        dtype = dense.log_probs.dtype
+        lat = gtn.intersect_dense(character_model(dtype=dtype), dense)
+        if self.lengths is not None:
+            # read only 3..6 digits (the lengths); strings the restricted model cannot read keep the free reading
+            lat_len = gtn.intersect_dense(counting_character_model(*self.lengths, dtype=dtype), dense)
+            ok = torch.isfinite(gtn.viterbi_score(lat_len))
+            if bool(ok.all()):
+                lat = lat_len
+            elif bool(ok.any()):
+                lat = gtn.FsaVec([lat_len[i] if bool(ok[i]) else lat[i] for i in range(len(ok))])
         path = gtn.viterbi_path(lat)
         splits = path.arc_splits.tolist()
         texts, frames = [], []
@@ -158,18 +392,15 @@ class SDNNReader(nn.Module):
 
     @torch.no_grad()
     def tune_blank(self, images, labels: Sequence[str], candidates: Sequence[float], batch_size: int = 50) -> float:
-        """Choose the blank penalty among ``candidates`` by string accuracy on (training) strings, the network
-        untouched (its sweep is computed once). Sets and returns the best."""
-        dense = []
-        for k in range(0, len(images), batch_size):
-            x, positions = sweep_input(images[k:k + batch_size])
-            dense.append((self.model.sweep(x.to(self.blank.dtype)), positions))
+        """Choose ``blank`` (the blank's constant penalty, or its offset for an 11-output network) among
+        ``candidates`` by string accuracy on (training) strings, the network untouched (its sweep is computed
+        once). Sets and returns the best."""
+        swept = [self.penalties(images[k:k + batch_size]) for k in range(0, len(images), batch_size)]
         best, best_acc = float(self.blank.detach()), -1.0
         for c in candidates:
             right = 0
-            for j, (pen, positions) in enumerate(dense):
-                lp = torch.cat([torch.full_like(pen[..., :1], -c), -pen], 2)
-                texts = self._read(gtn.DenseFsaVec(lp, positions))
+            for j, (pen, positions) in enumerate(swept):
+                texts = self._read(self._frames(pen, positions, float(c)))
                 right += sum(t == l for t, l in zip(texts, labels[j * batch_size:(j + 1) * batch_size]))
             if right / len(images) > best_acc:
                 best, best_acc = float(c), right / len(images)
@@ -182,13 +413,13 @@ class SDNNReader(nn.Module):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         texts, frames = self.decode([image], return_frames=True)
-        x, _ = sweep_input([image])
+        x, _ = sweep_input([image], ink_height=self.ink_height)
         own = ax is None
         if own:
             fig, ax = plt.subplots(figsize=(max(3.0, x.shape[-1] / 12), 2.2))
         ax.imshow(x[0, 0].numpy(), cmap="gray", interpolation="nearest")
         for p, lab in enumerate(frames[0]):
-            c = 16 + 4 * p  # window centre
+            c = 16 + self.stride * p  # window centre
             ax.text(c, 31, "·" if lab == 0 else SYMBOLS[lab - 1], color="tab:orange" if lab else "tab:gray",
                     ha="center", va="top", fontsize=7)
         ax.set_xticks([])
@@ -201,7 +432,8 @@ class SDNNReader(nn.Module):
         return ax
 
     def config(self):
-        return {"lengths": list(self.lengths) if self.lengths is not None else None}
+        return {"lengths": list(self.lengths) if self.lengths is not None else None, "stride": self.stride,
+                "ink_height": self.ink_height}
 
 
 CHECKPOINT_KIND = "sdnn_reader"
@@ -217,7 +449,9 @@ def save_sdnn(reader: SDNNReader, path, **extra):
 def _load_sdnn(ckpt) -> SDNNReader:
     cfg = ckpt["config"]
     lengths = cfg["reader"]["lengths"]
-    reader = SDNNReader(build(**cfg["model"]), lengths=tuple(lengths) if lengths is not None else None)
+    reader = SDNNReader(build(**cfg["model"]), lengths=tuple(lengths) if lengths is not None else None,
+                        stride=cfg["reader"].get("stride", 4),
+                        ink_height=cfg["reader"].get("ink_height", 20))  # 20: before it was stored
     from .checkpoint import restore
     return restore(reader, ckpt["state_dict"])
 

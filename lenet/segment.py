@@ -1,21 +1,29 @@
 """Heuristic over-segmentation (HOS) of a digit-string image into a segmentation graph (paper §IV–§V).
 
-Candidate **cuts** are vertical lines between columns, found on the vertical ink projection (the ink in each
-column):
+The ink is first cut into **pieces**; a **segment** is 1..``max_pieces`` consecutive pieces, and the
+segmentation graph has one state per boundary between pieces, one arc per segment and a final ``-1`` arc, so
+every complete path is a sequence of segments that uses each piece of ink exactly once.
 
-1. the left and right edges of the ink;
-2. one cut in every blank gap between runs of ink columns (a clean separation);
-3. inside each run, the local minima of the lightly smoothed projection (touching digits usually join where
-   the projection is thinnest), the deepest first, at least ``min_piece`` columns apart;
-4. inside each run, extra cuts at regular spacing wherever a piece is still wider than ``max_piece`` (so
-   digits that overlap without a clear minimum can still be separated).
+Two ways to make the pieces (``SegmentParams.pieces``):
 
-The ink between two consecutive cuts is a **piece**. A **segment** is 1..``max_pieces`` consecutive pieces;
-segments whose ink is wider than ``max_width`` are dropped (single pieces are always kept, so the graph always
-has a path). The segmentation graph has one state per cut (state 0 = the left edge), one arc per segment from
-its first cut to its last, and a final ``-1`` arc from the right edge: every complete path is a sequence of
-segments that covers each piece of ink exactly once. All lengths are fractions of ``unit``, the ink height of
-the string, so the same settings work at any resolution.
+* ``"columns"`` — the paper's: vertical **cuts** found on the vertical ink projection (the ink in each
+  column); a piece is the ink between two consecutive cuts. Cuts: the left and right edges of the ink; one in
+  every blank gap between runs of ink columns; inside each run, the local minima of the projection, of the
+  ink count and of the upper and lower contours (touching digits usually join where the ink is thinnest),
+  the thinnest first, at least ``min_piece`` apart; and regular extra cuts wherever a piece is still wider
+  than ``max_piece``.
+* ``"components"`` (the default) — the connected components of the ink first (8-connected; components
+  smaller than ``min_area`` join the nearest piece), each cut by the same vertical-cut heuristics applied to
+  its own ink only when it is wider than ``max_piece``. Pieces are ordered left to right by their component's
+  centre of mass (the slices of one component stay together, in column order). Two digits whose ink boxes
+  overlap without touching — a slanted "1" leaning into an "8" — share columns, so no vertical cut can part
+  them, but they are separate components.
+
+Every pixel belongs to one piece (``Segmentation.piece_map``; faint and background pixels to the nearest
+piece), so a segment's image is exactly the ink of its pieces (`lenet.recognizer.crop_segments`). Segments
+whose ink is wider than ``max_width`` are dropped (single pieces are always kept, so the graph always has a
+path). All lengths are fractions of ``unit``, the ink height of the string, so the same settings work at any
+resolution.
 
 Each segment arc carries the segment's index as the per-arc attribute ``segment`` (``fsa.segment``), which
 follows every later graph operation through the arc maps; ``Segmentation.boxes[segment]`` is its column range.
@@ -30,7 +38,7 @@ import torch
 
 import gtn
 
-__all__ = ["SegmentParams", "Segmentation", "as_float_image", "find_cuts", "segment", "segment_batch",
+__all__ = ["SegmentParams", "Segmentation", "WholeImage", "as_float_image", "find_cuts", "segment", "segment_batch",
            "plot_segmentation", "NUM_SEG_FEATURES"]
 
 #: Ink threshold on grey levels in 0..1: fainter pixels are background for cutting (anti-aliasing halo).
@@ -45,6 +53,14 @@ class SegmentParams:
     max_piece: float = 0.5    #: pieces wider than this get regular extra cuts
     max_width: float = 1.25   #: widest segment (ink columns) kept when it merges several pieces
     max_pieces: int = 6       #: most pieces merged into one segment (the paper's K)
+    pieces: str = "components"  #: "components" (connected components, then cuts) or "columns" (cuts only)
+    min_area: float = 0.02    #: components with fewer ink pixels than this × unit² join the nearest piece
+
+    def __post_init__(self):
+        if self.pieces not in ("components", "columns"):
+            raise ValueError(f"pieces must be 'components' or 'columns', not {self.pieces!r}")
+        if self.max_pieces < 1 or not 0 < self.min_piece < self.max_piece or self.max_width <= 0:
+            raise ValueError(f"bad segmentation settings {self}")
 
 
 @dataclass
@@ -52,27 +68,49 @@ class Segmentation:
     """The over-segmentation of one image.
 
     Attributes:
-        cuts: ``int64 [C]`` increasing cut columns (cut ``x`` separates columns ``x-1`` and ``x``); the first
-            is the left edge of the ink, the last the right edge (exclusive).
         segments: ``int64 [S, 2]`` first piece and one-past-last piece of each segment.
-        boxes: ``int64 [S, 2]`` the column range ``[x0, x1)`` of each segment (``cuts[segments]``).
+        boxes: ``int64 [S, 2]`` the column range ``[x0, x1)`` of each segment: between its cuts for
+            ``"columns"``, its ink's extent for ``"components"``.
         features: ``float32 [S, NUM_SEG_FEATURES]`` shape features for a learnable segmentation score.
-        graph: the segmentation graph (`gtn.Fsa`, states = cuts + a final state, attribute ``segment``).
+        graph: the segmentation graph (`gtn.Fsa`, states = piece boundaries + a final state, attribute
+            ``segment``).
         unit: the ink height used as length unit.
-        gap_cuts: ``bool [C]`` whether each cut lies in a blank gap (a clean separation).
+        piece_map: ``int64 [H, W]`` the piece of every pixel (pieces numbered in graph order).
+        cuts: ``int64 [P + 1]`` the cut columns (``"columns"`` only: cut ``x`` separates columns ``x-1`` and
+            ``x``; the first is the left edge of the ink, the last the right edge), else ``None``.
+        gap_cuts: ``bool [P + 1]`` whether each cut lies in a blank gap (``"columns"`` only).
+        piece_component: ``int64 [P]`` the connected component of each piece (``"components"`` only).
     """
 
-    cuts: torch.Tensor
     segments: torch.Tensor
     boxes: torch.Tensor
     features: torch.Tensor
     graph: gtn.Fsa
     unit: float
-    gap_cuts: torch.Tensor = field(default=None)
+    piece_map: torch.Tensor
+    cuts: Optional[torch.Tensor] = None
+    gap_cuts: Optional[torch.Tensor] = None
+    piece_component: Optional[torch.Tensor] = None
 
     @property
     def num_segments(self) -> int:
         return int(self.segments.shape[0])
+
+    @property
+    def num_pieces(self) -> int:
+        return int(self.graph.num_states) - 2
+
+
+@dataclass
+class WholeImage:
+    """One piece and one segment covering a whole image (for cropping isolated digits like segments)."""
+
+    piece_map: torch.Tensor
+    segments: torch.Tensor = field(default_factory=lambda: torch.tensor([[0, 1]]))
+
+    @classmethod
+    def of(cls, image: torch.Tensor) -> "WholeImage":
+        return cls(torch.zeros(image.shape, dtype=torch.int64))
 
 
 def as_float_image(image) -> torch.Tensor:
@@ -120,64 +158,148 @@ def _runs(mask: np.ndarray):
     return np.flatnonzero(d == 1), np.flatnonzero(d == -1)
 
 
-def find_cuts(image: torch.Tensor, params: SegmentParams = SegmentParams()):
-    """Candidate cuts of one ``float [H, W]`` image (0..1). Returns ``(cuts int64 [C], gap bool [C], unit)``."""
-    x = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
-    ink = x > INK_THRESHOLD
-    cols = ink.any(0)
+def _unit(ink: np.ndarray) -> float:
     rows = np.flatnonzero(ink.any(1))
     if rows.size == 0:
         raise ValueError("the image has no ink (all black): nothing to segment")
-    unit = float(max(rows[-1] - rows[0] + 1, 8))
+    return float(max(rows[-1] - rows[0] + 1, 8))
+
+
+def _piece_lengths(unit: float, params: SegmentParams):
     min_piece = max(2, int(round(params.min_piece * unit)))
-    max_piece = max(min_piece + 1, int(round(params.max_piece * unit)))
+    return min_piece, max(min_piece + 1, int(round(params.max_piece * unit)))
+
+
+def _profiles(x: np.ndarray, ink: np.ndarray):
+    """Per-column grey projection, ink count and candidate cut columns (local minima of the projection and
+    the count, and where the upper contour dips lowest or the lower contour rises highest)."""
+    cols = ink.any(0)
     proj = x.sum(0)
     count = ink.sum(0).astype(np.float64)
     H = x.shape[0]
     top = np.where(cols, ink.argmax(0), H).astype(np.float64)            # first ink row from the top
     bottom = np.where(cols, H - 1 - ink[::-1].argmax(0), -1).astype(np.float64)
-    # candidate columns: local minima of the grey projection and of the ink count, and where the upper
-    # contour dips lowest or the lower contour rises highest (the valleys between touching digits)
     cand = np.zeros(x.shape[1], dtype=bool)
     for s in (proj, count, -top, bottom):
         m = np.flatnonzero((s[1:-1] <= s[:-2]) & (s[1:-1] < s[2:])) + 1
         cand[m] = True
-    starts, ends = _runs(cols)
+    return proj, count, cand
+
+
+def _split_run(b0: int, b1: int, proj, count, cand, H: int, min_piece: int, max_piece: int):
+    """The cut columns strictly inside the ink run ``[b0, b1)``: candidate minima, thinnest first, at least
+    ``min_piece`` apart, then regular extra cuts in pieces still wider than ``max_piece``."""
+    inner = []
+    m = np.flatnonzero(cand[b0:b1])
+    m = m[(m >= min_piece) & (m <= b1 - b0 - min_piece)]
+    for j in m[np.argsort(count[b0 + m] + proj[b0 + m] / (H + 1), kind="stable")]:  # thinnest first
+        if all(abs(int(j) - k) >= min_piece for k in inner):
+            inner.append(int(j))
+    edges = [0] + sorted(inner) + [int(b1 - b0)]
+    cuts = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        n = int(np.ceil((b - a) / max_piece))
+        for t in range(n):  # regular extra cuts in a piece that is still too wide
+            c = a + round(t * (b - a) / n)
+            if c > 0:
+                cuts.append(int(b0 + c))
+    return cuts
+
+
+def find_cuts(image: torch.Tensor, params: SegmentParams = SegmentParams()):
+    """Candidate cuts of one ``float [H, W]`` image (0..1). Returns ``(cuts int64 [C], gap bool [C], unit)``."""
+    x = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image, dtype=np.float32)
+    ink = x > INK_THRESHOLD
+    unit = _unit(ink)
+    min_piece, max_piece = _piece_lengths(unit, params)
+    proj, count, cand = _profiles(x, ink)
+    starts, ends = _runs(ink.any(0))
     cuts, gap = [], []
     for b0, b1 in zip(starts, ends):  # a handful of ink runs per image
         # one cut per blank gap, at the first ink column after it (the first run's start is the left edge)
         cuts.append(int(b0))
         gap.append(True)
-        inner = []
-        m = np.flatnonzero(cand[b0:b1])
-        m = m[(m >= min_piece) & (m <= b1 - b0 - min_piece)]
-        for j in m[np.argsort(count[b0 + m] + proj[b0 + m] / (H + 1), kind="stable")]:  # thinnest first
-            if all(abs(int(j) - k) >= min_piece for k in inner):
-                inner.append(int(j))
-        edges = [0] + sorted(inner) + [int(b1 - b0)]
-        for a, b in zip(edges[:-1], edges[1:]):
-            n = int(np.ceil((b - a) / max_piece))
-            for t in range(n):  # regular extra cuts in a piece that is still too wide
-                c = a + round(t * (b - a) / n)
-                if c > 0:
-                    cuts.append(int(b0 + c))
-                    gap.append(False)
+        inner = _split_run(int(b0), int(b1), proj, count, cand, x.shape[0], min_piece, max_piece)
+        cuts.extend(inner)
+        gap.extend([False] * len(inner))
     cuts.append(int(ends[-1]))  # the right edge
     gap.append(True)
     return torch.tensor(cuts, dtype=torch.int64), torch.tensor(gap, dtype=torch.bool), unit
 
 
-#: Per-segment features for the learnable segmentation score: ink width / unit, (ink width / unit)^2, and the
-#: number of blank-gap cuts strictly inside the segment (a segment spanning a clean gap is rarely one digit).
-NUM_SEG_FEATURES = 3
+def _component_pieces(x: np.ndarray, params: SegmentParams):
+    """``"components"`` pieces: ``(piece_map int64 [H, W], component of each piece [P], unit)``."""
+    from scipy import ndimage
+
+    ink = x > INK_THRESHOLD
+    unit = _unit(ink)
+    min_piece, max_piece = _piece_lengths(unit, params)
+    lab, n = ndimage.label(ink, structure=np.ones((3, 3), dtype=bool))
+    area = np.bincount(lab.ravel(), minlength=n + 1)
+    area[0] = 0
+    big = np.flatnonzero(area >= max(2.0, params.min_area * unit * unit))
+    if big.size == 0:
+        big = np.array([int(area.argmax())])
+    W = x.shape[1]
+    colpos = np.arange(W, dtype=np.float64) + 0.5
+    mass = np.bincount(lab.ravel(), weights=x.ravel(), minlength=n + 1)
+    mx = np.bincount(lab.ravel(), weights=(x * colpos[None, :]).ravel(), minlength=n + 1)
+    centre = mx[big] / np.maximum(mass[big], 1e-9)
+    table = np.full((n + 1, W), -1, dtype=np.int64)   # (component, column) -> piece
+    comp = []
+    for c in big[np.argsort(centre, kind="stable")]:  # a handful of components per image
+        mine = lab == c
+        cols = np.flatnonzero(mine.any(0))
+        c0, c1 = int(cols[0]), int(cols[-1]) + 1
+        edges = [c0]
+        if c1 - c0 > max_piece:
+            xc = np.where(mine, x, 0.0)
+            proj, count, cand = _profiles(xc, mine)
+            edges += _split_run(c0, c1, proj, count, cand, x.shape[0], min_piece, max_piece)
+        edges.append(c1)
+        for e0, e1 in zip(edges[:-1], edges[1:]):
+            table[c, e0:e1] = len(comp)
+            comp.append(int(c))
+    pmap = table[lab, np.arange(W)[None, :]]
+    pmap[lab == 0] = -1
+    if (pmap < 0).any():  # small components, faint pixels and background: the nearest piece
+        _, (iy, ix) = ndimage.distance_transform_edt(pmap < 0, return_indices=True)
+        pmap = pmap[iy, ix]
+    return pmap, np.asarray(comp, dtype=np.int64), unit
+
+
+#: Per-segment features for the learnable segmentation score: ink width / unit, (ink width / unit)^2, the
+#: number of blank separations inside the segment (gap cuts for "columns", component changes for
+#: "components": a segment spanning a clean separation is rarely one digit), and how many of its two ends cut
+#: through ink (a cut inside an ink run or through a component, rather than at a blank separation or the
+#: string's edge: touching digits need it, a whole digit rarely does).
+NUM_SEG_FEATURES = 4
 
 
 def segment(image, params: SegmentParams = SegmentParams()) -> Segmentation:
     """Over-segment one image (see the module docstring) into its `Segmentation` and segmentation graph."""
     x = as_float_image(image)
-    cuts, gap, unit = find_cuts(x, params)
-    C = int(cuts.numel())
-    P = C - 1
+    xn = x.numpy()
+    H, W = xn.shape
+    cuts = gap = comp = None
+    if params.pieces == "columns":
+        cuts, gap, unit = find_cuts(x, params)
+        P = int(cuts.numel()) - 1
+        pmap = np.clip(np.searchsorted(cuts.numpy(), np.arange(W), side="right") - 1, 0, P - 1)
+        pmap = np.broadcast_to(pmap[None, :], (H, W)).copy()
+        separate = gap[:-1].clone()      # piece p starts at cut p
+    else:
+        pmap, comp_np, unit = _component_pieces(xn, params)
+        P = int(comp_np.size)
+        comp = torch.from_numpy(comp_np)
+        separate = torch.cat([torch.ones(1, dtype=torch.bool), comp[1:] != comp[:-1]])
+    piece_map = torch.from_numpy(pmap)
+    # ink column extent of each piece
+    inkyx = torch.nonzero(x > INK_THRESHOLD)
+    pid = piece_map[inkyx[:, 0], inkyx[:, 1]]
+    plo = torch.full((P,), W, dtype=torch.int64).scatter_reduce(0, pid, inkyx[:, 1], "amin")
+    phi = torch.full((P,), -1, dtype=torch.int64).scatter_reduce(0, pid, inkyx[:, 1] + 1, "amax")
+    plo, phi = torch.minimum(plo, phi.clamp(min=0)), phi.clamp(min=0)   # (a piece without ink: empty extent)
     K = params.max_pieces
     # all (first piece, number of pieces) pairs, first-major so arcs come out sorted by source state
     first = torch.arange(P).repeat_interleave(K)
@@ -185,26 +307,30 @@ def segment(image, params: SegmentParams = SegmentParams()) -> Segmentation:
     last = first + count
     ok = last <= P
     first, count, last = first[ok], count[ok], last[ok]
-    # ink extent of each candidate: first and last ink column inside [cuts[first], cuts[last])
-    colink = (x > INK_THRESHOLD).any(0)
-    inkpos = torch.nonzero(colink).flatten()
-    lo = inkpos[torch.searchsorted(inkpos, cuts[first])]
-    hi = inkpos[torch.searchsorted(inkpos, cuts[last]) - 1] + 1
+    lo, hi = plo[first], phi[first]
+    for k in range(1, K):  # running extent over a segment's pieces (K is a small constant)
+        idx = (first + k).clamp(max=P - 1)
+        use = first + k < last
+        lo = torch.where(use, torch.minimum(lo, plo[idx]), lo)
+        hi = torch.where(use, torch.maximum(hi, phi[idx]), hi)
     width = (hi - lo).float()
     keep = (count == 1) | (width <= params.max_width * unit)
-    first, count, last, width = first[keep], count[keep], last[keep], width[keep]
-    gap_inside = torch.cumsum(gap.long(), 0)
-    n_gaps = (gap_inside[last - 1] - gap_inside[first]).float()
+    first, count, last, width, lo, hi = first[keep], count[keep], last[keep], width[keep], lo[keep], hi[keep]
+    sep = torch.cumsum(separate.long(), 0)
+    n_sep = (sep[last - 1] - sep[first]).float()
+    # an end cuts through ink unless a separation (or the string's edge) is there
+    cut_ends = (~separate[first]).float() + (last < P).float() * (~separate[last.clamp(max=P - 1)]).float()
     w = width / unit
-    features = torch.stack([w, w * w, n_gaps], 1)
+    features = torch.stack([w, w * w, n_sep, cut_ends], 1)
     S = int(first.numel())
     arcs = torch.stack([first, last, torch.ones(S, dtype=torch.int64)], 1)
-    arcs = torch.cat([arcs, torch.tensor([[C - 1, C, -1]])])
+    arcs = torch.cat([arcs, torch.tensor([[P, P + 1, -1]])])
     seg_attr = torch.cat([torch.arange(S), torch.tensor([-1])])
-    graph = gtn.Fsa(arcs, torch.zeros(S + 1), num_states=C + 1, segment=seg_attr)
+    graph = gtn.Fsa(arcs, torch.zeros(S + 1), num_states=P + 2, segment=seg_attr)
     segments = torch.stack([first, last], 1)
-    return Segmentation(cuts=cuts, segments=segments, boxes=cuts[segments], features=features, graph=graph,
-                        unit=unit, gap_cuts=gap)
+    boxes = cuts[segments] if cuts is not None else torch.stack([lo, hi], 1)
+    return Segmentation(segments=segments, boxes=boxes, features=features, graph=graph, unit=unit,
+                        piece_map=piece_map, cuts=cuts, gap_cuts=gap, piece_component=comp)
 
 
 def segment_batch(images: Sequence, params: SegmentParams = SegmentParams()):
@@ -224,9 +350,10 @@ def segment_batch(images: Sequence, params: SegmentParams = SegmentParams()):
 def plot_segmentation(image, seg: Optional[Segmentation] = None, path_segments: Optional[Sequence[int]] = None,
                       labels: Optional[Sequence[str]] = None, title: Optional[str] = None, ax=None,
                       out: Optional[str] = None):
-    """Draw an image with its candidate cuts (dashed: inside ink, dotted: in gaps) and, when given, the
-    segments of a path (coloured boxes) with their labels. Saves to ``out`` (PNG) when given; returns the
-    matplotlib axes."""
+    """Draw an image with its pieces and, when given, the segments of a path with their labels. ``"columns"``
+    pieces: the candidate cuts (dashed: inside ink, dotted: in gaps) and a box per path segment;
+    ``"components"`` pieces: the ink tinted by piece (three alternating shades), or by path segment when a path is
+    given. Saves to ``out`` (PNG) when given; returns the matplotlib axes."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -237,16 +364,38 @@ def plot_segmentation(image, seg: Optional[Segmentation] = None, path_segments: 
     own = ax is None
     if own:
         fig, ax = plt.subplots(figsize=(max(3.0, x.shape[1] / 12), 2.2))
-    ax.imshow(x.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    for c, g in zip(seg.cuts.tolist(), seg.gap_cuts.tolist()):
-        ax.axvline(c - 0.5, color="tab:cyan" if g else "tab:orange", ls=":" if g else "--", lw=1)
+    colors = ["tab:red", "tab:green", "tab:blue", "tab:purple", "tab:olive", "tab:pink"]
+    H = x.shape[0]
+    if seg.cuts is not None:
+        ax.imshow(x.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        for c, g in zip(seg.cuts.tolist(), seg.gap_cuts.tolist()):
+            ax.axvline(c - 0.5, color="tab:cyan" if g else "tab:orange", ls=":" if g else "--", lw=1)
+    else:
+        # tint: each pixel's ink in the colour of its piece (or of its path segment)
+        pm = seg.piece_map
+        if path_segments is not None:
+            owner = torch.full((seg.num_pieces,), -1, dtype=torch.int64)
+            for i, s_ in enumerate(path_segments):
+                a_, b_ = seg.segments[s_].tolist()
+                owner[a_:b_] = i
+            shade = owner[pm]
+            palette = [matplotlib.colors.to_rgb(c) for c in colors]
+        else:
+            shade = pm % 3
+            palette = [matplotlib.colors.to_rgb(c) for c in ("tab:orange", "tab:cyan", "yellowgreen")]
+        rgb = torch.zeros(H, x.shape[1], 3)
+        for k, col in enumerate(palette):
+            m = (shade % len(palette) == k) & (shade >= 0)
+            rgb[m] = torch.tensor(col)
+        rgb[shade < 0] = 1.0
+        ax.imshow((x[..., None] * rgb).clamp(0, 1).numpy(), interpolation="nearest")
     if path_segments is not None:
-        colors = ["tab:red", "tab:green", "tab:blue", "tab:purple", "tab:olive", "tab:pink"]
-        H = x.shape[0]
-        for i, s in enumerate(path_segments):
-            x0, x1 = seg.boxes[s].tolist()
+        for i, s_ in enumerate(path_segments):
+            x0, x1 = seg.boxes[s_].tolist()
             col = colors[i % len(colors)]
-            ax.add_patch(matplotlib.patches.Rectangle((x0 - 0.5, -0.5), x1 - x0, H, fill=False, ec=col, lw=1.5))
+            if seg.cuts is not None:
+                ax.add_patch(matplotlib.patches.Rectangle((x0 - 0.5, -0.5), x1 - x0, H, fill=False, ec=col,
+                                                          lw=1.5))
             if labels is not None:
                 ax.text((x0 + x1) / 2 - 0.5, -1.5, labels[i], color=col, ha="center", va="bottom", fontsize=11,
                         fontweight="bold")

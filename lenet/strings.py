@@ -117,12 +117,15 @@ def render_string(digits: torch.Tensor, generator: Optional[torch.Generator] = N
 
 
 def make_strings(n: int, split: str = "test", lengths: Tuple[int, int] = (3, 6), seed: int = 0,
-                 digits: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, **render_kw) -> List[DigitString]:
+                 digits: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, distort=None,
+                 **render_kw) -> List[DigitString]:
     """``n`` random digit strings whose lengths are uniform in ``lengths`` (inclusive).
 
     The digits are drawn with replacement from ``lenet.load_digits(split, raw=True)`` (or from ``digits`` =
-    ``(uint8 [N, 28, 28], labels [N])`` when given). ``render_kw`` goes to `render_string`. Deterministic in
-    ``seed``.
+    ``(uint8 [N, 28, 28], labels [N])`` when given). ``render_kw`` goes to `render_string`. ``distort``: a
+    `lenet.data.RandomAffine` with ``fill=0`` (or ``True`` for its defaults with 10° of rotation) applied to
+    every digit (grey levels 0..1) before it is rendered — new shapes for training strings; ``None`` (the default) renders the digits as they are.
+    Deterministic in ``seed``.
     """
     if digits is None:
         from .data import load_digits
@@ -140,9 +143,20 @@ def make_strings(n: int, split: str = "test", lengths: Tuple[int, int] = (3, 6),
     for _ in range(n):
         L = _randint(lo, hi, g)
         idx = torch.randint(0, len(images_np), (L,), generator=g).numpy()
-        img, ext = render_string(torch.from_numpy(images_np[idx]), g, **render_kw)
+        picked = torch.from_numpy(images_np[idx])
+        if distort is not None:
+            picked = _distort(picked, distort, g)
+        img, ext = render_string(picked, g, **render_kw)
         out.append(DigitString(img, "".join(str(int(d)) for d in labels_np[idx]), ext))
     return out
+
+
+def _distort(digits: torch.Tensor, distort, g: torch.Generator) -> torch.Tensor:
+    """Random affine distortions of ``uint8 [L, 28, 28]`` digits, drawn from ``g``."""
+    from .data import RandomAffine
+    t = RandomAffine(rotate=10.0, fill=0.0) if distort is True else distort
+    y = t(digits.float()[:, None] / 255, generator=g)
+    return (y[:, 0] * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def touching_fraction(strings: Sequence[DigitString]) -> float:

@@ -78,3 +78,176 @@ def test_checkpoint_and_recognize(tmp_path):
     s = make_strings(2, "test", seed=3)
     assert recognize([x.image for x in s], path) == reader.decode([x.image for x in s])
     assert isinstance(recognize(s[0].image, back), str)
+
+
+# ---------------------------------------------------------------------------- the 11-output SDNN network
+from lenet.sdnn import frame_labels, sdnn_network, swept_penalties, train_windows, _to_classes  # noqa: E402
+
+
+def test_sdnn_network_copies_the_digit_outputs_and_adds_a_blank():
+    torch.manual_seed(0)
+    iso = LeNet5()
+    net = sdnn_network(iso)
+    x = torch.randn(4, 1, 32, 32)
+    pen = net(x)
+    assert pen.shape == (4, 11)
+    torch.testing.assert_close(pen[:, :10], iso(x))
+    # the blank prototype is the empty bitmap, far from every digit code
+    protos = net.rbf.prototypes
+    assert bool((protos[10] == -1).all()) and int((protos[:10] != protos[10]).sum(1).min()) >= 18
+
+
+@pytest.mark.parametrize("stride", [4, 2])
+def test_swept_penalties_equal_the_network_on_each_window(stride):
+    torch.manual_seed(1)
+    net = sdnn_network().double()
+    s = make_strings(2, "test", seed=4, lengths=(2, 3))
+    x, positions = sweep_input([a.image for a in s])
+    pen, frames = swept_penalties(net, x.double(), positions, stride)
+    assert frames.tolist() == (positions if stride == 4 else 2 * positions - 1).tolist()
+    for b in range(2):
+        for p in range(int(frames[b])):
+            window = x[b:b + 1, :, :, stride * p:stride * p + 32].double()
+            assert window.shape[-1] == 32
+            torch.testing.assert_close(pen[b, p], net(window)[0])
+
+
+@pytest.mark.parametrize("stride", [4, 2])
+def test_frame_labels_follow_the_digit_positions(stride):
+    s = make_strings(20, "train", seed=6, lengths=(3, 5))
+    x, positions, scales = sweep_input([a.image for a in s], return_scales=True)
+    frames = positions if stride == 4 else 2 * positions - 1
+    lab = frame_labels([a.extents for a in s], [a.label for a in s], scales, frames, stride)
+    assert lab.shape == (20, int(frames.max()))
+    readable = 0
+    for b, a in enumerate(s):
+        lb = lab[b]
+        assert bool((lb[int(frames[b]):] == -1).all())
+        centres = torch.arange(int(frames[b]), dtype=torch.float64) * stride / float(scales[b])  # input columns
+        ext = a.extents.double()
+        for p in range(int(frames[b])):
+            tol = 2.0 / float(scales[b])  # min_core: a very narrow digit still gets the window nearest its centre
+            inside = (ext[:, 0] - tol <= centres[p]) & (centres[p] <= ext[:, 1] + tol)
+            if lb[p] > 0:   # a digit label: the window centre is on that digit's ink box
+                assert any(int(a.label[i]) + 1 == int(lb[p]) for i in torch.nonzero(inside).flatten().tolist())
+            elif lb[p] == 0:  # blank: not deep inside any digit, or the window nearest a junction of two digits
+                depth = torch.minimum(centres[p] - ext[:, 0], ext[:, 1] - centres[p]) * float(scales[b])
+                junctions = (ext[:-1, 1] + ext[1:, 0]) / 2
+                at_junction = bool(((centres[p] - junctions).abs() * float(scales[b]) <= stride / 2 + 1e-9).any())
+                assert bool((depth <= 1.5 + 1e-9).all()) or at_junction
+        assert lb[0] == 0  # the first window is centred on the left margin: blank
+        seq = [v for v in lb[:int(frames[b])].tolist() if v >= 0]
+        ok, runs = reads(seq)
+        readable += ok and runs == [int(c) + 1 for c in a.label]
+    # the labelled frames spell the string (at stride 4 two narrow touching digits may get no blank between)
+    assert readable >= (16 if stride == 4 else 19)
+
+
+def test_window_training_lowers_the_window_loss():
+    torch.manual_seed(0)
+    imgs, labs = lenet.load_digits("train", raw=True)
+    digits = (imgs[:500], labs[:500])
+    reader = SDNNReader(sdnn_network(), stride=4)
+    fixed = make_strings(16, lengths=(3, 4), seed=99, digits=digits)
+
+    def window_loss():
+        with torch.no_grad():
+            x, positions, scales = sweep_input([a.image for a in fixed], return_scales=True)
+            pen, positions = swept_penalties(reader.model, x, positions, 4)
+            lab = frame_labels([a.extents for a in fixed], [a.label for a in fixed], scales, positions, 4)
+            keep = lab >= 0
+            return float(reader.model.loss(pen[:, :lab.shape[1]][keep], _to_classes(lab[keep])))
+
+    before = window_loss()
+    hist = train_windows(reader, digits, strings_per_pass=96, passes=2, lr=3e-3, lengths=(3, 4), log=None)
+    assert len(hist) == 2 and all(h > 0 for h in hist)
+    assert window_loss() < 0.8 * before
+
+
+def test_eleven_output_loss_gradient_matches_finite_difference():
+    torch.manual_seed(2)
+    s = make_strings(2, "test", seed=7, lengths=(2, 3))
+    reader = SDNNReader(sdnn_network(), stride=2).double()
+    images, labels = [a.image for a in s], [a.label for a in s]
+    loss = reader.loss(images, labels, reduction="sum")
+    assert float(loss.detach()) >= 0
+    loss.backward()
+    w = reader.model.c5.weight
+    idx = (3, 2, 1, 1)
+    g = float(w.grad[idx])
+    eps = 1e-6
+    with torch.no_grad():
+        w[idx] += eps
+        up = float(reader.loss(images, labels, reduction="sum"))
+        w[idx] -= 2 * eps
+        down = float(reader.loss(images, labels, reduction="sum"))
+        w[idx] += eps
+    assert abs(g) > 1e-8
+    assert abs((up - down) / (2 * eps) - g) <= 1e-5 * max(1.0, abs(g))
+    assert reader.blank.grad is not None and float(reader.blank.grad) != 0
+
+
+def test_eleven_output_checkpoint_round_trip(tmp_path):
+    torch.manual_seed(3)
+    reader = SDNNReader(sdnn_network(), blank=0.5, stride=2)
+    path = save_sdnn(reader, tmp_path / "s11.pt")
+    back = lenet.load(path)
+    assert back.stride == 2 and back.model.num_classes == 11 and float(back.blank.detach()) == 0.5
+    torch.testing.assert_close(back.model.rbf.prototypes, reader.model.rbf.prototypes)
+    s = make_strings(3, "test", seed=8)
+    imgs = [x.image for x in s]
+    torch.testing.assert_close(back.emissions(imgs).log_probs, reader.emissions(imgs).log_probs)
+    assert recognize(imgs, path) == reader.decode(imgs)
+
+
+def test_counting_character_model_accepts_exactly_the_separated_sequences_of_those_lengths():
+    from lenet.sdnn import counting_character_model
+    g = counting_character_model(2, 3, num_digits=2)
+    n = 0
+    for T in range(1, 8):
+        seqs = list(itertools.product(range(3), repeat=T))
+        for seq, acc in zip(seqs, accepts(g, seqs, 3)):
+            ok, runs = reads(seq)
+            assert acc == (ok and 2 <= len(runs) <= 3), seq
+            n += 1
+    assert n == 3279
+
+
+def test_decoding_with_lengths_reads_only_those_lengths_where_it_can():
+    torch.manual_seed(5)
+    s = make_strings(6, "test", seed=9, lengths=(3, 4))
+    images = [a.image for a in s]
+    free = SDNNReader(sdnn_network(), lengths=None)
+    limited = SDNNReader(free.model, lengths=(3, 4))
+    free_texts, limited_texts = free.decode(images), limited.decode(images)
+    for f, t in zip(free_texts, limited_texts):
+        assert 3 <= len(t) <= 4
+        if 3 <= len(f) <= 4:
+            assert t == f  # the best path already has an allowed length: the same reading
+
+
+def test_unreachable_target_has_infinite_loss_and_no_gradient():
+    torch.manual_seed(0)
+    s = make_strings(2, "test", seed=1, lengths=(3, 3))
+    reader = SDNNReader(sdnn_network(), stride=4).double()
+    loss = reader.loss([a.image for a in s], [s[0].label, "1" * 40], reduction="none")  # 40 digits: too many
+    assert bool(torch.isfinite(loss[0])) and float(loss[0].detach()) >= 0 and loss[1].item() == float("inf")
+    loss[1:].sum().backward()
+    grads = [p.grad for p in reader.parameters() if p.grad is not None]
+    assert grads and all(bool((g == 0).all()) for g in grads)
+
+
+def test_frame_labels_between_only_adds_blanks_between_neighbours():
+    s = make_strings(20, "train", seed=6, lengths=(3, 5))
+    x, positions, scales = sweep_input([a.image for a in s], return_scales=True)
+    frames = 2 * positions - 1
+    args = ([a.extents for a in s], [a.label for a in s], scales, frames, 2)
+    plain, between = frame_labels(*args), frame_labels(*args, between=True)
+    changed = plain != between
+    assert bool((plain[~changed] == between[~changed]).all())
+    assert bool((plain[changed] == -1).all()) and bool((between[changed] == 0).all())
+    assert int(changed.sum()) > 0
+    for b, p in torch.nonzero(changed).tolist():
+        centre = p * 2 / float(scales[b])                       # in input columns
+        mids = s[b].extents.double().mean(1)
+        assert float(mids[0]) < centre < float(mids[-1])       # between the first and the last digit

@@ -34,38 +34,49 @@ def all_paths(fsa):
     return paths
 
 
-def test_every_path_covers_the_ink_exactly_once(strings):
+COLUMNS = SegmentParams(pieces="columns")
+MODES = [SegmentParams(), COLUMNS]
+
+
+@pytest.mark.parametrize("params", MODES, ids=["components", "columns"])
+def test_every_path_covers_the_ink_exactly_once(strings, params):
     checked = 0
     for s in strings[:40]:
         x = as_float_image(s.image)
-        seg = segment(s.image)
-        ink_cols = torch.nonzero((x > INK_THRESHOLD).any(0)).flatten().tolist()
-        left, right = ink_cols[0], ink_cols[-1] + 1
-        labels, segattr, boxes = seg.graph.labels.tolist(), seg.graph.segment.tolist(), seg.boxes.tolist()
+        seg = segment(s.image, params)
+        P = seg.num_pieces
+        # every pixel belongs to exactly one piece, and every piece has ink
+        assert seg.piece_map.shape == x.shape
+        assert int(seg.piece_map.min()) == 0 and int(seg.piece_map.max()) == P - 1
+        ink = x > INK_THRESHOLD
+        assert len(seg.piece_map[ink].unique()) == P
+        labels, segattr = seg.graph.labels.tolist(), seg.graph.segment.tolist()
         paths = all_paths(seg.graph)
         assert paths, "the segmentation graph must have a path"
         for p in paths:
             assert labels[p[-1]] == -1
-            bx = [boxes[segattr[a]] for a in p[:-1]]
-            # consecutive, non-overlapping, from the left edge of the ink to the right edge
-            assert bx[0][0] == left and bx[-1][1] == right
-            assert all(a[1] == b[0] for a, b in zip(bx[:-1], bx[1:]))
-            counts = np.zeros(x.shape[1], dtype=np.int64)
-            for x0, x1 in bx:
-                counts[x0:x1] += 1
-            assert (counts[ink_cols] == 1).all()
+            ranges = [seg.segments[segattr[a]].tolist() for a in p[:-1]]
+            # consecutive piece ranges from the first piece to the last: each piece (so each ink pixel) once
+            counts = np.zeros(P, dtype=np.int64)
+            for a, b in ranges:
+                counts[a:b] += 1
+            assert (counts == 1).all()
+            if params.pieces == "columns":   # and, in columns, the boxes tile the ink columns
+                bx = [seg.boxes[segattr[a]].tolist() for a in p[:-1]]
+                cols = torch.nonzero(ink.any(0)).flatten().tolist()
+                assert bx[0][0] == cols[0] and bx[-1][1] == cols[-1] + 1
+                assert all(a[1] == b[0] for a, b in zip(bx[:-1], bx[1:]))
             checked += 1
     assert checked > 500, checked
 
 
-def test_graph_structure(strings):
-    p = SegmentParams()
+@pytest.mark.parametrize("params", MODES, ids=["components", "columns"])
+def test_graph_structure(strings, params):
     for s in strings[:20]:
-        seg = segment(s.image, p)
+        seg = segment(s.image, params)
         g = seg.graph
-        C = len(seg.cuts)
-        assert g.num_states == C + 1
-        assert bool((seg.cuts[1:] > seg.cuts[:-1]).all())
+        P = seg.num_pieces
+        assert g.num_states == P + 2
         assert g.is_top_sorted
         body = g.labels != -1
         assert int((~body).sum()) == 1
@@ -73,19 +84,42 @@ def test_graph_structure(strings):
         assert torch.equal(g.arcs[body, 0], seg.segments[:, 0])
         assert torch.equal(g.arcs[body, 1], seg.segments[:, 1])
         npieces = seg.segments[:, 1] - seg.segments[:, 0]
-        assert int(npieces.max()) <= p.max_pieces
+        assert int(npieces.max()) <= params.max_pieces
         # every single piece is a segment (so a path always exists)
-        assert int((npieces == 1).sum()) == C - 1
-        assert torch.equal(seg.boxes, seg.cuts[seg.segments])
+        assert int((npieces == 1).sum()) == P
         assert seg.features.shape[0] == seg.num_segments
+        assert bool((seg.boxes[:, 1] > seg.boxes[:, 0]).all())
+        if params.pieces == "columns":
+            assert len(seg.cuts) == P + 1 and bool((seg.cuts[1:] > seg.cuts[:-1]).all())
+            assert torch.equal(seg.boxes, seg.cuts[seg.segments])
+        else:
+            assert seg.cuts is None and len(seg.piece_component) == P
+            # the pieces of one component are consecutive
+            comp = seg.piece_component
+            changes = int((comp[1:] != comp[:-1]).sum())
+            assert changes == len(comp.unique()) - 1
+
+
+def _true_path_exists(seg, extents, tol):
+    """Is there a path whose i-th segment's ink columns match digit i's within ``tol`` columns?"""
+    reach = {0}
+    for x0, x1 in extents.tolist():
+        nxt = set()
+        for k, (a, b) in enumerate(seg.segments.tolist()):
+            bx0, bx1 = seg.boxes[k].tolist()
+            if a in reach and abs(bx0 - x0) <= tol and abs(bx1 - x1) <= tol:
+                nxt.add(b)
+        reach = nxt
+    return seg.num_pieces in reach
 
 
 def test_true_segmentation_is_usually_in_the_graph():
-    """The quality check: for most strings some path cuts within a pixel of every true digit boundary."""
+    """The quality check: for most strings some path cuts within a pixel of every true digit boundary
+    ("columns"), or has one segment per digit whose ink columns match the digit's ("components")."""
     strings = make_strings(100, "test", seed=5)
     found = 0
     for s in strings:
-        seg = segment(s.image)
+        seg = segment(s.image, COLUMNS)
         idx, ok = [0], True
         for i in range(len(s.extents) - 1):
             lo = min(int(s.extents[i, 1]), int(s.extents[i + 1, 0]))
@@ -98,6 +132,9 @@ def test_true_segmentation_is_usually_in_the_graph():
         idx.append(len(seg.cuts) - 1)
         pairs = set(map(tuple, seg.segments.tolist()))
         found += ok and all((a, b) in pairs for a, b in zip(idx[:-1], idx[1:]))
+    assert found >= 90, found
+    # components: the rendered extents include faint edge columns, hence the tolerance of 2
+    found = sum(_true_path_exists(segment(s.image), s.extents, 2) for s in strings)
     assert found >= 90, found
 
 
@@ -137,9 +174,10 @@ def test_bad_images(bad, err):
 
 def test_float_and_uint8_agree(strings):
     s = strings[0]
-    a = segment(s.image)
-    b = segment(s.image.float() / 255)
-    assert torch.equal(a.cuts, b.cuts) and torch.equal(a.segments, b.segments)
+    for params in MODES:
+        a = segment(s.image, params)
+        b = segment(s.image.float() / 255, params)
+        assert torch.equal(a.piece_map, b.piece_map) and torch.equal(a.segments, b.segments)
 
 
 def test_plot(tmp_path, strings):
@@ -147,3 +185,16 @@ def test_plot(tmp_path, strings):
     seg = segment(strings[0].image)
     plot_segmentation(strings[0].image, seg, path_segments=[0], labels=["1"], title="t", out=str(out))
     assert out.stat().st_size > 1000
+
+
+def test_features_count_separations_and_ends_that_cut_through_ink(strings):
+    for s in strings[:20]:
+        seg = segment(s.image)
+        comp = seg.piece_component.tolist()
+        P = seg.num_pieces
+        for k, (a, b) in enumerate(seg.segments.tolist()):
+            w, w2, n_sep, cut_ends = seg.features[k].tolist()
+            assert abs(w2 - w * w) < 1e-5 and w > 0
+            assert n_sep == sum(comp[i] != comp[i - 1] for i in range(a + 1, b))
+            inside = (a > 0 and comp[a - 1] == comp[a]) + (b < P and comp[b - 1] == comp[b])
+            assert cut_ends == inside

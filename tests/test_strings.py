@@ -94,3 +94,16 @@ def test_bad_input():
         render_string(torch.zeros(2, 28, 28))
     with pytest.raises(ValueError):
         make_strings(1, lengths=(4, 2))
+
+
+def test_distorted_strings_are_deterministic_and_new_shapes():
+    a = make_strings(20, "train", seed=7, distort=True)
+    b = make_strings(20, "train", seed=7, distort=True)
+    assert [s.label for s in a] == [s.label for s in b]
+    assert all(torch.equal(x.image, y.image) for x, y in zip(a, b))
+    d = make_strings(1, "train", seed=7)[0]
+    # the first string has the same digits (drawn before any distortion) in new shapes
+    assert a[0].label == d.label
+    assert a[0].image.shape != d.image.shape or not torch.equal(a[0].image, d.image)
+    with pytest.raises(TypeError):
+        make_strings(1, "train", seed=7, distort="yes")
