@@ -39,7 +39,7 @@ from lenet.strings import make_strings, touching_fraction
 
 #: Run sizes. The default run is sized for < 15 minutes on this project's 2-core CPU; --quick for < 1 minute.
 CONFIGS = {
-    "default": dict(iso_epochs=20, iso_limit=None, distort=True, train_strings=4000, global_epochs=8,
+    "default": dict(iso_epochs=60, iso_limit=None, distort=True, train_strings=4000, global_epochs=8,
                     workers=1, fresh=True, schedule="cosine", batch_size=16, test_strings=1000,
                     monitor_strings=200, lr=1e-3, seg_lr=1e-2, lr_decay=0.3),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
@@ -51,7 +51,7 @@ CONFIGS = {
 #: paper's SDNN training images), fresh strings every pass; (b) global training from string labels. Its
 #: global training costs less per string than the HOS reader's (one sweep, no crops, the fused dense forward).
 SDNN_OVERRIDES = {
-    "default": dict(window_strings=4000, window_passes=20, window_lr=3e-3, window_distort=False,
+    "default": dict(iso_epochs=20, window_strings=4000, window_passes=20, window_lr=3e-3, window_distort=False,
                     window_between=False, stride=2, ink_height=24,
                     train_strings=4000, global_epochs=4, lr=1e-3),
     "quick": dict(window_strings=1000, window_passes=2, window_lr=3e-3, window_distort=False,
