@@ -347,6 +347,21 @@ class _Graphs:
         return self.to_str() if isinstance(self, Fsa) else repr(self)
 
 
+def _concat_arc_data(parts, names):
+    """``(arcs, scores, aux_labels, attributes)`` of Fsa/FsaVec ``parts`` concatenated in order on the first
+    part's device, scores promoted to a common dtype (autograd stays connected). All parts are acceptors or
+    all transducers, and all have the attributes ``names``."""
+    dev = parts[0].device
+    dtype = parts[0].dtype
+    for p in parts[1:]:
+        dtype = torch.promote_types(dtype, p.dtype)
+    arcs = torch.cat([p.arcs.to(dev) for p in parts])
+    scores = torch.cat([p.scores.to(dev, dtype) for p in parts])
+    aux = None if parts[0].aux_labels is None else torch.cat([p.aux_labels.to(dev) for p in parts])
+    attrs = {k: torch.cat([p._attrs[k].to(dev) for p in parts]) for k in names}
+    return arcs, scores, aux, attrs
+
+
 def _validate(arcs, scores, num_states, aux_labels, where: str) -> None:
     """Check k2's FSA rules for one FSA; raise FsaError naming the offending arc or state."""
     n = num_states
@@ -535,13 +550,7 @@ class FsaVec(_Graphs):
             if set(f._attrs) != names:
                 raise FsaError(f"member {i} has attributes {sorted(f._attrs)}, member 0 has {sorted(names)}")
         dev = fsas[0].device
-        dtype = fsas[0].dtype
-        for f in fsas[1:]:
-            dtype = torch.promote_types(dtype, f.dtype)
-        arcs = torch.cat([f.arcs.to(dev) for f in fsas])
-        scores = torch.cat([f.scores.to(dev, dtype) for f in fsas])
-        aux = None if fsas[0].aux_labels is None else torch.cat([f.aux_labels.to(dev) for f in fsas])
-        attrs = {k: torch.cat([f._attrs[k].to(dev) for f in fsas]) for k in names}
+        arcs, scores, aux, attrs = _concat_arc_data(fsas, names)
         na = torch.tensor([0] + [f.num_arcs for f in fsas], dtype=torch.int64)
         ns = torch.tensor([0] + [f.num_states for f in fsas], dtype=torch.int64)
         for k, v in (("arcs", arcs), ("scores", scores), ("aux_labels", aux),

@@ -17,7 +17,7 @@ from typing import List, Sequence, Union
 
 import torch
 
-from .fsa import Fsa, FsaError, FsaVec, as_vec, like, ragged_range, select
+from .fsa import Fsa, FsaError, FsaVec, _concat_arc_data, as_vec, like, ragged_range, select
 
 __all__ = ["union", "concat", "closure", "remove_epsilon", "invert", "project"]
 
@@ -86,13 +86,7 @@ def _cat(vecs: Sequence[FsaVec]) -> FsaVec:
     if len(vecs) == 1:
         return vecs[0]
     dev = vecs[0].device
-    dtype = vecs[0].dtype
-    for v in vecs[1:]:
-        dtype = torch.promote_types(dtype, v.dtype)
-    arcs = torch.cat([v.arcs.to(dev) for v in vecs])
-    scores = torch.cat([v.scores.to(dev, dtype) for v in vecs])
-    aux = None if vecs[0].aux_labels is None else torch.cat([v.aux_labels.to(dev) for v in vecs])
-    attrs = {k: torch.cat([v._attrs[k].to(dev) for v in vecs]) for k in names}
+    arcs, scores, aux, attrs = _concat_arc_data(vecs, names)
     arc_splits = _splits(torch.cat([v.arcs_per_fsa.to(dev) for v in vecs]))
     state_splits = _splits(torch.cat([v.states_per_fsa.to(dev) for v in vecs]))
     return FsaVec._from_parts(arcs, scores, arc_splits, state_splits, aux, attrs)

@@ -40,7 +40,7 @@ from .data import BACKGROUND, INK
 from .model import LeNet5, build
 from .model import _reduce as reduce_loss
 from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentation, WholeImage,
-                      as_float_image, segment)
+                      as_float_image, segment_batch)
 
 __all__ = ["SYMBOLS", "digits_to_labels", "labels_to_string", "standardize", "crop_segments",
            "RecognitionTransformer", "StringReader", "PreparedBatch", "prepare_batch", "length_grammar",
@@ -252,14 +252,8 @@ class PreparedBatch:
 def prepare_batch(images, params: SegmentParams = SegmentParams(), crops: bool = True) -> PreparedBatch:
     """Standardize, over-segment and crop a list of images (all that `StringReader` does before the network)."""
     xs = [standardize(im) for im in images]
-    segs = [segment(x, params) for x in xs]
-    offsets = np.cumsum([0] + [s.num_segments for s in segs])
-    graphs = []
-    for s, off in zip(segs, offsets[:-1].tolist()):
-        g = s.graph
-        graphs.append(gtn.Fsa(g.arcs, g.scores, num_states=g.num_states,
-                              segment=torch.where(g.segment >= 0, g.segment + off, g.segment)))
-    return PreparedBatch(xs, segs, FsaVec(graphs), crop_segments(xs, segs) if crops else None,
+    segs, graphs = segment_batch(xs, params)
+    return PreparedBatch(xs, segs, graphs, crop_segments(xs, segs) if crops else None,
                          torch.cat([s.features for s in segs]))
 
 

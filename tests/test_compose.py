@@ -18,7 +18,7 @@ from gtn.compose import _coaccessible_torch
 from gtn.fsa import validate
 from strategies import NEG_INF, enumerate_paths, fsa_vecs, fsas, logsumexp, members
 
-fst = pytest.importorskip("pywrapfst")
+import pywrapfst as fst  # OpenFst, the oracle: from pynini, in the "test" extra
 
 torch.set_num_threads(1)
 N = 200  # examples per law

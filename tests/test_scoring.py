@@ -24,19 +24,17 @@ def close(a, b, tol=1e-9):
     return abs(a - b) <= tol * max(1.0, abs(b))
 
 
-def _numba_importable():
-    try:
-        from gtn.kernels import scoring_numba
-        return scoring_numba.available()
-    except ImportError:  # pragma: no cover
-        return False
+def _require_numba():
+    """numba is a dependency: a kernel that does not import is a broken install, not a reason to skip."""
+    from gtn.kernels import scoring_numba
+    assert scoring_numba.available(), "numba (a dependency of torch-gtn) does not import"
 
 
 @pytest.fixture(params=["numba", "torch"])
 def both_paths(request):
     """Run a test with the numba kernels and with the pure-torch DP."""
-    if request.param == "numba" and not _numba_importable():
-        pytest.skip("numba does not import here; the torch path is tested")  # pragma: no cover
+    if request.param == "numba":
+        _require_numba()
     old = scoring.use_numba()
     scoring.use_numba(request.param == "numba")
     yield request.param
@@ -175,8 +173,7 @@ def test_gradcheck_forward_and_viterbi(v):
 @LAW
 @given(fsa_vecs(top_sorted=None, transducer=None, **SMALL), st.sampled_from([torch.float32, torch.float64]))
 def test_numba_and_torch_paths_agree(v, dtype):
-    if not _numba_importable():
-        pytest.skip("numba does not import here")  # pragma: no cover
+    _require_numba()
     v = v.to(dtype)
     old = scoring.use_numba()
     res = []
@@ -238,8 +235,7 @@ def _kernel_plan(x):
 @given(fsa_vecs(top_sorted=None, transducer=None, max_states=12, max_fsas=4))
 def test_plan_kernel_equals_torch_builder(v):
     """The one-pass numba plan builder gives exactly the torch builder's plan (and Kahn's levels)."""
-    if not _numba_importable():
-        pytest.skip("numba does not import here")  # pragma: no cover
+    _require_numba()
     x = v.detach()  # a graph with its own cache
     pk = _kernel_plan(x)
     pt = scoring._Plan(v.detach(), use_kernel=False)
@@ -253,8 +249,7 @@ def test_plan_kernel_equals_torch_builder(v):
 
 def test_plan_builders_agree_on_corner_cases():
     """One-state and empty members, arcs into the start state, a permuted numbering, an all-empty batch."""
-    if not _numba_importable():
-        pytest.skip("numba does not import here")  # pragma: no cover
+    _require_numba()
     one = gtn.Fsa(torch.zeros(0, 3, dtype=torch.int64), num_states=1)
     empty = gtn.Fsa(torch.zeros(0, 3, dtype=torch.int64), num_states=0)
     # state 3 (no entering arcs, so depth 0) has an arc into the start state, whose depth is then 1
