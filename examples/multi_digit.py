@@ -40,11 +40,11 @@ from lenet.strings import make_strings, touching_fraction
 #: Run sizes. The default run is sized for < 15 minutes on this project's 2-core CPU; --quick for < 1 minute.
 CONFIGS = {
     "default": dict(iso_epochs=60, iso_limit=None, distort=True, train_strings=4000, global_epochs=8,
-                    workers=1, fresh=True, schedule="cosine", batch_size=16, test_strings=1000,
-                    monitor_strings=200, lr=1e-3, seg_lr=1e-2, lr_decay=0.3),
+                    workers=1, fresh=True, batch_size=16, test_strings=1000, monitor_strings=200, lr=1e-3,
+                    seg_lr=1e-2),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
-                  workers=1, fresh=False, schedule="cosine", batch_size=16, test_strings=40, monitor_strings=24,
-                  lr=1e-3, seg_lr=1e-2, lr_decay=0.3),
+                  workers=1, fresh=False, batch_size=16, test_strings=40, monitor_strings=24, lr=1e-3,
+                  seg_lr=1e-2),
 }
 #: The SDNN: (a) after the isolated digits, "isolated-character" training on windows of strings rendered from
 #: the isolated training digits (each window labelled digit / blank from the renderer's digit positions: the
@@ -140,8 +140,7 @@ def train_globally(reader, strings, cfg, seed, progress, monitor, render=None):
 
     ``strings`` are the first pass's training strings; with ``cfg["fresh"]`` every later pass trains on new
     strings ``render(pass)`` (new combinations of the same training digits, never a test digit). The rates
-    follow ``cfg["schedule"]``: ``"cosine"`` (from the peak to zero over all steps) or ``"step"`` (× ``lr_decay``
-    after each pass). A string whose label no path of its graph can spell (its digits overlap so much that
+    decay from their peaks to zero along half a cosine over all steps. A string whose label no path of its graph can spell (its digits overlap so much that
     no segmentation separates them) has an infinite loss and teaches nothing: it is left out of the batch's
     mean and counted. With ``cfg["workers"]`` > 0 the strings are rendered, segmented and cropped in that many
     worker processes while the network trains (the run stays deterministic)."""
@@ -153,7 +152,6 @@ def train_globally(reader, strings, cfg, seed, progress, monitor, render=None):
     peaks = [g["lr"] for g in opt.param_groups]
     steps = math.ceil(len(strings) / cfg["batch_size"])
     total_steps = cfg["global_epochs"] * steps
-    cosine = cfg.get("schedule", "step") == "cosine"
     prepare = getattr(reader, "prepare", None) or (lambda images: images)
     workers = cfg.get("workers", 0)
     hist = {"step_loss": [], "epoch_loss": [], "monitor_loss": [mean_loss(reader, monitor)], "unreachable": 0}
@@ -168,8 +166,7 @@ def train_globally(reader, strings, cfg, seed, progress, monitor, render=None):
                 data = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4)
             total, counted = 0.0, 0
             for images, labels in data:
-                factor = (0.5 * (1 + math.cos(math.pi * step / total_steps)) if cosine
-                          else cfg["lr_decay"] ** epoch)
+                factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
                 for group, peak in zip(opt.param_groups, peaks):
                     group["lr"] = peak * factor
                 losses = reader.loss(images, labels, reduction="none")
