@@ -395,7 +395,7 @@ class StringReader(nn.Module):
     def config(self):
         p = self.params
         return {"params": dict(min_piece=p.min_piece, max_piece=p.max_piece, max_width=p.max_width,
-                               max_pieces=p.max_pieces, pieces=p.pieces, min_area=p.min_area),
+                               max_pieces=p.max_pieces, pieces=p.pieces, min_area=p.min_area, drift=p.drift),
                 "lengths": list(self.lengths) if self.lengths is not None else None}
 
 
@@ -493,7 +493,7 @@ def _load_reader(ckpt) -> "StringReader":
     cfg = ckpt["config"]
     model = build(**cfg["model"])
     rc = cfg["reader"]
-    params = dict(pieces="columns")  # checkpoints written before "components" existed used column cuts
+    params = dict(pieces="columns", drift=0.0)  # older checkpoints: column cuts, then straight cuts
     params.update(rc["params"])
     reader = StringReader(model, SegmentParams(**params),
                           lengths=tuple(rc["lengths"]) if rc["lengths"] is not None else None)

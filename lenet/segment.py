@@ -17,7 +17,10 @@ Two ways to make the pieces (``SegmentParams.pieces``):
   its own ink only when it is wider than ``max_piece``. Pieces are ordered left to right by their component's
   centre of mass (the slices of one component stay together, in column order). Two digits whose ink boxes
   overlap without touching — a slanted "1" leaning into an "8" — share columns, so no vertical cut can part
-  them, but they are separate components.
+  them, but they are separate components. With ``drift > 0`` a cut through a component bends: row by row it
+  follows the path that severs the least ink, within ``drift`` of the vertical cut (a dynamic program over
+  rows), so slanted touching digits part along the valley between them. Bending changes which pixels each
+  piece holds (so each crop), not the pieces, segments, widths or features.
 
 Every pixel belongs to one piece (``Segmentation.piece_map``; faint and background pixels to the nearest
 piece), so a segment's image is exactly the ink of its pieces (`lenet.recognizer.crop_segments`). Segments
@@ -43,6 +46,9 @@ __all__ = ["SegmentParams", "Segmentation", "WholeImage", "as_float_image", "fin
 
 #: Ink threshold on grey levels in 0..1: fainter pixels are background for cutting (anti-aliasing halo).
 INK_THRESHOLD = 0.1
+#: Cost per row of a bent cut at its full drift, in units of one fully inked pixel cut through (a bend must
+#: save ink to be taken; ties go to the vertical).
+BEND_COST = 0.05
 
 
 @dataclass(frozen=True)
@@ -55,11 +61,14 @@ class SegmentParams:
     max_pieces: int = 6       #: most pieces merged into one segment (the paper's K)
     pieces: str = "components"  #: "components" (connected components, then cuts) or "columns" (cuts only)
     min_area: float = 0.02    #: components with fewer ink pixels than this × unit² join the nearest piece
+    drift: float = 0.0        #: "components": a cut inside a component may bend up to this × unit columns
+                              #: off the vertical, following the least ink (0: straight vertical cuts)
 
     def __post_init__(self):
         if self.pieces not in ("components", "columns"):
             raise ValueError(f"pieces must be 'components' or 'columns', not {self.pieces!r}")
-        if self.max_pieces < 1 or not 0 < self.min_piece < self.max_piece or self.max_width <= 0:
+        if (self.max_pieces < 1 or not 0 < self.min_piece < self.max_piece or self.max_width <= 0
+                or not 0 <= self.drift < 1):
             raise ValueError(f"bad segmentation settings {self}")
 
 
@@ -227,6 +236,40 @@ def find_cuts(image: torch.Tensor, params: SegmentParams = SegmentParams()):
     return torch.tensor(cuts, dtype=torch.int64), torch.tensor(gap, dtype=torch.bool), unit
 
 
+def _least_ink_cuts(xc: np.ndarray, cols, drift: int, c0: int, c1: int) -> np.ndarray:
+    """Bend vertical cuts to follow the least ink: for each cut column ``cols[k]`` the top-to-bottom path of
+    cut positions (``paths[k, y]``: the cut passes between columns ``paths[k, y] - 1`` and ``paths[k, y]`` in
+    row ``y``) that moves at most one column per row, stays within ``drift`` columns of ``cols[k]`` and inside
+    ``(c0, c1)``, and minimises the ink it cuts through (a cut between two inked pixels costs the fainter one),
+    with a slight preference for the vertical. Paths are made non-crossing (each at least one column right of
+    the previous). A dynamic program over rows, vectorised over the cuts and their window. Returns
+    ``int64 [K, H]``."""
+    H = xc.shape[0]
+    cols = np.asarray(cols, dtype=np.int64)
+    off = np.arange(-drift, drift + 1)
+    pos = cols[:, None] + off[None, :]                                   # [K, 2D+1] candidate cut columns
+    valid = (pos > c0) & (pos < c1)
+    pc = np.clip(pos, 1, xc.shape[1] - 1)
+    through = np.minimum(xc[:, pc - 1], xc[:, pc])                       # [H, K, 2D+1] ink cut in each row
+    cost = np.where(valid[None], through + BEND_COST * np.abs(off)[None, None, :] / drift, np.inf)
+    acc = cost[0].copy()
+    back = np.zeros((H, len(cols), off.size), dtype=np.int64)
+    for y in range(1, H):   # one step per row: from the same column or a neighbouring one
+        left = np.concatenate([np.full((len(cols), 1), np.inf), acc[:, :-1]], 1)
+        right = np.concatenate([acc[:, 1:], np.full((len(cols), 1), np.inf)], 1)
+        stack = np.stack([left, acc, right])                             # came from offset j-1, j, j+1
+        arg = stack.argmin(0)
+        acc = stack.min(0) + cost[y]
+        back[y] = arg - 1
+    j = np.empty((H, len(cols)), dtype=np.int64)
+    j[-1] = acc.argmin(1)
+    for y in range(H - 1, 0, -1):
+        j[y - 1] = j[y] + back[y, np.arange(len(cols)), j[y]]
+    paths = pos[np.arange(len(cols))[None, :], j].T                      # [K, H]
+    k = np.arange(len(cols))[:, None]
+    return np.maximum.accumulate(paths - k, axis=0) + k                  # non-crossing
+
+
 def _component_pieces(x: np.ndarray, params: SegmentParams):
     """``"components"`` pieces: ``(piece_map int64 [H, W], component of each piece [P], unit)``."""
     from scipy import ndimage
@@ -246,7 +289,7 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
     mx = np.bincount(lab.ravel(), weights=(x * colpos[None, :]).ravel(), minlength=n + 1)
     centre = mx[big] / np.maximum(mass[big], 1e-9)
     table = np.full((n + 1, W), -1, dtype=np.int64)   # (component, column) -> piece
-    comp = []
+    comp, bent = [], []
     for c in big[np.argsort(centre, kind="stable")]:  # a handful of components per image
         mine = lab == c
         cols = np.flatnonzero(mine.any(0))
@@ -257,15 +300,27 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
             proj, count, cand = _profiles(xc, mine)
             edges += _split_run(c0, c1, proj, count, cand, x.shape[0], min_piece, max_piece)
         edges.append(c1)
+        drift = int(round(params.drift * unit))
+        if drift > 0 and len(edges) > 2:   # bent cuts: pieces of this component are split row by row
+            bent.append((c, len(comp), _least_ink_cuts(np.where(mine, x, 0.0), edges[1:-1], drift, c0, c1)))
         for e0, e1 in zip(edges[:-1], edges[1:]):
             table[c, e0:e1] = len(comp)
             comp.append(int(c))
     pmap = table[lab, np.arange(W)[None, :]]
     pmap[lab == 0] = -1
-    if (pmap < 0).any():  # small components, faint pixels and background: the nearest piece
-        _, (iy, ix) = ndimage.distance_transform_edt(pmap < 0, return_indices=True)
-        pmap = pmap[iy, ix]
-    return pmap, np.asarray(comp, dtype=np.int64), unit
+    straight = pmap
+    if bent:
+        pmap = pmap.copy()
+    for c, base, paths in bent:        # pixel (y, x) goes right of every cut k with paths[k, y] <= x
+        ys, xs = np.nonzero(lab == c)
+        pmap[ys, xs] = base + (xs[:, None] >= paths[:, ys].T).sum(1)
+    maps = []
+    for m in ([pmap, straight] if bent else [pmap]):
+        if (m < 0).any():  # small components, faint pixels and background: the nearest piece
+            _, (iy, ix) = ndimage.distance_transform_edt(m < 0, return_indices=True)
+            m = m[iy, ix]
+        maps.append(m)
+    return maps[0], maps[-1], np.asarray(comp, dtype=np.int64), unit
 
 
 #: Per-segment features for the learnable segmentation score: ink width / unit, (ink width / unit)^2, the
@@ -289,14 +344,15 @@ def segment(image, params: SegmentParams = SegmentParams()) -> Segmentation:
         pmap = np.broadcast_to(pmap[None, :], (H, W)).copy()
         separate = gap[:-1].clone()      # piece p starts at cut p
     else:
-        pmap, comp_np, unit = _component_pieces(xn, params)
+        pmap, straight, comp_np, unit = _component_pieces(xn, params)
         P = int(comp_np.size)
         comp = torch.from_numpy(comp_np)
         separate = torch.cat([torch.ones(1, dtype=torch.bool), comp[1:] != comp[:-1]])
     piece_map = torch.from_numpy(pmap)
-    # ink column extent of each piece
+    # ink column extent of each piece (of its straight-cut part: bending a cut changes a segment's pixels, not
+    # which segments there are, their widths or features)
     inkyx = torch.nonzero(x > INK_THRESHOLD)
-    pid = piece_map[inkyx[:, 0], inkyx[:, 1]]
+    pid = torch.from_numpy(straight if params.pieces == "components" else pmap)[inkyx[:, 0], inkyx[:, 1]]
     plo = torch.full((P,), W, dtype=torch.int64).scatter_reduce(0, pid, inkyx[:, 1], "amin")
     phi = torch.full((P,), -1, dtype=torch.int64).scatter_reduce(0, pid, inkyx[:, 1] + 1, "amax")
     plo, phi = torch.minimum(plo, phi.clamp(min=0)), phi.clamp(min=0)   # (a piece without ink: empty extent)

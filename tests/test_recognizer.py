@@ -236,15 +236,17 @@ def test_checkpoint_round_trip(tmp_path, tiny):
 
 
 def test_older_checkpoints_load_as_column_readers_with_fewer_features(tmp_path, tiny):
-    # a checkpoint from before "components" and the fourth feature: column pieces, three feature weights
+    # a checkpoint from before "components", bent cuts and the fourth feature: column pieces, straight cuts,
+    # three feature weights
     strings, reader = tiny
     path = save_reader(reader, tmp_path / "r.pt")
     ck = torch.load(path, weights_only=False)
-    del ck["config"]["reader"]["params"]["pieces"], ck["config"]["reader"]["params"]["min_area"]
+    for k in ("pieces", "min_area", "drift"):
+        del ck["config"]["reader"]["params"][k]
     ck["state_dict"]["transformer.seg_weight"] = ck["state_dict"]["transformer.seg_weight"][:3].clone()
     torch.save(ck, tmp_path / "old.pt")
     old = lenet.load(tmp_path / "old.pt")
-    assert old.params.pieces == "columns"
+    assert old.params.pieces == "columns" and old.params.drift == 0.0
     assert old.transformer.seg_weight.tolist()[3] == 0.0
     assert torch.equal(old.transformer.seg_weight[:3], reader.transformer.seg_weight[:3])
 

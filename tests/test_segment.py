@@ -35,10 +35,11 @@ def all_paths(fsa):
 
 
 COLUMNS = SegmentParams(pieces="columns")
-MODES = [SegmentParams(), COLUMNS]
+BENT = SegmentParams(drift=0.2)
+MODES = [SegmentParams(), COLUMNS, BENT]
 
 
-@pytest.mark.parametrize("params", MODES, ids=["components", "columns"])
+@pytest.mark.parametrize("params", MODES, ids=["components", "columns", "bent"])
 def test_every_path_covers_the_ink_exactly_once(strings, params):
     checked = 0
     for s in strings[:40]:
@@ -70,7 +71,7 @@ def test_every_path_covers_the_ink_exactly_once(strings, params):
     assert checked > 500, checked
 
 
-@pytest.mark.parametrize("params", MODES, ids=["components", "columns"])
+@pytest.mark.parametrize("params", MODES, ids=["components", "columns", "bent"])
 def test_graph_structure(strings, params):
     for s in strings[:20]:
         seg = segment(s.image, params)
@@ -198,3 +199,56 @@ def test_features_count_separations_and_ends_that_cut_through_ink(strings):
             assert n_sep == sum(comp[i] != comp[i - 1] for i in range(a + 1, b))
             inside = (a > 0 and comp[a - 1] == comp[a]) + (b < P and comp[b - 1] == comp[b])
             assert cut_ends == inside
+
+
+def _ink_cut(x, piece_map):
+    """Ink severed by the pieces: over horizontally adjacent pixel pairs that are both ink but in different
+    pieces, the sum of the fainter pixel of each pair."""
+    x, pm = x.numpy(), piece_map.numpy()
+    both = (x[:, 1:] > INK_THRESHOLD) & (x[:, :-1] > INK_THRESHOLD) & (pm[:, 1:] != pm[:, :-1])
+    return float(np.minimum(x[:, 1:], x[:, :-1])[both].sum())
+
+
+def test_bent_cuts_keep_the_segments_and_cut_less_ink(strings):
+    straight_total = bent_total = 0.0
+    for s in strings[:40]:
+        x = as_float_image(s.image)
+        a, b = segment(s.image, SegmentParams()), segment(s.image, BENT)
+        # same pieces, segments, features and graph: bending changes only which pixels a piece holds
+        assert a.num_pieces == b.num_pieces
+        assert torch.equal(a.segments, b.segments) and torch.equal(a.boxes, b.boxes)
+        assert torch.equal(a.features, b.features) and torch.equal(a.graph.arcs, b.graph.arcs)
+        # in every row, the inked pixels of one component's pieces stay in left-to-right order
+        pm = b.piece_map.numpy()
+        comp = b.piece_component.numpy()[pm]
+        ink = x.numpy() > INK_THRESHOLD
+        for y in range(pm.shape[0]):
+            for c in np.unique(comp[y][ink[y]]):
+                row = pm[y][ink[y] & (comp[y] == c)]
+                assert (np.diff(row) >= 0).all()
+        straight_total += _ink_cut(x, a.piece_map)
+        bent_total += _ink_cut(x, b.piece_map)
+    assert bent_total < straight_total
+
+
+def test_bent_cut_follows_a_slanted_gap():
+    # two slanted strokes joined by a short bridge: one component; every vertical cut between them crosses ink
+    # in many rows, a cut slanted like the strokes crosses only the bridge
+    img = np.zeros((28, 40), dtype=np.float32)
+    for y in range(2, 26):
+        c = 0.45 * (26 - y)
+        img[y, int(round(6 + c)):int(round(9 + c))] = 1.0
+        img[y, int(round(16 + c)):int(round(19 + c))] = 1.0
+    img[14, 14:22] = 1.0
+    x = torch.from_numpy(img)
+    p = SegmentParams(max_piece=0.4)
+    a, b = segment(x, p), segment(x, SegmentParams(max_piece=0.4, drift=0.3))
+    assert a.num_pieces >= 2
+    assert _ink_cut(x, b.piece_map) < 0.5 * _ink_cut(x, a.piece_map)
+
+
+def test_drift_is_validated():
+    with pytest.raises(ValueError):
+        SegmentParams(drift=-0.1)
+    with pytest.raises(ValueError):
+        SegmentParams(drift=1.5)
