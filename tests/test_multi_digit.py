@@ -40,6 +40,20 @@ def test_quick_run_trains_and_lowers_the_loss(tmp_path):
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
 
 
+def test_quick_sdnn_run_trains_and_lowers_the_loss(tmp_path):
+    from lenet.sdnn import SDNNReader
+    p, out = run(tmp_path, "--quick", "--system", "sdnn")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "global training lowered the loss" in p.stdout
+    m = json.loads((tmp_path / "reader_metrics.json").read_text())
+    assert m["monitor_loss_after"] < m["monitor_loss_before"]
+    assert "| sdnn | (a) isolated digits + SDNN windows |" in p.stdout and "| sdnn | (b) + global training |" in p.stdout
+    reader = lenet.load(out)
+    assert isinstance(reader, SDNNReader) and reader.stride == 2
+    texts = recognize([x.image for x in make_strings(3, "test", seed=0)], out)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
 @pytest.mark.slow
 def test_trained_checkpoint_reads_back_rendered_strings(tmp_path):
     """A mid-sized run (a few minutes): the trained reader reads most rendered test strings exactly."""
