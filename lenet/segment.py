@@ -271,7 +271,8 @@ def _least_ink_cuts(xc: np.ndarray, cols, drift: int, c0: int, c1: int) -> np.nd
 
 
 def _component_pieces(x: np.ndarray, params: SegmentParams):
-    """``"components"`` pieces: ``(piece_map int64 [H, W], component of each piece [P], unit)``."""
+    """``"components"`` pieces: ``(piece_map int64 [H, W], the same with straight cuts, component of each piece
+    [P], unit)`` (the two maps are one array when no cut bends)."""
     from scipy import ndimage
 
     ink = x > INK_THRESHOLD
@@ -290,6 +291,7 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
     centre = mx[big] / np.maximum(mass[big], 1e-9)
     table = np.full((n + 1, W), -1, dtype=np.int64)   # (component, column) -> piece
     comp, bent = [], []
+    drift = int(round(params.drift * unit))
     for c in big[np.argsort(centre, kind="stable")]:  # a handful of components per image
         mine = lab == c
         cols = np.flatnonzero(mine.any(0))
@@ -300,27 +302,26 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
             proj, count, cand = _profiles(xc, mine)
             edges += _split_run(c0, c1, proj, count, cand, x.shape[0], min_piece, max_piece)
         edges.append(c1)
-        drift = int(round(params.drift * unit))
         if drift > 0 and len(edges) > 2:   # bent cuts: pieces of this component are split row by row
             bent.append((c, len(comp), _least_ink_cuts(np.where(mine, x, 0.0), edges[1:-1], drift, c0, c1)))
         for e0, e1 in zip(edges[:-1], edges[1:]):
             table[c, e0:e1] = len(comp)
             comp.append(int(c))
+    def nearest(m):  # small components, faint pixels and background: the nearest piece
+        if not (m < 0).any():
+            return m.copy()
+        _, (iy, ix) = ndimage.distance_transform_edt(m < 0, return_indices=True)
+        return m[iy, ix]
+
     pmap = table[lab, np.arange(W)[None, :]]
     pmap[lab == 0] = -1
-    straight = pmap
-    if bent:
-        pmap = pmap.copy()
+    straight = nearest(pmap)
+    if not bent:
+        return straight, straight, np.asarray(comp, dtype=np.int64), unit
     for c, base, paths in bent:        # pixel (y, x) goes right of every cut k with paths[k, y] <= x
         ys, xs = np.nonzero(lab == c)
         pmap[ys, xs] = base + (xs[:, None] >= paths[:, ys].T).sum(1)
-    maps = []
-    for m in ([pmap, straight] if bent else [pmap]):
-        if (m < 0).any():  # small components, faint pixels and background: the nearest piece
-            _, (iy, ix) = ndimage.distance_transform_edt(m < 0, return_indices=True)
-            m = m[iy, ix]
-        maps.append(m)
-    return maps[0], maps[-1], np.asarray(comp, dtype=np.int64), unit
+    return nearest(pmap), straight, np.asarray(comp, dtype=np.int64), unit
 
 
 #: Per-segment features for the learnable segmentation score: ink width / unit, (ink width / unit)^2, the

@@ -50,11 +50,16 @@ def test_target_graph_accepts_exactly_the_sequences_reading_the_target(target):
             assert acc == (ok and runs == target), (target, seq)
 
 
+def images_and_labels(n, seed, lengths=(2, 3)):
+    """``n`` rendered test strings: their images and labels."""
+    s = make_strings(n, "test", seed=seed, lengths=lengths)
+    return [a.image for a in s], [a.label for a in s]
+
+
 def test_loss_nonnegative_gradient_and_decode():
     torch.manual_seed(0)
-    strings = make_strings(3, "test", seed=1, lengths=(2, 3))
+    images, labels = images_and_labels(3, seed=1)
     reader = SDNNReader(LeNet5(), blank=15.0).double()
-    images, labels = [s.image for s in strings], [s.label for s in strings]
     loss = reader.loss(images, labels, reduction="none")
     assert bool((loss >= -1e-9).all()) and bool(torch.isfinite(loss).all())
     loss.sum().backward()
@@ -166,9 +171,8 @@ def test_window_training_lowers_the_window_loss():
 
 def test_eleven_output_loss_gradient_matches_finite_difference():
     torch.manual_seed(2)
-    s = make_strings(2, "test", seed=7, lengths=(2, 3))
+    images, labels = images_and_labels(2, seed=7)
     reader = SDNNReader(sdnn_network(), stride=2).double()
-    images, labels = [a.image for a in s], [a.label for a in s]
     loss = reader.loss(images, labels, reduction="sum")
     assert float(loss.detach()) >= 0
     loss.backward()
