@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import lenet
-from lenet.recognizer import StringReader, save_reader, string_metrics
+from lenet.recognizer import StringReader, error_budget, save_reader, string_metrics
 from lenet.strings import make_strings, touching_fraction
 
 #: Run sizes. The default run is sized for < 15 minutes on this project's 2-core CPU; --quick for < 1 minute.
@@ -89,7 +89,7 @@ def batches(items, size):
 
 
 def evaluate(reader, strings, progress, desc):
-    """Decode ``strings``; returns (metrics dict, predictions, seconds)."""
+    """Decode ``strings``; returns (metrics dict with the decoding time in ``seconds``, predicted texts)."""
     from tqdm.auto import tqdm
     t = time.perf_counter()
     preds = []
@@ -254,6 +254,19 @@ def table(rows):
     return "\n".join(lines)
 
 
+def budget_lines(rows):
+    """Where the wrong test strings come from (`lenet.recognizer.error_budget`), one line per regime."""
+    lines = []
+    for r in rows:
+        b = r["budget"]
+        lines.append(f"{r['training']}: the network misreads {100 * b['isolated_error']:.1f} % of the test digits on "
+                     f"their own; {100 * (1 - b['ceiling']):.1f} % of the test strings contain one (a perfect "
+                     f"segmenter reading each digit as alone would read {100 * b['ceiling']:.1f} %); of the {b['wrong']} wrong strings "
+                     f"{b['wrong_with_misread_digit']} contain one, {b['wrong_without']} do not (segmentation or "
+                     f"context)")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     args = parse(argv)
     t0 = time.perf_counter()
@@ -280,7 +293,8 @@ def main(argv=None):
     t = time.perf_counter()
     train_strings = make_strings(cfg["train_strings"], "train", lengths, seed=args.seed + 1)
     monitor = make_strings(cfg["monitor_strings"], "train", lengths, seed=args.seed + 2)
-    test_strings = make_strings(cfg["test_strings"], "test", lengths, seed=args.seed + 3)
+    test_digits = lenet.load_digits("test", raw=True)
+    test_strings = make_strings(cfg["test_strings"], "test", lengths, seed=args.seed + 3, digits=test_digits)
     timings["render strings"] = time.perf_counter() - t
     per_pass = " per pass, new ones every pass" if cfg.get("fresh") else ""
     print(f"{len(train_strings)} training strings (train digits){per_pass}, {len(test_strings)} test strings (test digits), "
@@ -326,6 +340,8 @@ def main(argv=None):
     before.update(system=args.system, training=regime_a)
     print(f"{regime_a}: string accuracy {100 * before['string_accuracy']:.1f} %, digit error "
           f"{100 * before['digit_error']:.2f} %")
+    if args.system == "hos":
+        before["budget"] = error_budget(reader, test_strings, preds_a, test_digits)
     import copy
     reader_a = copy.deepcopy(reader)
 
@@ -340,11 +356,15 @@ def main(argv=None):
               f"(digits no segmentation separates); left out of the loss")
     after, preds_b = evaluate(reader, test_strings, progress, "evaluate (b)")
     after.update(system=args.system, training="(b) + global training")
+    if args.system == "hos":
+        after["budget"] = error_budget(reader, test_strings, preds_b, test_digits)
 
     # ---- report
     rows = [before, after]
     print()
     print(table(rows))
+    if args.system == "hos":
+        print(budget_lines(rows))
     err_a, err_b = 1 - before["string_accuracy"], 1 - after["string_accuracy"]
     if err_a > 0:
         print(f"string error {100 * err_a:.1f} % -> {100 * err_b:.1f} %: global training changed it by "

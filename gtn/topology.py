@@ -4,8 +4,8 @@ connect (accessible and co-accessible states).
 Everything works on the whole batch at once: each Kahn level / BFS step is a handful of tensor operations
 over the arcs leaving the current frontier (found through ``state_arc_splits``, the CSR row splits of the
 arcs by source state). The Python loop runs over levels (the depth of the graph), never over states or arcs.
-On CPU, Kahn's algorithm itself runs in a numba twin (`gtn.kernels.topology_numba`, one O(S + A) pass) when
-numba imports; `gtn.kernels.use_numba(False)` or ``GTN_NO_NUMBA=1`` forces the torch version.
+On CPU, Kahn's algorithm and the reachability search behind `connect` run in numba twins
+(`gtn.kernels.topology_numba`, one O(S + A) pass each) when numba imports; `gtn.kernels.use_numba(False)` or ``GTN_NO_NUMBA=1`` forces the torch version.
 Results that depend only on the arcs (not the scores) are cached on the graph object (``x._cache``), so
 scoring the same graph again does not redo the topology.
 """
@@ -135,7 +135,16 @@ def state_batches(x: Union[Fsa, FsaVec]) -> List[torch.Tensor]:
 
 
 def _reachable(v: FsaVec, seeds: torch.Tensor, forward: bool) -> torch.Tensor:
-    """Bool mask of the global states reachable from ``seeds`` (along arcs, or against them)."""
+    """Bool mask of the global states reachable from ``seeds`` (along arcs, or against them). On CPU a numba
+    twin (`gtn.kernels.topology_numba.reachable`) does one O(S + A) search."""
+    k = kernels.load("topology_numba", v.device)
+    if k is not None:
+        return k.reachable(v, seeds, forward)
+    return _reachable_torch(v, seeds, forward)
+
+
+def _reachable_torch(v: FsaVec, seeds: torch.Tensor, forward: bool) -> torch.Tensor:
+    """One vectorized step per BFS frontier; the reference for the numba twin."""
     S = v.total_states
     dev = v.device
     seen = torch.zeros(S, dtype=torch.bool, device=dev)
@@ -192,9 +201,14 @@ def _renumber(v: FsaVec, new_of_old: torch.Tensor, keep_state: torch.Tensor, kee
     # stable sort by (member, new src): new src < states of the member, so member * max_states + src is exact
     width = int(ns.max()) + 1 if ns.numel() else 1
     key = fsa_of_arc * width + nsrc
-    order = torch.sort(key, stable=True).indices
-    arc_map = arc_idx[order]
-    arcs = torch.stack([nsrc[order], ndst[order], v.arcs[arc_map, 2]], 1)
+    if key.numel() < 2 or bool((key[1:] >= key[:-1]).all()):
+        # already in order (connect keeps the states' relative order): no sort, no gathers
+        arc_map = arc_idx
+        arcs = torch.stack([nsrc, ndst, v.arcs[arc_map, 2]], 1)
+    else:
+        order = torch.sort(key, stable=True).indices
+        arc_map = arc_idx[order]
+        arcs = torch.stack([nsrc[order], ndst[order], v.arcs[arc_map, 2]], 1)
     na = torch.bincount(fsa_of_arc, minlength=v.num_fsas) if arc_idx.numel() else torch.zeros_like(ns)
     zero = torch.zeros(1, dtype=torch.int64, device=dev)
     out = v._derive(arcs, arc_map, torch.cat([zero, torch.cumsum(na, 0)]), torch.cat([zero, torch.cumsum(ns, 0)]),

@@ -44,7 +44,7 @@ from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentati
 
 __all__ = ["SYMBOLS", "digits_to_labels", "labels_to_string", "standardize", "crop_segments",
            "RecognitionTransformer", "StringReader", "PreparedBatch", "prepare_batch", "length_grammar",
-           "recognize", "edit_distance", "string_metrics"]
+           "recognize", "edit_distance", "string_metrics", "error_budget"]
 
 #: ``SYMBOLS[label - 1]`` is the character of arc label ``label`` (label 0 is epsilon, -1 the final arc).
 SYMBOLS = "0123456789"
@@ -432,6 +432,42 @@ def string_metrics(predicted: Sequence[str], truth: Sequence[str]) -> dict:
     errors = sum(edit_distance(p, t) for p, t in zip(predicted, truth))
     return {"string_accuracy": correct / max(n, 1), "digit_error": errors / max(sum(map(len, truth)), 1),
             "strings": n}
+
+
+def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
+    """How much of a reader's string error its recognizer explains on its own.
+
+    ``model``: the reader's LeNet-5 (or a `StringReader`, whose network is used); ``strings``: the
+    `lenet.strings.DigitString` s that were read (from `make_strings`, so they carry ``sources``, and not
+    distorted); ``predicted``: the texts read for them; ``digits``: ``(uint8 images [N, 28, 28], labels [N])``,
+    the set the strings' digits were drawn from. The network reads every digit of that set on its own (a 32×32
+    isolated digit, as in isolated training); a string that contains one it misreads would be misread by a
+    reader with a perfect segmenter that reads each digit as it does alone. Returns ``isolated_error`` (over the
+    digit set), ``ceiling`` (the share of strings with no such digit: that perfect segmenter's string
+    accuracy, context aside), and, of the ``wrong`` strings, how many contain such a digit
+    (``wrong_with_misread_digit``) and how many do not (``wrong_without``: errors of segmentation, or of reading
+    a digit in its string that the network reads right alone)."""
+    from .data import prepare
+    net = model.model if isinstance(model, StringReader) else model
+    images, labels = digits
+    if len(strings) != len(predicted):
+        raise ValueError(f"{len(strings)} strings but {len(predicted)} predicted texts")
+    if any(s.sources is None for s in strings):
+        raise ValueError("error_budget needs strings from lenet.strings.make_strings (they carry `sources`)")
+    labels = torch.as_tensor(labels)
+    was_training = net.training
+    net.eval()
+    dtype = next(net.parameters()).dtype
+    with torch.no_grad():
+        x = prepare(images, dtype)
+        preds = torch.cat([net(x[i:i + 1000]).argmin(-1) for i in range(0, len(x), 1000)])
+    net.train(was_training)
+    misread = preds != labels
+    has_bad = torch.tensor([bool(misread[s.sources].any()) for s in strings], dtype=torch.bool)
+    wrong = torch.tensor([p != s.label for p, s in zip(predicted, strings)], dtype=torch.bool)
+    return {"isolated_error": misread.double().mean().item(), "ceiling": 1 - has_bad.double().mean().item(),
+            "wrong": int(wrong.sum()), "wrong_with_misread_digit": int((wrong & has_bad).sum()),
+            "wrong_without": int((wrong & ~has_bad).sum()), "strings": len(strings)}
 
 
 # ---------------------------------------------------------------------------------------------- public

@@ -28,11 +28,13 @@ __all__ = ["DigitString", "render_string", "make_strings", "touching_fraction"]
 @dataclass
 class DigitString:
     """One rendered string: ``image`` ``uint8 [H, W]``, ``label`` (e.g. ``"3081"``), ``extents`` ``int64 [L, 2]``
-    (the column range ``[x0, x1)`` of each digit's ink, left to right)."""
+    (the column range ``[x0, x1)`` of each digit's ink, left to right) and, from `make_strings`, ``sources``
+    ``int64 [L]``: the row of each digit in the digit set it was drawn from (``None`` when unknown)."""
 
     image: torch.Tensor
     label: str
     extents: torch.Tensor
+    sources: Optional[torch.Tensor] = None
 
 
 def _uniform(lo: float, hi: float, g: torch.Generator) -> float:
@@ -122,7 +124,7 @@ def make_strings(n: int, split: str = "test", lengths: Tuple[int, int] = (3, 6),
     """``n`` random digit strings whose lengths are uniform in ``lengths`` (inclusive).
 
     The digits are drawn with replacement from ``lenet.load_digits(split, raw=True)`` (or from ``digits`` =
-    ``(uint8 [N, 28, 28], labels [N])`` when given). ``render_kw`` goes to `render_string`. ``distort``: a
+    ``(uint8 [N, 28, 28], labels [N])`` when given); each string's ``sources`` holds their rows there. ``render_kw`` goes to `render_string`. ``distort``: a
     `lenet.data.RandomAffine` with ``fill=0`` (or ``True`` for its defaults with 10° of rotation) applied to
     every digit (grey levels 0..1) before it is rendered — new shapes for training strings; ``None`` (the default) renders the digits as they are.
     Deterministic in ``seed``.
@@ -147,7 +149,7 @@ def make_strings(n: int, split: str = "test", lengths: Tuple[int, int] = (3, 6),
         if distort is not None:
             picked = _distort(picked, distort, g)
         img, ext = render_string(picked, g, **render_kw)
-        out.append(DigitString(img, "".join(str(int(d)) for d in labels_np[idx]), ext))
+        out.append(DigitString(img, "".join(str(int(d)) for d in labels_np[idx]), ext, torch.from_numpy(idx)))
     return out
 
 

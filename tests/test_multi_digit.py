@@ -33,6 +33,12 @@ def test_quick_run_trains_and_lowers_the_loss(tmp_path):
     m = json.loads((tmp_path / "reader_metrics.json").read_text())
     assert m["monitor_loss_after"] < m["monitor_loss_before"]
     assert "| hos | (a) isolated digits only |" in p.stdout and "| hos | (b) + global training |" in p.stdout
+    for regime in ("before", "after"):  # the error budget of each regime is reported and adds up
+        b = m[regime]["budget"]
+        assert 0 <= b["isolated_error"] <= 1 and 0 <= b["ceiling"] <= 1
+        assert b["wrong"] == b["wrong_with_misread_digit"] + b["wrong_without"]
+        assert b["wrong"] == round((1 - m[regime]["string_accuracy"]) * m[regime]["strings"])
+    assert "a perfect segmenter reading each digit as alone would read" in p.stdout
     reader = lenet.load(out)
     assert isinstance(reader, StringReader)
     s = make_strings(3, "test", seed=0)

@@ -9,7 +9,7 @@ import torch
 import gtn
 import lenet
 from lenet.model import LeNet5
-from lenet.recognizer import (SYMBOLS, StringReader, crop_segments, digits_to_labels, edit_distance,
+from lenet.recognizer import (SYMBOLS, StringReader, crop_segments, digits_to_labels, edit_distance, error_budget,
                               interpretation_graph, labels_to_string, length_grammar, recognize, save_reader,
                               standardize, string_metrics)
 from lenet.segment import SegmentParams, WholeImage, segment
@@ -336,3 +336,31 @@ def test_crops_hold_only_their_pieces_ink():
             assert torch.allclose(mine, ref, atol=1e-5)
             checked += 1
     assert checked == 2
+
+
+def test_error_budget_counts_strings_with_a_digit_the_network_misreads_alone():
+    from lenet.train import train
+    torch.manual_seed(0)
+    model, _ = train(out=None, epochs=2, limit=1500, seed=0, warmup_steps=10, distort=False, progress=False,
+                     plots=False, log=lambda *a: None)  # a weak network: a few per cent of errors
+    digits = lenet.load_digits("test", raw=True)
+    strings = make_strings(80, "test", seed=9, digits=digits)
+    # predicted texts: the truth for even strings, one digit changed for odd ones
+    predicted = [s.label if i % 2 == 0 else str((int(s.label[0]) + 1) % 10) + s.label[1:]
+                 for i, s in enumerate(strings)]
+    b = error_budget(StringReader(model), strings, predicted, digits)
+    # the oracle: read every digit of every string on its own, one string at a time
+    alone_right = [bool((lenet.classify(digits[0][s.sources], model) == digits[1][s.sources]).all())
+                   for s in strings]
+    iso_err = float((lenet.classify(digits[0], model) != digits[1]).double().mean())
+    assert abs(b["isolated_error"] - iso_err) < 1e-12 and 0.02 < iso_err < 0.5
+    assert abs(b["ceiling"] - sum(alone_right) / len(strings)) < 1e-12 and 0 < b["ceiling"] < 1
+    wrong = [i % 2 == 1 for i in range(len(strings))]
+    assert b["wrong"] == sum(wrong) == b["wrong_with_misread_digit"] + b["wrong_without"]
+    assert b["wrong_without"] == sum(w and a for w, a in zip(wrong, alone_right))
+    assert b["strings"] == 80
+    with pytest.raises(ValueError, match="sources"):
+        error_budget(model, [lenet.strings.DigitString(s.image, s.label, s.extents) for s in strings[:2]],
+                     predicted[:2], digits)
+    with pytest.raises(ValueError, match="predicted"):
+        error_budget(model, strings, predicted[:3], digits)

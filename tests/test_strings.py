@@ -107,3 +107,19 @@ def test_distorted_strings_are_deterministic_and_new_shapes():
     assert a[0].image.shape != d.image.shape or not torch.equal(a[0].image, d.image)
     with pytest.raises(TypeError):
         make_strings(1, "train", seed=7, distort="yes")
+
+
+def test_sources_name_the_rows_of_the_drawn_digits():
+    imgs, labels = lenet.data.load_digits("test", raw=True)
+    for s in make_strings(40, "test", seed=5):
+        assert s.sources.dtype == torch.int64 and s.sources.shape == (len(s.label),)
+        assert "".join(str(int(d)) for d in labels[s.sources]) == s.label
+    # with a set of two different shapes, the width of each rendered digit tells which row it came from
+    two = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    two[0, 4:24, 10:14] = 255   # 4 columns wide
+    two[1, 4:24, 8:20] = 255    # 12 columns wide
+    for s in make_strings(10, digits=(two, torch.tensor([1, 2])), lengths=(3, 3), seed=2, touch=0.0,
+                          scale=(1.0, 1.0)):
+        widths = (s.extents[:, 1] - s.extents[:, 0]).tolist()
+        assert widths == [4 if int(r) == 0 else 12 for r in s.sources]
+        assert s.label == "".join("12"[int(r)] for r in s.sources)

@@ -180,3 +180,15 @@ def test_kahn_numba_and_torch_agree(v):
     ln = topology_numba.levels(v)
     assert torch.equal(lt, ln)
     assert bool((lt < 0).any()) == (find_cycle(v) is not None)
+
+
+@LAW
+@given(fsa_vecs(acyclic=False, transducer=None, **SMALL) | fsa_vecs(top_sorted=False, **SMALL))
+def test_reachable_numba_and_torch_agree(v):
+    from gtn.kernels import topology_numba
+    from gtn.topology import _reachable_torch
+    assert topology_numba.available(), "numba (a dependency of torch-gtn) does not import"
+    starts, finals = v.start_states, v.final_states
+    for seeds, forward in ((starts[starts >= 0], True), (finals[finals >= 0], False),
+                           (torch.arange(v.total_states)[::3], True), (torch.arange(v.total_states)[1::4], False)):
+        assert torch.equal(_reachable_torch(v, seeds, forward), topology_numba.reachable(v, seeds, forward))

@@ -1,5 +1,9 @@
-"""numba twin of the level-by-level Kahn's algorithm in `gtn.topology._kahn` (CPU): one FIFO pass over the
-states, O(states + arcs), instead of a few tensor operations per depth (which dominate for small graphs)."""
+"""numba twins of two graph searches in `gtn.topology` (CPU), each one O(states + arcs) pass instead of a few
+tensor operations per depth or frontier (which dominate for long, thin graphs):
+
+* `levels`: the level-by-level Kahn's algorithm (`gtn.topology._kahn_torch`);
+* `reachable`: the states reachable from seed states along or against the arcs (`gtn.topology._reachable_torch`,
+  behind `accessible`, `coaccessible` and `connect`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -50,6 +54,41 @@ if _OK:
             if not done[s]:
                 level[s] = -1
 
+    @numba.njit(cache=True, nogil=True)
+    def _reach(splits, nxt, seeds, seen):
+        """Depth-first search from ``seeds`` over the CSR graph (``splits``, ``nxt``); marks ``seen``."""
+        stack = np.empty(seen.shape[0], dtype=np.int64)
+        top = 0
+        for i in range(seeds.shape[0]):
+            s = seeds[i]
+            if not seen[s]:
+                seen[s] = True
+                stack[top] = s
+                top += 1
+        while top > 0:
+            top -= 1
+            s = stack[top]
+            for a in range(splits[s], splits[s + 1]):
+                d = nxt[a]
+                if not seen[d]:
+                    seen[d] = True
+                    stack[top] = d
+                    top += 1
+
+    @numba.njit(cache=True, nogil=True)
+    def _reverse_csr(src, dst, S, splits, prev):
+        """CSR of the arcs by destination: ``prev[splits[d]:splits[d + 1]]`` are the sources of the arcs
+        entering d (a counting sort, O(S + A))."""
+        for a in range(dst.shape[0]):
+            splits[dst[a] + 1] += 1
+        for s in range(S):
+            splits[s + 1] += splits[s]
+        fill = splits[:-1].copy()
+        for a in range(dst.shape[0]):
+            d = dst[a]
+            prev[fill[d]] = src[a]
+            fill[d] += 1
+
 
 def levels(v) -> torch.Tensor:
     """``[total_states]`` depth of each global state of the FsaVec ``v`` (-1: on or after a cycle)."""
@@ -58,3 +97,19 @@ def levels(v) -> torch.Tensor:
     level = np.empty(S, dtype=np.int64)
     _levels(v.state_arc_splits.numpy(), v.dst_global.numpy(), indeg.numpy().copy(), level)
     return torch.from_numpy(level)
+
+
+def reachable(v, seeds: torch.Tensor, forward: bool) -> torch.Tensor:
+    """Bool mask ``[total_states]`` of the global states of the FsaVec ``v`` reachable from the global states
+    ``seeds``, along the arcs (``forward``) or against them."""
+    S = v.total_states
+    seen = np.zeros(S, dtype=np.bool_)
+    if forward:
+        splits, nxt = np.ascontiguousarray(v.state_arc_splits.numpy()), np.ascontiguousarray(v.dst_global.numpy())
+    else:
+        splits = np.zeros(S + 1, dtype=np.int64)
+        nxt = np.empty(v.num_arcs, dtype=np.int64)
+        _reverse_csr(np.ascontiguousarray(v.src_global.numpy()), np.ascontiguousarray(v.dst_global.numpy()), S,
+                     splits, nxt)
+    _reach(splits, nxt, np.ascontiguousarray(seeds.numpy(), dtype=np.int64), seen)
+    return torch.from_numpy(seen)
