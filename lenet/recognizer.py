@@ -471,12 +471,19 @@ def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- public
-def recognize(images, model, batch_size: int = 64):
+def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None):
     """Read digit strings. ``images``: one grey image (``H×W`` numpy array or tensor, uint8 0..255 or float
     0..1, white ink on black) or a list of them, any width and height; ``model``: the path of a checkpoint
     written by ``examples/multi_digit.py --out PATH`` or a loaded `StringReader`. Returns a ``str`` for one
     image and a list of ``str`` for a list. Raises ``ValueError``/``TypeError`` for empty, all-black, wrongly
-    shaped or non-image input."""
+    shaped or non-image input.
+
+    ``ink``: ``None`` (default) expects light ink on a dark background, like MNIST, and refuses an image that
+    looks like a scan (more than half of it light: its median grey level above one half), which would
+    otherwise be read as nonsense; ``"dark"`` reads dark ink on a light background (each image inverted);
+    ``"light"`` reads every image as it is, without that check."""
+    if ink not in (None, "light", "dark"):
+        raise ValueError(f"ink must be None, 'light' or 'dark', got {ink!r}")
     from .sdnn import SDNNReader
     readers = (StringReader, SDNNReader)
     reader = model
@@ -497,11 +504,19 @@ def recognize(images, model, batch_size: int = 64):
     else:
         raise TypeError(f"images must be an image (numpy array / tensor [H, W]) or a list of them, got "
                         f"{type(images).__name__}")
+    converted = []
     for i, im in enumerate(batch):  # validate every image first, naming the bad one
         try:
-            as_float_image(im)
+            x = as_float_image(im, invert=ink == "dark")
+            if ink is None and float(x.median()) > 0.5:
+                raise ValueError(f"the image looks like dark ink on a light background (median grey level "
+                                 f"{float(x.median()):.2f}); the reader reads light ink on black, like MNIST: "
+                                 f"pass ink='dark' to invert it (or ink='light' to read it as it is)")
         except (ValueError, TypeError) as e:
             raise type(e)(f"image {i}: {e}" if not single else str(e)) from None
+        converted.append(x)
+    if ink == "dark":
+        batch = converted
     was = reader.training
     reader.eval()
     try:

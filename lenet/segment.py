@@ -122,10 +122,11 @@ class WholeImage:
         return cls(torch.zeros(image.shape, dtype=torch.int64))
 
 
-def as_float_image(image) -> torch.Tensor:
+def as_float_image(image, invert: bool = False) -> torch.Tensor:
     """One grey image → ``float32 [H, W]`` in 0..1, white ink on black.
 
     Accepts a numpy array or tensor, ``uint8`` 0..255 or floating 0..1, shape ``[H, W]`` (or ``[1, H, W]``).
+    ``invert``: the image is dark ink on a light background; its grey levels are inverted (``1 - x``).
     Raises ``TypeError`` for non-image objects and ``ValueError`` for wrong shapes, empty images, values out
     of range, NaN or an image without ink.
     """
@@ -156,6 +157,8 @@ def as_float_image(image) -> torch.Tensor:
         x = t.float()
     else:
         raise ValueError(f"images must be uint8 (0..255) or float (0..1), got {t.dtype}")
+    if invert:
+        x = 1 - x
     if not bool((x > INK_THRESHOLD).any()):
         raise ValueError("the image has no ink (all black): nothing to read (digits are white ink on black)")
     return x

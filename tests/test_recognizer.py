@@ -259,7 +259,7 @@ def test_older_checkpoints_load_as_column_readers_with_fewer_features(tmp_path, 
     (np.ones(50, np.uint8), ValueError),                     # 1-D
     ("image.png", TypeError),                                # not an image
     (42, TypeError),
-    ([np.full((32, 50), 255, np.uint8), None], TypeError),   # a bad member of a list
+    ([np.pad(np.full((20, 4), 255, np.uint8), ((6, 6), (23, 23))), None], TypeError),  # a bad member of a list
     (np.full((32, 50), 3.5, np.float32), ValueError),        # float outside 0..1
 ])
 def test_recognize_errors(bad, err, tiny):
@@ -284,6 +284,22 @@ def test_recognize_accepts_any_size_and_type(tiny):
     assert isinstance(recognize(big.clamp(0, 255).to(torch.uint8), reader), str)
     with pytest.raises(TypeError):
         recognize(img, 3.0)
+
+
+def test_recognize_dark_ink_on_light_paper(tiny):
+    strings, reader = tiny
+    imgs = [s.image for s in strings]
+    ref = recognize(imgs, reader)
+    scans = [255 - im for im in imgs]                      # dark ink on white, as a scanner gives it
+    assert recognize(scans, reader, ink="dark") == ref
+    assert recognize([1 - im.numpy() / 255 for im in imgs], reader, ink="dark") == ref
+    with pytest.raises(ValueError, match=r"image 1: the image looks like dark ink on a light background.*ink='dark'"):
+        recognize([imgs[0], scans[1]], reader)             # refused by default, naming the image
+    assert isinstance(recognize(scans[0], reader, ink="light"), str)   # read as it is when asked
+    with pytest.raises(ValueError, match="no ink"):
+        recognize(torch.full((32, 40), 255, dtype=torch.uint8), reader, ink="dark")  # blank white paper
+    with pytest.raises(ValueError, match="ink must be"):
+        recognize(imgs[0], reader, ink="white")
 
 
 def test_interpretation_graph_any_number_of_classes():
