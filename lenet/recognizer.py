@@ -38,6 +38,7 @@ from gtn.fsa import FsaVec, as_vec
 
 from .data import BACKGROUND, INK
 from .model import LeNet5, build
+from .model import _LeNetBase as LeNetBase
 from .model import _reduce as reduce_loss
 from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentation, WholeImage,
                       as_float_image, segment_batch)
@@ -437,7 +438,8 @@ def string_metrics(predicted: Sequence[str], truth: Sequence[str]) -> dict:
 def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
     """How much of a reader's string error its recognizer explains on its own.
 
-    ``model``: the reader's LeNet-5 (or a `StringReader`, whose network is used); ``strings``: the
+    ``model``: the reader's 10-class LeNet-5 (or a `StringReader`, whose network is used; anything else, e.g.
+    an SDNN reader, whose network also has a blank output, raises ``TypeError``); ``strings``: the
     `lenet.strings.DigitString` s that were read (from `make_strings`, so they carry ``sources``, and not
     distorted); ``predicted``: the texts read for them; ``digits``: ``(uint8 images [N, 28, 28], labels [N])``,
     the set the strings' digits were drawn from. The network reads every digit of that set on its own (a 32×32
@@ -449,6 +451,10 @@ def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
     a digit in its string that the network reads right alone)."""
     from .data import prepare
     net = model.model if isinstance(model, StringReader) else model
+    if not isinstance(net, LeNetBase) or net.num_classes != 10:
+        raise TypeError(f"error_budget needs a StringReader or a 10-class LeNet-5 that reads isolated digits, got "
+                        f"{type(model).__name__}" + (f" with {net.num_classes} outputs" if isinstance(net, LeNetBase)
+                                                     else ""))
     images, labels = digits
     if len(strings) != len(predicted):
         raise ValueError(f"{len(strings)} strings but {len(predicted)} predicted texts")

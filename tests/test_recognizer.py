@@ -380,3 +380,8 @@ def test_error_budget_counts_strings_with_a_digit_the_network_misreads_alone():
                      predicted[:2], digits)
     with pytest.raises(ValueError, match="predicted"):
         error_budget(model, strings, predicted[:3], digits)
+    from lenet.sdnn import SDNNReader, sdnn_network
+    with pytest.raises(TypeError, match="error_budget needs"):   # the SDNN's network has a blank output too
+        error_budget(SDNNReader(sdnn_network(model)), strings, predicted, digits)
+    with pytest.raises(TypeError, match="11 outputs"):
+        error_budget(sdnn_network(model), strings, predicted, digits)
