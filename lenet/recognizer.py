@@ -469,7 +469,9 @@ def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
         preds = torch.cat([net(x[i:i + 1000]).argmin(-1) for i in range(0, len(x), 1000)])
     net.train(was_training)
     misread = preds != labels
-    has_bad = torch.tensor([bool(misread[s.sources].any()) for s in strings], dtype=torch.bool)
+    rows = torch.cat([s.sources for s in strings]) if strings else torch.zeros(0, dtype=torch.long)
+    owner = torch.repeat_interleave(torch.tensor([len(s.sources) for s in strings], dtype=torch.long))
+    has_bad = torch.zeros(len(strings), dtype=torch.long).index_add_(0, owner, misread[rows].long()) > 0
     wrong = torch.tensor([p != s.label for p, s in zip(predicted, strings)], dtype=torch.bool)
     return {"isolated_error": misread.double().mean().item(), "ceiling": 1 - has_bad.double().mean().item(),
             "wrong": int(wrong.sum()), "wrong_with_misread_digit": int((wrong & has_bad).sum()),
