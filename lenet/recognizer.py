@@ -45,6 +45,7 @@ from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentati
 
 __all__ = ["SYMBOLS", "digits_to_labels", "labels_to_string", "standardize", "crop_segments",
            "RecognitionTransformer", "StringReader", "PreparedBatch", "prepare_batch", "length_grammar",
+           "lexicon_fsa", "as_lexicon",
            "recognize", "edit_distance", "string_metrics", "error_budget"]
 
 #: ``SYMBOLS[label - 1]`` is the character of arc label ``label`` (label 0 is epsilon, -1 the final arc).
@@ -232,6 +233,73 @@ def length_grammar(min_len: int, max_len: int, num_symbols: int = 10, dtype=torc
     return gtn.Fsa(allarcs[order], torch.zeros(len(allarcs), dtype=dtype), num_states=final + 1)
 
 
+def lexicon_fsa(words, dtype=torch.float32) -> gtn.Fsa:
+    """A prefix-tree acceptor of exactly the digit strings ``words`` (e.g. the valid ZIP codes): labels
+    ``1..10`` for digits 0..9 (label 0 is epsilon in `gtn.compose`), all scores 0, deterministic, states
+    numbered by prefix length so the graph is topologically sorted. Duplicates count once. Raises
+    ``ValueError`` for an empty lexicon or an entry that is not a non-empty string of the digits 0-9."""
+    if isinstance(words, (str, bytes)):
+        raise TypeError("words must be a collection of digit strings, not a single string (wrap it in a list)")
+    words = set(words)
+    if not words:
+        raise ValueError("the lexicon is empty")
+    for w in words:
+        if not isinstance(w, str) or not w or not set(w) <= _DIGITS:
+            raise ValueError(f"lexicon entries must be non-empty strings of the digits 0-9, got {w!r}")
+    # graph construction from the user's strings, once per lexicon (not a hot path)
+    prefixes = sorted({w[:k] for w in words for k in range(1, len(w) + 1)}, key=lambda q: (len(q), q))
+    ids = {"": 0, **{q: i + 1 for i, q in enumerate(prefixes)}}
+    final = len(prefixes) + 1
+    digit_arcs = [(ids[q[:-1]], ids[q], int(q[-1]) + 1) for q in prefixes]
+    end_arcs = [(ids[w], final, -1) for w in sorted(words)]
+    arcs = torch.tensor(digit_arcs + end_arcs, dtype=torch.int64)
+    order = torch.sort(arcs[:, 0], stable=True).indices
+    return gtn.Fsa(arcs[order], torch.zeros(len(arcs), dtype=dtype), num_states=final + 1)
+
+
+_DIGITS = set("0123456789")
+
+#: Work bound of one lexicon composition: (arcs of the images' interpretation graphs) × (arcs of the lexicon).
+#: The composition holds every reachable (state, lexicon prefix) pair, about 1/60 of that product for a
+#: 10,000-word lexicon (about 10 million arcs at the bound), so a batch is read in chunks of images under it.
+LEXICON_WORK = 5e8
+#: The same for the SDNN's dense intersection: (frames of the images) × (arcs of the lexicon's frame graph).
+#: Its lattice holds about one arc per unit of that product, so the bound is lower.
+DENSE_LEXICON_WORK = 2e7
+
+
+def lexicon_chunks(sizes: Sequence[int], lexicon_arcs: int, limit: float = LEXICON_WORK) -> List[Tuple[int, int]]:
+    """Consecutive ranges ``[a, b)`` of images whose summed ``sizes`` × ``lexicon_arcs`` stays under ``limit``
+    (at least one image each)."""
+    out, a, acc = [], 0, 0.0
+    for i, n in enumerate(sizes):
+        w = float(n) * lexicon_arcs
+        if i > a and acc + w > limit:
+            out.append((a, i))
+            a, acc = i, 0.0
+        acc += w
+    if sizes:
+        out.append((a, len(sizes)))
+    return out
+
+
+def as_lexicon(lexicon, dtype=torch.float32) -> gtn.Fsa:
+    """``lexicon`` as an acceptor over the digit labels ``1..10``: a `gtn.Fsa` is checked (an acceptor without
+    epsilon arcs, labels ``1..10`` and ``-1``; its scores are kept, so it may weight the words) and returned
+    in ``dtype``; anything else is a collection of digit strings for `lexicon_fsa`."""
+    if isinstance(lexicon, gtn.FsaVec):
+        raise TypeError("a lexicon is one gtn.Fsa (or a collection of digit strings), not an FsaVec")
+    if isinstance(lexicon, gtn.Fsa):
+        lab = lexicon.labels
+        if lexicon.aux_labels is not None:
+            raise ValueError("a lexicon graph must be an acceptor (it has aux_labels)")
+        if lexicon.num_states < 2 or not bool(((lab >= 1) & (lab <= 10) | (lab == -1)).all()):
+            raise ValueError("a lexicon graph needs labels 1..10 (digits 0..9) and -1 (final arcs) only, and a "
+                             "final state; remove epsilon arcs with gtn.remove_epsilon first")
+        return lexicon.to(dtype) if lexicon.dtype != dtype else lexicon
+    return lexicon_fsa(lexicon, dtype)
+
+
 # ---------------------------------------------------------------------------------------------- reader
 @dataclass
 class PreparedBatch:
@@ -312,14 +380,37 @@ class StringReader(nn.Module):
         return reduce_loss(loss, reduction)
 
     @torch.no_grad()
-    def decode(self, images, grammar: Optional[bool] = None, return_paths: bool = False):
+    def decode(self, images, grammar: Optional[bool] = None, return_paths: bool = False, lexicon=None):
         """The best path's digits for each image (a list of str). With ``grammar`` (default: when ``lengths``
-        is set) the interpretation graph is first composed with `length_grammar`. ``return_paths`` also returns
-        the segmentations and each best path's segment indices (local to its image)."""
+        is set) the interpretation graph is first composed with `length_grammar`. ``lexicon`` (a collection
+        of digit strings, or a `gtn.Fsa` acceptor over the labels 1..10, see `as_lexicon`): read only its
+        words, the best-scoring word for each image (the interpretation graph composed with the lexicon); an
+        image whose segmentation cannot spell any of them (e.g. too few pieces for the words' lengths) is
+        read as without it. ``return_paths`` also returns the segmentations and each best path's segment
+        indices (local to its image)."""
         g, segs = self.interpret(images)
-        return self._read(g, segs, grammar, return_paths)
+        return self._read(g, segs, grammar, return_paths, lexicon)
 
-    def _read(self, g, segs, grammar=None, return_paths=False):
+    def _read(self, g, segs, grammar=None, return_paths=False, lexicon=None):
+        offs = np.cumsum([0] + [s.num_segments for s in segs])
+        free = self._read_graph(g, grammar)
+        if lexicon is None:
+            texts, paths = self._best_paths(free, offs)
+        else:
+            # in chunks of images: a composition with a big lexicon holds every reachable (state, prefix) pair
+            lex = as_lexicon(lexicon, g.dtype)
+            texts, paths = [], []
+            for a, b in lexicon_chunks(g.arcs_per_fsa.tolist(), lex.num_arcs):
+                gl = gtn.compose(g[a:b], lex)
+                ok = torch.isfinite(gtn.viterbi_score(gl))
+                gc = gl if bool(ok.all()) else _merge(gl, free[a:b], ok) if bool(ok.any()) else free[a:b]
+                t, p = self._best_paths(gc, offs[a:b + 1])
+                texts += t
+                paths += p
+        return (texts, segs, paths) if return_paths else texts
+
+    def _read_graph(self, g, grammar=None):
+        """``g`` composed with the length grammar when it applies (images it cannot read keep ``g``)."""
         use = self.lengths is not None if grammar is None else grammar
         if use and self.lengths is not None:
             gg = gtn.compose(g, length_grammar(*self.lengths, dtype=g.dtype))
@@ -329,19 +420,21 @@ class StringReader(nn.Module):
                 g = gg
             elif bool(ok.any()):
                 g = _merge(gg, g, ok)
+        return g
+
+    @staticmethod
+    def _best_paths(g, offs):
+        """The texts and segment paths of the Viterbi paths of ``g``'s members (``offs[i]``: the first global
+        segment index of member ``i``)."""
         path = gtn.viterbi_path(g)
         splits = path.arc_splits.tolist()
         texts, segpaths = [], []
-        offs = np.cumsum([0] + [s.num_segments for s in segs])
-        for i in range(len(segs)):  # one short path per image
+        for i in range(len(splits) - 1):  # one short path per image
             lab = path.labels[splits[i]:splits[i + 1]]
             texts.append(labels_to_string(lab))
-            if return_paths:
-                sg = path.segment[splits[i]:splits[i + 1]]
-                segpaths.append((sg[sg >= 0] - int(offs[i])).tolist())
-        if return_paths:
-            return texts, segs, segpaths
-        return texts
+            sg = path.segment[splits[i]:splits[i + 1]]
+            segpaths.append((sg[sg >= 0] - int(offs[i])).tolist())
+        return texts, segpaths
 
     @torch.no_grad()
     def tune_bias(self, images, labels: Sequence[str], factors=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
@@ -479,7 +572,7 @@ def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- public
-def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None):
+def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, lexicon=None):
     """Read digit strings. ``images``: one grey image (``H×W`` numpy array or tensor, uint8 0..255 or float
     0..1, white ink on black) or a list of them, any width and height; ``model``: the path of a checkpoint
     written by ``examples/multi_digit.py --out PATH`` or a loaded `StringReader`. Returns a ``str`` for one
@@ -489,9 +582,16 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None):
     ``ink``: ``None`` (default) expects light ink on a dark background, like MNIST, and refuses an image that
     looks like a scan (more than half of it light: its median grey level above one half), which would
     otherwise be read as nonsense; ``"dark"`` reads dark ink on a light background (each image inverted);
-    ``"light"`` reads every image as it is, without that check."""
+    ``"light"`` reads every image as it is, without that check.
+
+    ``lexicon``: read only these words (a collection of digit strings such as the valid ZIP codes, or a
+    `gtn.Fsa` acceptor over the labels 1..10, whose scores then weight the words): each image gets its
+    best-scoring word; an image that no word fits (e.g. its segmentation has too few pieces) is read as
+    without the lexicon, so check membership if that matters."""
     if ink not in (None, "light", "dark"):
         raise ValueError(f"ink must be None, 'light' or 'dark', got {ink!r}")
+    if lexicon is not None:
+        lexicon = as_lexicon(lexicon)  # once for all batches; checked before any image is read
     from .sdnn import SDNNReader
     readers = (StringReader, SDNNReader)
     reader = model
@@ -530,7 +630,7 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None):
     try:
         out = []
         for k in range(0, len(batch), batch_size):
-            out.extend(reader.decode(batch[k:k + batch_size]))
+            out.extend(reader.decode(batch[k:k + batch_size], lexicon=lexicon))
     finally:
         reader.train(was)
     return out[0] if single else out

@@ -36,14 +36,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import gtn
+from gtn.fsa import ragged_range
 
 from .data import BACKGROUND, INK
 from .model import LeNet5, build, digit_prototypes
 from .model import _reduce as reduce_loss
-from .recognizer import SYMBOLS, digits_to_labels, labels_to_string, standardize
+from .recognizer import (SYMBOLS, as_lexicon, digits_to_labels, labels_to_string, lexicon_chunks,
+                         standardize, DENSE_LEXICON_WORK)
 from .segment import INK_THRESHOLD
 
-__all__ = ["character_model", "counting_character_model", "target_graphs", "sweep_input", "swept_penalties",
+__all__ = ["character_model", "counting_character_model", "target_graphs", "frame_graph", "sweep_input", "swept_penalties",
            "frame_labels", "sdnn_prototypes", "sdnn_network", "train_windows", "SDNNReader", "save_sdnn"]
 
 #: Default ink height of a string in the swept input. A string's ink rows span its digits' vertical shifts
@@ -115,6 +117,53 @@ def target_graphs(labels: Sequence[Sequence[int]], dtype=torch.float32) -> gtn.F
         order = torch.sort(arcs[:, 0], stable=True).indices
         out.append(gtn.Fsa(arcs[order], torch.zeros(len(arcs), dtype=dtype), num_states=final + 1))
     return gtn.FsaVec(out)
+
+
+def frame_graph(acceptor: gtn.Fsa) -> gtn.Fsa:
+    """The frame-level graph of a digit acceptor (labels ``1..10``, e.g. `lenet.recognizer.lexicon_fsa`): every
+    frame sequence that the SDNN's reading rule turns into a string the acceptor accepts, i.e. each digit ``d``
+    on an arc ``p → q`` becomes ``d+`` and consecutive digits need ``blank+`` between them, with optional
+    blanks at both ends (for one string this is `target_graphs`). Each arc's score is the acceptor arc's
+    (taken once, on entering the digit or the final state), so a weighted lexicon stays weighted; the scores
+    are gathered from the acceptor's, so gradients reach them.
+
+    States: ``B_s`` (a blank run at acceptor state ``s``) keeps the number ``s``; ``D_a`` (inside the digit of
+    acceptor arc ``a``) follows; one new final state."""
+    if not isinstance(acceptor, gtn.Fsa) or acceptor.aux_labels is not None:
+        raise TypeError("frame_graph needs a gtn.Fsa acceptor")
+    lab = acceptor.labels
+    if acceptor.num_states < 2 or not bool(((lab >= 1) | (lab == -1)).all()):
+        raise ValueError("frame_graph needs an acceptor with digit labels >= 1 and final arcs (-1) only "
+                         "(label 0 would be the blank)")
+    S = acceptor.num_states
+    src, dst, sc = acceptor.arcs[:, 0], acceptor.arcs[:, 1], acceptor.scores
+    dig = torch.nonzero(lab > 0).squeeze(1)
+    fin = torch.nonzero(lab == -1).squeeze(1)
+    A = dig.numel()
+    d_state = (S - 1) + torch.arange(A)          # D_a
+    final = (S - 1) + A
+    b = torch.arange(S - 1)                      # B_s (the acceptor's final state S-1 has none)
+    # final arcs reachable right after a digit: pairs (digit arc a, final arc f leaving dst(a))
+    fsrc = src[fin]
+    counts = torch.bincount(fsrc, minlength=S)
+    splits = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
+    by_src = fin[torch.sort(fsrc, stable=True).indices]
+    cnt = counts[dst[dig]]
+    pair_f = by_src[ragged_range(splits[dst[dig]], cnt)]
+    pair_a = torch.repeat_interleave(torch.arange(A), cnt, output_size=pair_f.numel())
+    zero = lambda n: torch.zeros(n, dtype=sc.dtype)  # noqa: E731
+    parts = [  # (src, dst, label, score)
+        (b, b, torch.zeros_like(b), zero(len(b))),                               # blank loops
+        (src[dig], d_state, lab[dig], sc[dig]),                                  # enter the digit
+        (d_state, d_state, lab[dig], zero(A)),                                   # continue it
+        (d_state, dst[dig], torch.zeros(A, dtype=torch.int64), zero(A)),         # separator blank
+        (src[fin], torch.full_like(fin, final), torch.full_like(fin, -1), sc[fin]),  # end after blanks
+        (d_state[pair_a], torch.full_like(pair_a, final), torch.full_like(pair_a, -1), sc[pair_f]),  # end on a digit
+    ]
+    arcs = torch.cat([torch.stack([p[0], p[1], p[2]], 1) for p in parts])
+    scores = torch.cat([p[3] for p in parts])
+    order = torch.sort(arcs[:, 0], stable=True).indices
+    return gtn.Fsa(arcs[order], scores[order], num_states=final + 1)
 
 
 def _normalise(im, ink_height: int = SWEEP_INK_HEIGHT) -> Tuple[torch.Tensor, float]:
@@ -362,12 +411,36 @@ class SDNNReader(nn.Module):
         return reduce_loss(loss, reduction)
 
     @torch.no_grad()
-    def decode(self, images, return_frames: bool = False):
-        """The digits read along the Viterbi path of ``character model ∩ frames`` (one per run of digit frames)."""
+    def decode(self, images, return_frames: bool = False, lexicon=None):
+        """The digits read along the Viterbi path of ``character model ∩ frames`` (one per run of digit frames).
+        ``lexicon`` (digit strings, or a `gtn.Fsa` over the labels 1..10; `lenet.recognizer.as_lexicon`): read
+        only its words (``frame_graph(lexicon) ∩ frames``); an image that cannot be read as any of them is
+        read as without it."""
         dense = self.emissions(images)
-        return self._read(dense, return_frames)
+        return self._read(dense, return_frames, lexicon)
 
-    def _read(self, dense, return_frames=False):
+    def _read(self, dense, return_frames=False, lexicon=None):
+        dtype = dense.log_probs.dtype
+        lat = self._free_lattice(dense)
+        if lexicon is None:
+            return self._best_paths(lat, return_frames)
+        # in chunks of images: the intersection of a big lexicon visits every reachable (frame, prefix) pair
+        graph = frame_graph(as_lexicon(lexicon, dtype))
+        texts, frames = [], []
+        for a, b in lexicon_chunks(dense.lengths.tolist(), graph.num_arcs, DENSE_LEXICON_WORK):
+            part = gtn.DenseFsaVec(dense.log_probs[a:b], dense.lengths[a:b])
+            lat_lex = gtn.intersect_dense(graph, part, output_beam=0.0)  # only the best path's arcs: decoding
+            ok = torch.isfinite(gtn.viterbi_score(lat_lex))
+            free = lat[a:b]
+            chunk = lat_lex if bool(ok.all()) else free if not bool(ok.any()) else gtn.FsaVec(
+                [lat_lex[i] if bool(ok[i]) else free[i] for i in range(len(ok))])
+            t, f = self._best_paths(chunk, True)
+            texts += t
+            frames += f
+        return (texts, frames) if return_frames else texts
+
+    def _free_lattice(self, dense):
+        """``character model ∩ frames``, restricted to the reader's lengths where that leaves a path."""
         dtype = dense.log_probs.dtype
         lat = gtn.intersect_dense(character_model(dtype=dtype), dense)
         if self.lengths is not None:
@@ -378,6 +451,9 @@ class SDNNReader(nn.Module):
                 lat = lat_len
             elif bool(ok.any()):
                 lat = gtn.FsaVec([lat_len[i] if bool(ok[i]) else lat[i] for i in range(len(ok))])
+        return lat
+
+    def _best_paths(self, lat, return_frames):
         path = gtn.viterbi_path(lat)
         splits = path.arc_splits.tolist()
         texts, frames = [], []

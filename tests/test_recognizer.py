@@ -385,3 +385,75 @@ def test_error_budget_counts_strings_with_a_digit_the_network_misreads_alone():
         error_budget(SDNNReader(sdnn_network(model)), strings, predicted, digits)
     with pytest.raises(TypeError, match="11 outputs"):
         error_budget(sdnn_network(model), strings, predicted, digits)
+
+
+# ---- decoding with a lexicon
+from lenet.recognizer import as_lexicon, lexicon_fsa  # noqa: E402
+
+
+def test_lexicon_fsa_accepts_exactly_its_words_and_is_deterministic():
+    from strategies import enumerate_paths
+    g = torch.Generator().manual_seed(1)
+    for trial in range(60):
+        n = int(torch.randint(1, 12, (), generator=g))
+        words = ["".join(str(int(d)) for d in torch.randint(0, 4, (int(torch.randint(1, 5, (), generator=g)),),
+                                                            generator=g)) for _ in range(n)]
+        f = lexicon_fsa(words)
+        spelled = set()
+        for arcs, score in enumerate_paths(f):
+            lab = f.labels[arcs].tolist()
+            assert lab[-1] == -1 and score == 0.0
+            spelled.add(labels_to_string(lab[:-1]))
+        assert spelled == set(words)
+        assert len(enumerate_paths(f)) == len(set(words))     # one path per word
+        # deterministic: no state has two arcs with the same label
+        key = f.arcs[:, 0] * 20 + f.labels
+        assert key.unique().numel() == f.num_arcs
+
+
+@pytest.mark.parametrize("bad, err", [
+    ("123", TypeError), ([], ValueError), (["12", "1a"], ValueError), ([""], ValueError), ([12], ValueError),
+    (["٣"], ValueError),                                          # a non-ASCII digit
+])
+def test_lexicon_errors(bad, err):
+    with pytest.raises(err):
+        lexicon_fsa(bad)
+
+
+def test_as_lexicon_checks_graphs():
+    f = lexicon_fsa(["12", "3"])
+    assert as_lexicon(f) is f and as_lexicon(f, torch.float64).dtype == torch.float64
+    assert as_lexicon(["12", "3"]).equal(f)
+    with pytest.raises(ValueError, match="epsilon"):
+        as_lexicon(gtn.Fsa([(0, 1, 0), (1, 2, 2), (2, 3, -1)], num_states=4))
+    with pytest.raises(ValueError, match="acceptor"):
+        as_lexicon(gtn.Fsa.from_str("0 1 1 2 0\n1 2 -1 -1 0\n2\n", acceptor=False))
+    with pytest.raises(TypeError, match="FsaVec"):
+        as_lexicon(gtn.FsaVec([f, f]))
+
+
+def test_decode_with_a_lexicon_reads_the_best_word(tiny):
+    """Law: the word read is the one whose constrained graph (interpretation ∘ linear(word)) has the best
+    Viterbi score; images that no word fits are read as without the lexicon."""
+    strings, reader = tiny
+    images = [s.image for s in strings]
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        graph, _ = reader.interpret(images)
+        free = reader.decode(images)
+        for trial in range(6):
+            words = sorted({"".join(str(int(d)) for d in torch.randint(0, 10, (int(torch.randint(1, 4, (), generator=g)),),
+                                                                       generator=g)) for _ in range(8)}
+                           | {strings[0].label})
+            texts = reader.decode(images, lexicon=words)
+            for i, t in enumerate(texts):
+                scores = [float(gtn.viterbi_score(gtn.compose(graph[i], gtn.linear_fsa(digits_to_labels(w)))))
+                          for w in words]
+                best = max(range(len(words)), key=lambda k: scores[k])
+                if scores[best] > float("-inf"):
+                    assert t == words[best], (t, words, scores)
+                else:
+                    assert t == free[i]
+        # a word far too long for the pieces of these short strings: read as without the lexicon
+        assert reader.decode(images, lexicon=["0123456789" * 3]) == free
+    assert recognize(images, reader, lexicon=words) == texts

@@ -255,3 +255,75 @@ def test_frame_labels_between_only_adds_blanks_between_neighbours():
         centre = p * 2 / float(scales[b])                       # in input columns
         mids = s[b].extents.double().mean(1)
         assert float(mids[0]) < centre < float(mids[-1])       # between the first and the last digit
+
+
+# ---- lexicon decoding: the frame-level graph of a digit acceptor
+from lenet.recognizer import digits_to_labels, lexicon_fsa  # noqa: E402
+from lenet.sdnn import frame_graph  # noqa: E402
+
+
+def _random_words(g, n, max_len=4, digits="0123"):
+    words = set()
+    while len(words) < n:
+        L = int(torch.randint(1, max_len + 1, (), generator=g))
+        words.add("".join(digits[int(i)] for i in torch.randint(0, len(digits), (L,), generator=g)))
+    return sorted(words)
+
+
+@pytest.mark.parametrize("words", [["0"], ["1"], ["10"], ["1", "10", "0"], ["01", "010", "1"]])
+def test_frame_graph_accepts_exactly_the_sequences_reading_a_word(words):
+    # symbols: 0 blank, 1 = digit "0", 2 = digit "1"; every frame sequence up to 6 frames
+    g = frame_graph(lexicon_fsa(words))
+    targets = [digits_to_labels(w) for w in words]
+    for T in range(1, 7):
+        seqs = list(itertools.product(range(3), repeat=T))
+        for seq, acc in zip(seqs, accepts(g, seqs, 3)):
+            ok, runs = reads(seq)
+            assert acc == (ok and runs in targets), (words, seq)
+
+
+def test_frame_graph_forward_is_the_log_sum_over_the_words_of_their_target_graphs():
+    """With random emissions and random (weighted) lexicon arcs: forward(frame_graph(lexicon) ∩ frames) =
+    logsumexp over the words of (the word's lexicon score + forward(target_graph(word) ∩ frames)), and the
+    gradient reaches the lexicon's scores."""
+    g = torch.Generator().manual_seed(0)
+    finite = 0
+    for trial in range(40):
+        words = _random_words(g, int(torch.randint(1, 7, (), generator=g)), digits="0123456789")
+        lex = lexicon_fsa(words, torch.float64)
+        lex.scores = torch.randn(lex.num_arcs, generator=g, dtype=torch.float64).requires_grad_()
+        T = int(torch.randint(1, 12, (), generator=g))
+        dense = gtn.DenseFsaVec(torch.randn(1, T, 11, generator=g, dtype=torch.float64).log_softmax(-1))
+        got = gtn.forward_score(gtn.intersect_dense(frame_graph(lex), dense))[0]
+        word_scores = torch.stack([gtn.forward_score(gtn.compose(lex, gtn.linear_fsa(digits_to_labels(w))))
+                                   for w in words])
+        same = gtn.DenseFsaVec(dense.log_probs.expand(len(words), -1, -1))  # the frames once per word
+        per_word = gtn.forward_score(gtn.intersect_dense(target_graphs([digits_to_labels(w) for w in words],
+                                                                       torch.float64), same))
+        want = torch.logsumexp(word_scores + per_word, 0)
+        if torch.isinf(want):
+            assert torch.isinf(got) and got < 0
+            continue
+        finite += 1
+        assert abs(float(got.detach()) - float(want.detach())) < 1e-9, (words, T)
+        # and the same gradient with respect to the lexicon's arc scores
+        grad_got, = torch.autograd.grad(got, lex.scores)
+        grad_want, = torch.autograd.grad(want, lex.scores)
+        assert torch.allclose(grad_got, grad_want, atol=1e-9), (words, T)
+    assert finite >= 15
+
+
+def test_sdnn_decoding_with_a_lexicon_reads_the_best_word():
+    torch.manual_seed(3)
+    images, labels = images_and_labels(5, seed=4, lengths=(2, 3))
+    reader = SDNNReader(sdnn_network(), lengths=None).double()
+    words = sorted(set(labels[:3]) | {"7", "404", "12", "999"})
+    texts = reader.decode(images, lexicon=words)
+    dense = reader.emissions(images)
+    for i, t in enumerate(texts):
+        one = gtn.DenseFsaVec(dense.log_probs[i:i + 1].detach(), dense.lengths[i:i + 1])
+        scores = [float(gtn.viterbi_score(gtn.intersect_dense(target_graphs([digits_to_labels(w)], torch.float64),
+                                                              one))[0]) for w in words]
+        assert t == words[max(range(len(words)), key=lambda k: scores[k])], (t, words, scores)
+    with pytest.raises(ValueError, match="lexicon entries"):
+        reader.decode(images[:1], lexicon=["1x"])
