@@ -263,9 +263,6 @@ _DIGITS = set("0123456789")
 #: The composition holds every reachable (state, lexicon prefix) pair, about 1/60 of that product for a
 #: 10,000-word lexicon (about 10 million arcs at the bound), so a batch is read in chunks of images under it.
 LEXICON_WORK = 5e8
-#: The same for the SDNN's dense intersection: (frames of the images) × (arcs of the lexicon's frame graph).
-#: Its lattice holds about one arc per unit of that product, so the bound is lower.
-DENSE_LEXICON_WORK = 2e7
 
 
 def lexicon_chunks(sizes: Sequence[int], lexicon_arcs: int, limit: float = LEXICON_WORK) -> List[Tuple[int, int]]:

@@ -41,8 +41,7 @@ from gtn.fsa import ragged_range
 from .data import BACKGROUND, INK
 from .model import LeNet5, build, digit_prototypes
 from .model import _reduce as reduce_loss
-from .recognizer import (SYMBOLS, as_lexicon, digits_to_labels, labels_to_string, lexicon_chunks,
-                         standardize, DENSE_LEXICON_WORK)
+from .recognizer import SYMBOLS, as_lexicon, digits_to_labels, labels_to_string, standardize
 from .segment import INK_THRESHOLD
 
 __all__ = ["character_model", "counting_character_model", "target_graphs", "frame_graph", "sweep_input", "swept_penalties",
@@ -424,19 +423,25 @@ class SDNNReader(nn.Module):
         lat = self._free_lattice(dense)
         if lexicon is None:
             return self._best_paths(lat, return_frames)
-        # in chunks of images: the intersection of a big lexicon visits every reachable (frame, prefix) pair
+        # The best word's frame labels without building a lattice: the fused dense Viterbi score's gradient
+        # with respect to the emissions is one-hot on the best path's label at every frame (ties go to one
+        # path), and zero for an image that no word fits (score -inf).
         graph = frame_graph(as_lexicon(lexicon, dtype))
+        lp = dense.log_probs.detach().requires_grad_()
+        with torch.enable_grad():
+            best = gtn.dense_forward_score(graph, gtn.DenseFsaVec(lp, dense.lengths), log_semiring=False)
+            grad, = torch.autograd.grad(best.sum(), lp)
+        ok = torch.isfinite(best.detach()).tolist()
+        best_labels = grad.argmax(-1)
+        free_texts, free_frames = self._best_paths(lat, True)
         texts, frames = [], []
-        for a, b in lexicon_chunks(dense.lengths.tolist(), graph.num_arcs, DENSE_LEXICON_WORK):
-            part = gtn.DenseFsaVec(dense.log_probs[a:b], dense.lengths[a:b])
-            lat_lex = gtn.intersect_dense(graph, part, output_beam=0.0)  # only the best path's arcs: decoding
-            ok = torch.isfinite(gtn.viterbi_score(lat_lex))
-            free = lat[a:b]
-            chunk = lat_lex if bool(ok.all()) else free if not bool(ok.any()) else gtn.FsaVec(
-                [lat_lex[i] if bool(ok[i]) else free[i] for i in range(len(ok))])
-            t, f = self._best_paths(chunk, True)
-            texts += t
-            frames += f
+        for i, n in enumerate(dense.lengths.tolist()):  # one short label sequence per image
+            if ok[i]:
+                frames.append(best_labels[i, :n].tolist())
+                texts.append(self._reading(best_labels[i, :n]))
+            else:
+                frames.append(free_frames[i])
+                texts.append(free_texts[i])
         return (texts, frames) if return_frames else texts
 
     def _free_lattice(self, dense):
@@ -460,11 +465,16 @@ class SDNNReader(nn.Module):
         for i in range(len(splits) - 1):  # one short path per image
             lab = path.labels[splits[i]:splits[i + 1]]
             lab = lab[lab >= 0]
-            keep = torch.ones_like(lab, dtype=torch.bool)
-            keep[1:] = lab[1:] != lab[:-1]
-            texts.append(labels_to_string(lab[keep & (lab > 0)]))
+            texts.append(self._reading(lab))
             frames.append(lab.tolist())
         return (texts, frames) if return_frames else texts
+
+    @staticmethod
+    def _reading(lab: torch.Tensor) -> str:
+        """The reading rule on frame labels: a run of one digit is one digit, blanks (0) separate."""
+        keep = torch.ones_like(lab, dtype=torch.bool)
+        keep[1:] = lab[1:] != lab[:-1]
+        return labels_to_string(lab[keep & (lab > 0)])
 
     @torch.no_grad()
     def tune_blank(self, images, labels: Sequence[str], candidates: Sequence[float], batch_size: int = 50) -> float:

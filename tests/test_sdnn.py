@@ -325,5 +325,13 @@ def test_sdnn_decoding_with_a_lexicon_reads_the_best_word():
         scores = [float(gtn.viterbi_score(gtn.intersect_dense(target_graphs([digits_to_labels(w)], torch.float64),
                                                               one))[0]) for w in words]
         assert t == words[max(range(len(words)), key=lambda k: scores[k])], (t, words, scores)
+    # the frame labels (from the Viterbi score's gradient) are a path: they read the word by the reading rule
+    texts2, frames = reader.decode(images, lexicon=words, return_frames=True)
+    assert texts2 == texts and [len(f) for f in frames] == dense.lengths.tolist()
+    for t, f in zip(texts, frames):
+        ok, runs = reads(f)
+        assert ok and "".join(str(r - 1) for r in runs) == t and t in words
+    # an image that no word fits (too few frames for 40 digits) is read as without the lexicon
+    assert reader.decode(images, lexicon=["7" * 40]) == reader.decode(images)
     with pytest.raises(ValueError, match="lexicon entries"):
         reader.decode(images[:1], lexicon=["1x"])
