@@ -285,3 +285,22 @@ def test_k2_missing_gives_clear_error():
     f = gtn.Fsa([(0, 1, -1, 0.0)])
     with pytest.raises(ImportError, match="k2 is not installed"):
         gtn.to_k2(f)
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's `dot` program is not installed")
+def test_docs_pictures_script_draws_every_panel(tmp_path):
+    """docs/pictures.py (the docs' pictures) runs and writes one SVG per panel, each with its captions."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location("pictures", Path(__file__).resolve().parents[1] / "docs" / "pictures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    made = mod.pictures(tmp_path)
+    names = sorted(Path(p).name for p in made)
+    assert names == sorted(["compose.svg", "concat.svg", "remove_epsilon.svg", "viterbi_path.svg",
+                            "intersect_dense.svg", "lexicon.svg", "frame_graph.svg"])
+    compose = (tmp_path / "compose.svg").read_text()
+    assert compose.startswith("<?xml") and "compose(a, b)" in compose and "a (transducer)" in compose
+    # the result's arcs are there: 1:5 with score 0.5 + 0.25
+    assert "1:5/0.75" in compose
+    assert "blank" in (tmp_path / "frame_graph.svg").read_text()
