@@ -221,7 +221,6 @@ def _concat2(a: FsaVec, b: FsaVec) -> FsaVec:
     """Member-wise concatenation of two batches of equal length."""
     n = len(a)
     v = _cat([a, b])  # member i of a is v's member i, member i of b is v's member n + i
-    dev = v.device
     ns = v.states_per_fsa
     na, nb = ns[:n], ns[n:]
     a_states = torch.where(na >= 2, na - 1, torch.ones_like(na))  # an empty a: one dead start state

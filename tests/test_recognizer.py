@@ -115,7 +115,6 @@ def test_constrained_graph_accepts_only_the_target(tiny):
         # brute force: every segmentation path with len(t) segments, read as t, scored with g's arcs
         score = {(a, b, l): sc for (a, b, l), sc in zip(g[i].arcs.tolist(), g[i].scores.detach().tolist())}
         seg_arcs = seg_graphs[i].arcs.tolist()
-        final = seg_graphs[i].num_states - 1
         want = []
 
         def walk(state, k, total):
