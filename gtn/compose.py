@@ -85,9 +85,10 @@ def _coaccessible_torch(src: torch.Tensor, dst: torch.Tensor, finals: torch.Tens
 
 
 def _coaccessible(g: Graphs, nb_mod) -> torch.Tensor:
-    if nb_mod is not None:
-        return torch.from_numpy(nb_mod.coaccessible_kernel(g.src_global.numpy(), g.dst_global.numpy(),
-                                                        g.final_states.numpy(), g.total_states))
+    if nb_mod is not None:  # the compiled search shared with gtn.connect (one O(S + A) pass)
+        from .kernels.topology_numba import reachable
+        finals = g.final_states
+        return reachable(as_vec(g), finals[finals >= 0], forward=False)
     return _coaccessible_torch(g.src_global, g.dst_global, g.final_states, g.total_states)
 
 

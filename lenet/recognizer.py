@@ -390,9 +390,8 @@ class StringReader(nn.Module):
 
     def _read(self, g, segs, grammar=None, return_paths=False, lexicon=None):
         offs = np.cumsum([0] + [s.num_segments for s in segs])
-        free = self._read_graph(g, grammar)
         if lexicon is None:
-            texts, paths = self._best_paths(free, offs)
+            texts, paths = self._best_paths(self._read_graph(g, grammar), offs)
         else:
             # in chunks of images: a composition with a big lexicon holds every reachable (state, prefix) pair
             lex = as_lexicon(lexicon, g.dtype)
@@ -400,8 +399,10 @@ class StringReader(nn.Module):
             for a, b in lexicon_chunks(g.arcs_per_fsa.tolist(), lex.num_arcs):
                 gl = gtn.compose(g[a:b], lex)
                 ok = torch.isfinite(gtn.viterbi_score(gl))
-                gc = gl if bool(ok.all()) else _merge(gl, free[a:b], ok) if bool(ok.any()) else free[a:b]
-                t, p = self._best_paths(gc, offs[a:b + 1])
+                if not bool(ok.all()):  # the free reading only for the chunks where some image fits no word
+                    free = self._read_graph(g[a:b], grammar)
+                    gl = _merge(gl, free, ok) if bool(ok.any()) else free
+                t, p = self._best_paths(gl, offs[a:b + 1])
                 texts += t
                 paths += p
         return (texts, segs, paths) if return_paths else texts

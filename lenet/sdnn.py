@@ -420,9 +420,8 @@ class SDNNReader(nn.Module):
 
     def _read(self, dense, return_frames=False, lexicon=None):
         dtype = dense.log_probs.dtype
-        lat = self._free_lattice(dense)
         if lexicon is None:
-            return self._best_paths(lat, return_frames)
+            return self._best_paths(self._free_lattice(dense), return_frames)
         # The best word's frame labels without building a lattice: the fused dense Viterbi score's gradient
         # with respect to the emissions is one-hot on the best path's label at every frame (ties go to one
         # path), and zero for an image that no word fits (score -inf).
@@ -433,7 +432,8 @@ class SDNNReader(nn.Module):
             grad, = torch.autograd.grad(best.sum(), lp)
         ok = torch.isfinite(best.detach()).tolist()
         best_labels = grad.argmax(-1)
-        free_texts, free_frames = self._best_paths(lat, True)
+        # the free reading only where no word fits
+        free_texts, free_frames = self._best_paths(self._free_lattice(dense), True) if not all(ok) else ([], [])
         texts, frames = [], []
         for i, n in enumerate(dense.lengths.tolist()):  # one short label sequence per image
             if ok[i]:

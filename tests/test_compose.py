@@ -326,11 +326,13 @@ def test_kernel_hash_and_search_paths(va, b):
 @settings(**SETTINGS)
 @given(fsas(transducer=None, acyclic=False, **small))
 def test_coaccessible_kernel_matches_torch(g):
-    """The numba co-accessibility pre-pass equals the torch reference."""
-    from gtn.kernels.compose_numba import coaccessible_kernel
+    """The numba co-accessibility pre-pass (the reachability search shared with gtn.connect) equals the torch
+    reference."""
+    from gtn.compose import _coaccessible
+    from gtn.kernels import compose_numba
     ref = _coaccessible_torch(g.src_global, g.dst_global, g.final_states, g.num_states)
-    got = coaccessible_kernel(g.src_global.numpy(), g.dst_global.numpy(), g.final_states.numpy(), g.num_states)
-    assert torch.equal(ref, torch.from_numpy(got))
+    got = _coaccessible(g, compose_numba)
+    assert torch.equal(ref, got)
 
 
 # ---------------------------------------------------------------------------------------------------- examples

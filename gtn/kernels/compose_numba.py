@@ -344,36 +344,3 @@ def compose_kernel(a_start, a_cnt, a_dst, a_lab, a_orig, a_noeps, a_alleps,
         state_splits[m + 1] += state_splits[m]
         arc_splits[m + 1] += arc_splits[m]
     return arcs, O[2, :no].copy(), O[3, :no].copy(), arc_splits, state_splits, P, E, O, dmap
-
-
-@njit(cache=True)
-def coaccessible_kernel(src, dst, finals, num_states):
-    """Boolean ``[num_states]``: the states from which one of ``finals`` (ids, ``-1`` ignored) is reachable."""
-    rs = np.zeros(num_states + 1, np.int64)
-    for e in range(dst.shape[0]):
-        rs[dst[e] + 1] += 1
-    for p in range(num_states):
-        rs[p + 1] += rs[p]
-    fill = rs[:num_states].copy()
-    rsrc = np.empty(dst.shape[0], np.int64)
-    for e in range(dst.shape[0]):
-        rsrc[fill[dst[e]]] = src[e]
-        fill[dst[e]] += 1
-    co = np.zeros(num_states, np.bool_)
-    stack = np.empty(num_states + 1, np.int64)
-    top = 0
-    for f in finals:
-        if f >= 0 and not co[f]:
-            co[f] = True
-            stack[top] = f
-            top += 1
-    while top > 0:
-        top -= 1
-        p = stack[top]
-        for k in range(rs[p], rs[p + 1]):
-            q = rsrc[k]
-            if not co[q]:
-                co[q] = True
-                stack[top] = q
-                top += 1
-    return co
