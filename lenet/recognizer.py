@@ -46,7 +46,7 @@ from .segment import (INK_THRESHOLD, NUM_SEG_FEATURES, SegmentParams, Segmentati
 __all__ = ["SYMBOLS", "digits_to_labels", "labels_to_string", "standardize", "crop_segments",
            "RecognitionTransformer", "StringReader", "PreparedBatch", "prepare_batch", "length_grammar",
            "lexicon_fsa", "as_lexicon",
-           "recognize", "edit_distance", "string_metrics", "error_budget"]
+           "recognize", "length_constraint", "edit_distance", "string_metrics", "error_budget"]
 
 #: ``SYMBOLS[label - 1]`` is the character of arc label ``label`` (label 0 is epsilon, -1 the final arc).
 SYMBOLS = "0123456789"
@@ -570,7 +570,7 @@ def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- public
-def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, lexicon=None):
+def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, lexicon=None, length=None):
     """Read digit strings. ``images``: one grey image (``H×W`` numpy array or tensor, uint8 0..255 or float
     0..1, white ink on black) or a list of them, any width and height; ``model``: the path of a checkpoint
     written by ``examples/multi_digit.py --out PATH`` or a loaded `StringReader`. Returns a ``str`` for one
@@ -585,7 +585,14 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, le
     ``lexicon``: read only these words (a collection of digit strings such as the valid ZIP codes, or a
     `gtn.Fsa` acceptor over the labels 1..10, whose scores then weight the words): each image gets its
     best-scoring word; an image that no word fits (e.g. its segmentation has too few pieces) is read as
-    without the lexicon, so check membership if that matters."""
+    without the lexicon, so check membership if that matters.
+
+    ``length``: the number of digits, when it is known (a ZIP code has 5): an ``int`` for every image, a
+    ``(min, max)`` tuple for a range, or a ``list`` with one entry (``int``, tuple or ``None``) per image. The
+    reader then returns the best reading of that length (the decoding graph composed with `length_grammar`,
+    with the lexicon's words of that length when both are given), in place of its own default range; an
+    image that cannot be read with that many digits (its segmentation has too few pieces, or too few frames)
+    is read as without it."""
     if ink not in (None, "light", "dark"):
         raise ValueError(f"ink must be None, 'light' or 'dark', got {ink!r}")
     if lexicon is not None:
@@ -623,15 +630,61 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, le
         converted.append(x)
     if ink == "dark":
         batch = converted
+    ranges = _length_ranges(length, len(batch), single)
+    constraints = {r: lexicon if r is None else length_constraint(*r, lexicon=lexicon) for r in set(ranges)}
     was = reader.training
     reader.eval()
     try:
-        out = []
-        for k in range(0, len(batch), batch_size):
-            out.extend(reader.decode(batch[k:k + batch_size], lexicon=lexicon))
+        out = [None] * len(batch)
+        for r, constraint in constraints.items():  # the images of each length range together, in batches
+            idx = [i for i, q in enumerate(ranges) if q == r]
+            for k in range(0, len(idx), batch_size):
+                part = idx[k:k + batch_size]
+                for i, text in zip(part, reader.decode([batch[i] for i in part], lexicon=constraint)):
+                    out[i] = text
     finally:
         reader.train(was)
     return out[0] if single else out
+
+
+def _length_range(value, where: str) -> Optional[Tuple[int, int]]:
+    """One entry of `recognize`'s ``length`` as ``(min, max)`` (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (int(value), int(value))
+    if (isinstance(value, tuple) and len(value) == 2
+            and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
+            and 1 <= value[0] <= value[1]):
+        return int(value[0]), int(value[1])
+    raise ValueError(f"{where} must be a number of digits >= 1 or a (min, max) tuple with 1 <= min <= max, "
+                     f"got {value!r}")
+
+
+def _length_ranges(length, count: int, single: bool) -> List[Optional[Tuple[int, int]]]:
+    """`recognize`'s ``length`` as one ``(min, max)`` or ``None`` per image."""
+    if isinstance(length, list):
+        if single:
+            raise ValueError("length: a list gives one entry per image; for one image pass an int or a "
+                             "(min, max) tuple")
+        if len(length) != count:
+            raise ValueError(f"length has {len(length)} entries for {count} images")
+        return [_length_range(v, f"length[{i}]") for i, v in enumerate(length)]
+    return [_length_range(length, "length")] * count
+
+
+def length_constraint(min_len: int, max_len: int, lexicon=None, dtype=torch.float32) -> gtn.Fsa:
+    """The acceptor of the digit strings of ``min_len..max_len`` digits (`length_grammar`), or, with a
+    ``lexicon`` (see `as_lexicon`), of its words of that length (their intersection, scores kept). Raises
+    ``ValueError`` when the lexicon has no word of that length."""
+    grammar = length_grammar(min_len, max_len, dtype=dtype)
+    if lexicon is None:
+        return grammar
+    words = gtn.connect(gtn.intersect(as_lexicon(lexicon, dtype), grammar))
+    if words.num_arcs == 0:
+        span = f"{min_len}" if min_len == max_len else f"{min_len} to {max_len}"
+        raise ValueError(f"the lexicon has no word of {span} digits")
+    return words
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import lenet
-from lenet.recognizer import StringReader, recognize
+from lenet.recognizer import StringReader, recognize, string_metrics
 from lenet.strings import make_strings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,6 +44,13 @@ def test_quick_run_trains_and_lowers_the_loss(tmp_path):
     s = make_strings(3, "test", seed=0)
     texts = recognize([x.image for x in s], out)
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+    # the "each length known" row is what the saved reader reads when told the lengths of the test strings
+    assert "| hos | (b), each length known |" in p.stdout
+    test = make_strings(m["after"]["strings"], "test", (3, 6), seed=1 + 3, digits=lenet.load_digits("test", raw=True))
+    known = recognize([x.image for x in test], reader, length=[len(x.label) for x in test])
+    assert m["known_length"] == {**string_metrics(known, [x.label for x in test]),
+                                 "seconds": m["known_length"]["seconds"], "system": "hos",
+                                 "training": "(b), each length known"}
 
 
 def test_quick_sdnn_run_trains_and_lowers_the_loss(tmp_path):

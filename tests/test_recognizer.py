@@ -431,6 +431,42 @@ def test_as_lexicon_checks_graphs():
         as_lexicon(gtn.FsaVec([f, f]))
 
 
+def test_recognize_with_known_lengths_reads_the_best_string_of_that_length():
+    """Law: with ``length=n`` the reading is the best-scoring string of exactly n digits, the same word as a
+    lexicon of every n-digit string (a prefix tree, built independently of `length_grammar`) gives; an image
+    without any n-digit reading is read as without it. Per-image lengths, ranges and a lexicon combine."""
+    torch.manual_seed(0)
+    strings = make_strings(4, "test", seed=5, lengths=(2, 3))
+    reader = StringReader(LeNet5(), SegmentParams(), lengths=(1, 4), seg_bias=1.5)
+    images = [s.image for s in strings]
+    with torch.no_grad():
+        graph, _ = reader.interpret(images)
+        free = reader.decode(images)
+        for n in (1, 2, 3):
+            every = ["".join(d) for d in itertools.product("0123456789", repeat=n)]
+            texts = recognize(images, reader, length=n)
+            assert texts == reader.decode(images, lexicon=every)
+            for i, t in enumerate(texts):
+                fits = torch.isfinite(gtn.viterbi_score(gtn.compose(graph[i], length_grammar(n, n))))
+                assert len(t) == n if fits else t == free[i]
+        # one entry per image (a range, an exact length, none) equals reading each image with its own
+        per_image = [(2, 3), 1, None, 2]
+        expect = [recognize(images[0], reader, length=(2, 3)), recognize(images[1], reader, length=1), free[2],
+                  recognize(images[3], reader, length=2)]
+        assert recognize(images, reader, length=per_image, batch_size=1) == expect
+        # with a lexicon: its words of that length only
+        words = ["7", "12", "45", "901", "3333"]
+        got = recognize(images, reader, lexicon=words, length=2)
+        assert got == reader.decode(images, lexicon=["12", "45"])
+    with pytest.raises(ValueError, match="no word of 4 to 5 digits"):
+        recognize(images, reader, lexicon=["12"], length=(4, 5))
+    for bad in (0, (3, 2), (1, 2, 3), "3", 2.5, True, [2, 2]):
+        with pytest.raises(ValueError, match="length"):
+            recognize(images, reader, length=bad)
+    with pytest.raises(ValueError, match="one entry per image"):
+        recognize(images[0], reader, length=[2])
+
+
 def test_decode_with_a_lexicon_reads_the_best_word(tiny):
     """Law: the word read is the one whose constrained graph (interpretation ∘ linear(word)) has the best
     Viterbi score; images that no word fits are read as without the lexicon."""

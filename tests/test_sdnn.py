@@ -335,3 +335,18 @@ def test_sdnn_decoding_with_a_lexicon_reads_the_best_word():
     assert reader.decode(images, lexicon=["7" * 40]) == reader.decode(images)
     with pytest.raises(ValueError, match="lexicon entries"):
         reader.decode(images[:1], lexicon=["1x"])
+
+
+def test_sdnn_recognize_with_known_lengths_reads_the_best_string_of_that_length():
+    """Law (as for the segmentation reader): ``length=n`` reads the same word as a lexicon of every n-digit
+    string; images with too few frames for n digits are read as without it."""
+    torch.manual_seed(5)
+    images, labels = images_and_labels(4, seed=6, lengths=(2, 3))
+    reader = SDNNReader(sdnn_network(), lengths=None).double()
+    free = reader.decode(images)
+    for n in (1, 2, 3):
+        every = ["".join(d) for d in itertools.product("0123456789", repeat=n)]
+        texts = recognize(images, reader, length=n)
+        assert texts == reader.decode(images, lexicon=every)
+        assert all(len(t) == n for t in texts)
+    assert recognize(images, reader, length=400) == free  # more digits than frames: read as without it
