@@ -41,7 +41,7 @@ from gtn.fsa import ragged_range
 from .data import BACKGROUND, INK
 from .model import LeNet5, build, digit_prototypes
 from .model import _reduce as reduce_loss
-from .recognizer import SYMBOLS, as_lexicon, digits_to_labels, labels_to_string, standardize
+from .recognizer import SYMBOLS, _merge, as_lexicon, digits_to_labels, labels_to_string, standardize
 from .segment import INK_THRESHOLD
 
 __all__ = ["character_model", "counting_character_model", "target_graphs", "frame_graph", "sweep_input", "swept_penalties",
@@ -455,7 +455,7 @@ class SDNNReader(nn.Module):
             if bool(ok.all()):
                 lat = lat_len
             elif bool(ok.any()):
-                lat = gtn.FsaVec([lat_len[i] if bool(ok[i]) else lat[i] for i in range(len(ok))])
+                lat = _merge(lat_len, lat, ok)
         return lat
 
     def _best_paths(self, lat, return_frames):
