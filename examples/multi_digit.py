@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 import lenet
-from lenet.recognizer import StringReader, error_budget, save_reader, string_metrics
+from lenet.recognizer import StringReader, error_budget, error_reject, save_reader, string_metrics
 from lenet.strings import make_strings, touching_fraction
 
 #: Run sizes. The default run is sized for < 15 minutes on this project's 2-core CPU; --quick for < 1 minute.
@@ -89,17 +89,21 @@ def batches(items, size):
 
 
 def evaluate(reader, strings, progress, desc):
-    """Decode ``strings``; returns (metrics dict with the decoding time in ``seconds``, predicted texts)."""
+    """Decode ``strings``; returns (metrics dict with the decoding time in ``seconds`` and the error-reject
+    operating points in ``reject``, predicted texts, their rejection confidences)."""
     from tqdm.auto import tqdm
     t = time.perf_counter()
-    preds = []
+    preds, conf = [], []
     with tqdm(total=len(strings), desc=desc, unit="str", disable=not progress, dynamic_ncols=True) as bar:
         for b in batches(strings, 50):
-            preds.extend(reader.decode([s.image for s in b]))
+            texts, c = reader.decode([s.image for s in b], return_confidence=True)
+            preds.extend(texts)
+            conf.extend(c.tolist())
             bar.update(len(b))
     m = string_metrics(preds, [s.label for s in strings])
     m["seconds"] = time.perf_counter() - t
-    return m, preds
+    m["reject"] = error_reject(conf, [p == s.label for p, s in zip(preds, strings)])["points"]
+    return m, preds, conf
 
 
 @torch.no_grad()
@@ -245,6 +249,38 @@ def plot_example(path, reader_before, reader_after, s, name_a="(a) isolated"):
     plt.close(fig)
 
 
+def reject_lines(rows):
+    """The paper's operating points: how many strings are accepted (and read right) at a given error."""
+    lines = ["rejecting the least confident strings (confidence exp(-E), the posterior of the reading):"]
+    for r in rows:
+        pts = "; ".join(f"at {100 * p['error']:g} % error {100 * p['accepted']:.1f} % accepted"
+                        for p in r["reject"])
+        lines.append(f"  {r['training']}: {pts}")
+    return "\n".join(lines)
+
+
+def plot_reject(path, runs, strings, title):
+    """Error among the accepted strings against the share rejected, one line per (name, texts, confidences)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for name, preds, conf in runs:
+        c = error_reject(conf, [p == s.label for p, s in zip(preds, strings)])["curve"]
+        ax.plot([100 * x for x in c["rejected"]], [100 * e for e in c["error"]], label=name)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("strings rejected (%)")
+    ax.set_ylabel("error among the accepted (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, None)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def table(rows):
     head = ["system", "training", "string accuracy", "digit error", "strings", "eval s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -335,7 +371,7 @@ def main(argv=None):
                                   [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0])
         print(f"blank offset (the best of a few on the {len(monitor)} monitor training strings): {blank:.1f}")
     reader.eval()
-    before, preds_a = evaluate(reader, test_strings, progress, "evaluate (a)")
+    before, preds_a, conf_a = evaluate(reader, test_strings, progress, "evaluate (a)")
     regime_a = "(a) isolated digits only" if args.system == "hos" else "(a) isolated digits + SDNN windows"
     before.update(system=args.system, training=regime_a)
     print(f"{regime_a}: string accuracy {100 * before['string_accuracy']:.1f} %, digit error "
@@ -354,15 +390,18 @@ def main(argv=None):
     if hist.get("unreachable"):
         print(f"{hist['unreachable']} training strings had a label no path of their graph could spell "
               f"(digits no segmentation separates); left out of the loss")
-    after, preds_b = evaluate(reader, test_strings, progress, "evaluate (b)")
+    after, preds_b, conf_b = evaluate(reader, test_strings, progress, "evaluate (b)")
     after.update(system=args.system, training="(b) + global training")
     if args.system == "hos":
         after["budget"] = error_budget(reader, test_strings, preds_b, test_digits)
     # the same reader told each string's length (as for ZIP codes): a different, easier task, reported beside
     t = time.perf_counter()
-    preds_k = lenet.recognize([s.image for s in test_strings], reader, length=[len(s.label) for s in test_strings])
+    read_k = lenet.recognize([s.image for s in test_strings], reader, length=[len(s.label) for s in test_strings],
+                             confidence=True)
+    preds_k, conf_k = [r[0] for r in read_k], [r[1] for r in read_k]
     known = string_metrics(preds_k, [s.label for s in test_strings])
-    known.update(seconds=time.perf_counter() - t, system=args.system, training="(b), each length known")
+    known.update(seconds=time.perf_counter() - t, system=args.system, training="(b), each length known",
+                 reject=error_reject(conf_k, [p == s.label for p, s in zip(preds_k, test_strings)])["points"])
 
     # ---- report
     rows = [before, after]
@@ -370,6 +409,7 @@ def main(argv=None):
     print(table(rows + [known]))
     if args.system == "hos":
         print(budget_lines(rows))
+    print(reject_lines(rows + [known]))
     err_a, err_b = 1 - before["string_accuracy"], 1 - after["string_accuracy"]
     if err_a > 0:
         print(f"string error {100 * err_a:.1f} % -> {100 * err_b:.1f} %: global training changed it by "
@@ -394,6 +434,10 @@ def main(argv=None):
     plot_example(f"{stem}_example.png", reader_a, reader, test_strings[fixed[0] if fixed else 0],
                  "(a) isolated" if args.system == "hos" else "(a) isolated + windows")
     print(f"wrote {stem}_example.png")
+    plot_reject(f"{stem}_reject.png", [(regime_a, preds_a, conf_a), ("(b) + global training", preds_b, conf_b),
+                                        ("(b), each length known", preds_k, conf_k)], test_strings,
+                f"{args.system.upper()} reader: rejecting the least confident test strings")
+    print(f"wrote {stem}_reject.png")
     with open(f"{stem}_metrics.json", "w") as f:
         json.dump(metrics, f, indent=1)
     print(f"wrote {stem}_metrics.json")

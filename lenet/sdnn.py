@@ -118,6 +118,13 @@ def target_graphs(labels: Sequence[Sequence[int]], dtype=torch.float32) -> gtn.F
     return gtn.FsaVec(out)
 
 
+def _reading_graph(text: str, dtype) -> gtn.Fsa:
+    """The frame sequences that read ``text`` (`target_graphs` of it; blanks only for the empty string)."""
+    if not text:
+        return gtn.Fsa(torch.tensor([[0, 0, 0], [0, 1, -1]]), torch.zeros(2, dtype=dtype), num_states=2)
+    return target_graphs([digits_to_labels(text)], dtype)[0]
+
+
 def frame_graph(acceptor: gtn.Fsa) -> gtn.Fsa:
     """The frame-level graph of a digit acceptor (labels ``1..10``, e.g. `lenet.recognizer.lexicon_fsa`): every
     frame sequence that the SDNN's reading rule turns into a string the acceptor accepts, i.e. each digit ``d``
@@ -410,13 +417,53 @@ class SDNNReader(nn.Module):
         return reduce_loss(loss, reduction)
 
     @torch.no_grad()
-    def decode(self, images, return_frames: bool = False, lexicon=None):
+    def decode(self, images, return_frames: bool = False, lexicon=None, return_confidence: bool = False):
         """The digits read along the Viterbi path of ``character model ∩ frames`` (one per run of digit frames).
         ``lexicon`` (digit strings, or a `gtn.Fsa` over the labels 1..10; `lenet.recognizer.as_lexicon`): read
         only its words (``frame_graph(lexicon) ∩ frames``); an image that cannot be read as any of them is
-        read as without it."""
+        read as without it. ``return_confidence`` also returns (last) each reading's rejection confidence, a
+        tensor ``[N]`` in ``[0, 1]``: the paper's ``exp(−E)``, here the posterior of the string read (summed
+        over all the frame alignments that read it) among all the paths of the graph it was read from."""
         dense = self.emissions(images)
-        return self._read(dense, return_frames, lexicon)
+        out = self._read(dense, return_frames, lexicon)
+        if not return_confidence:
+            return out
+        texts = out[0] if return_frames else out
+        conf = self.confidence(dense, texts, lexicon)
+        return (*out, conf) if return_frames else (out, conf)
+
+    def confidence(self, dense, texts: Sequence[str], lexicon=None) -> torch.Tensor:
+        """``exp(forward(reading's graph ∩ frames) − forward(decoding graph ∩ frames))`` per image, in float64
+        (the posteriors of good readings are within 1e-7 of 1): the decoding graph is the one `decode` read
+        ``texts`` from (the lexicon's frame graph where a word fits, else the counting or free character
+        model), and the reading's graph its paths that read the text (all scores of the character models are
+        0, so for them that is `target_graphs`; for a lexicon, the frame graph of the word's own path through
+        it, which keeps a weighted lexicon's score). 0 where a reading has no path."""
+        dense = gtn.DenseFsaVec(dense.log_probs.detach().double(), dense.lengths)
+        dtype = torch.float64
+        n = len(texts)
+        if lexicon is not None:
+            lex = as_lexicon(lexicon, dtype)
+            den = gtn.dense_forward_score(frame_graph(lex), dense)
+            ok = torch.isfinite(den)
+        else:
+            ok = torch.zeros(n, dtype=torch.bool)
+        if not bool(ok.all()):  # the free reading's graphs (counting model where it has a path)
+            free_den = gtn.dense_forward_score(character_model(dtype=dtype), dense)
+            if self.lengths is not None:
+                count_den = gtn.dense_forward_score(counting_character_model(*self.lengths, dtype=dtype), dense)
+                free_den = torch.where(torch.isfinite(count_den), count_den, free_den)
+            den = torch.where(ok, den, free_den) if lexicon is not None else free_den
+        graphs = []
+        for i, t in enumerate(texts):  # one small graph per reading
+            if ok[i]:
+                word = gtn.connect(gtn.intersect(lex, gtn.linear_fsa(digits_to_labels(t), dtype=dtype)))
+                graphs.append(frame_graph(word))
+            else:
+                graphs.append(_reading_graph(t, dtype))
+        num = gtn.dense_forward_score(gtn.FsaVec(graphs), dense)
+        return torch.where(torch.isfinite(den) & torch.isfinite(num), torch.exp(num - den),
+                           torch.zeros_like(num))
 
     def _read(self, dense, return_frames=False, lexicon=None):
         dtype = dense.log_probs.dtype

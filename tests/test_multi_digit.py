@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import lenet
-from lenet.recognizer import StringReader, recognize, string_metrics
+from lenet.recognizer import StringReader, error_reject, recognize, string_metrics
 from lenet.strings import make_strings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ def test_quick_run_trains_and_lowers_the_loss(tmp_path):
     p, out = run(tmp_path, "--quick", "--seed", "1")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "global training lowered the loss" in p.stdout
-    for suffix in ("_curves.png", "_example.png", "_metrics.json"):
+    for suffix in ("_curves.png", "_example.png", "_reject.png", "_metrics.json"):
         f = tmp_path / ("reader" + suffix)
         assert f.exists() and f.stat().st_size > 500, f
     m = json.loads((tmp_path / "reader_metrics.json").read_text())
@@ -47,10 +47,18 @@ def test_quick_run_trains_and_lowers_the_loss(tmp_path):
     # the "each length known" row is what the saved reader reads when told the lengths of the test strings
     assert "| hos | (b), each length known |" in p.stdout
     test = make_strings(m["after"]["strings"], "test", (3, 6), seed=1 + 3, digits=lenet.load_digits("test", raw=True))
-    known = recognize([x.image for x in test], reader, length=[len(x.label) for x in test])
-    assert m["known_length"] == {**string_metrics(known, [x.label for x in test]),
+    known = recognize([x.image for x in test], reader, length=[len(x.label) for x in test], confidence=True)
+    texts, conf = [k[0] for k in known], [k[1] for k in known]
+    right = [t == x.label for t, x in zip(texts, test)]
+    assert m["known_length"] == {**string_metrics(texts, [x.label for x in test]),
                                  "seconds": m["known_length"]["seconds"], "system": "hos",
-                                 "training": "(b), each length known"}
+                                 "training": "(b), each length known",
+                                 "reject": error_reject(conf, right)["points"]}
+    # the rejection figures of (b): the saved reader's confidences give the same operating points
+    texts, conf = reader.decode([x.image for x in test], return_confidence=True)
+    assert m["after"]["reject"] == error_reject(conf, [t == x.label for t, x in zip(texts, test)])["points"]
+    assert (tmp_path / "reader_reject.png").stat().st_size > 1000
+    assert "rejecting the least confident strings" in p.stdout
 
 
 def test_quick_sdnn_run_trains_and_lowers_the_loss(tmp_path):

@@ -1,6 +1,7 @@
 """Tests of lenet.recognizer: the recognition transformer, the discriminative forward loss, decoding,
 checkpoints and ``lenet.recognize``."""
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -10,10 +11,12 @@ import gtn
 import lenet
 from lenet.model import LeNet5
 from lenet.recognizer import (SYMBOLS, StringReader, crop_segments, digits_to_labels, edit_distance, error_budget,
+                              error_reject,
                               interpretation_graph, labels_to_string, length_grammar, recognize, save_reader,
                               standardize, string_metrics)
 from lenet.segment import SegmentParams, WholeImage, segment
 from lenet.strings import make_strings
+from strategies import logsumexp
 
 
 def paths_of(fsa):
@@ -465,6 +468,100 @@ def test_recognize_with_known_lengths_reads_the_best_string_of_that_length():
             recognize(images, reader, length=bad)
     with pytest.raises(ValueError, match="one entry per image"):
         recognize(images[0], reader, length=[2])
+
+
+def _reading_posterior_oracle(g: gtn.Fsa, text: str, lengths=None, words=None) -> float:
+    """P(text) among the strings of ``lengths`` (min, max), or among ``words``, or among all strings, by
+    enumerating the segmentations of an interpretation graph (paths over its segments; each segment's 10
+    digit arcs share source and destination) and, for each, summing over its digit strings in closed form
+    (the sum of a product of per-segment factors) or over the words of its length one by one. Where no
+    allowed string has a path, the reader reads without the constraint: so does the oracle."""
+    arcs, sc, seg = g.arcs.tolist(), g.scores.double().tolist(), g.segment.tolist()
+    digits, finals = {}, {}
+    for (a, b, lab), x, k in zip(arcs, sc, seg):
+        if lab == -1:
+            finals[a] = x
+        else:
+            digits.setdefault(k, [a, b, {}])[2][lab - 1] = x
+    segs = list(digits.values())
+    assert all(len(d) == 10 for _, _, d in segs)
+    paths, stack = [], [(0, [])]
+    while stack:  # every segmentation: segments from state 0 to a state with a final arc
+        state, path = stack.pop()
+        if state in finals:
+            paths.append((path, finals[state]))
+        stack += [(b, path + [d]) for a, b, d in segs if a == state]
+    assert len(paths) > 3
+    num, den = [], []
+    for path, fin in paths:
+        m = len(path)
+        if words is not None:
+            den += [fin + math.fsum(d[int(c)] for d, c in zip(path, w)) for w in words if len(w) == m]
+        elif lengths is None or lengths[0] <= m <= lengths[1]:
+            den.append(fin + math.fsum(logsumexp(d.values()) for d in path))  # every string of m digits
+        else:
+            continue
+        if len(text) == m and (words is None or text in words):
+            num.append(fin + math.fsum(d[int(c)] for d, c in zip(path, text)))
+    if not den:
+        return _reading_posterior_oracle(g, text)
+    return math.exp(logsumexp(num) - logsumexp(den))
+
+
+def test_confidence_is_the_posterior_of_the_reading(tiny):
+    """Law (the paper's rejection confidence): decode's confidence is the posterior of the string read: the
+    sum over the interpretation graph's paths spelling it of exp(score), over the same sum for every string
+    the reader decodes from (the grammar's lengths; with a lexicon, its words)."""
+    strings, tiny_reader = tiny
+    images = [s.image for s in strings]
+    with torch.no_grad():
+        graph, _ = tiny_reader.interpret(images)
+        words = sorted({strings[0].label, strings[1].label[::-1], "7", "123"})
+        seen = {}
+        for lo, hi in ((1, 4), (3, 4), (1, 1)):  # (1, 1): no 1-digit reading, read as without the grammar
+            reader = StringReader(tiny_reader.transformer.model, SegmentParams(), lengths=(lo, hi))
+            reader.transformer.load_state_dict(tiny_reader.transformer.state_dict())
+            for lexicon in (None, words):
+                texts, conf = reader.decode(images, lexicon=lexicon, return_confidence=True)
+                assert conf.dtype == torch.float64 and conf.shape == (len(images),)
+                for i, (t, c) in enumerate(zip(texts, conf.tolist())):
+                    expect = _reading_posterior_oracle(graph[i], t, (lo, hi), lexicon)
+                    assert abs(c - expect) < 1e-9, (t, c, expect)
+                    assert 0 < c <= 1
+                seen[(lo, hi, lexicon is None)] = conf
+        # the lengths matter: the confidences read under different grammars differ
+        assert not torch.allclose(seen[(1, 4, True)], seen[(3, 4, True)], atol=1e-3)
+    reader = tiny_reader
+    # recognize(confidence=True) gives the same pairs
+    texts, conf = reader.decode(images, return_confidence=True)
+    assert recognize(images, reader, confidence=True) == list(zip(texts, conf.tolist()))
+
+
+def test_error_reject_operating_points():
+    """Accepting the most confident readings first: the error among the accepted, and the largest acceptance
+    at each target error, against a direct count."""
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        n = int(torch.randint(1, 60, (), generator=g))
+        conf = torch.rand(n, generator=g).tolist()
+        right = (torch.rand(n, generator=g) < 0.9).tolist()
+        r = error_reject(conf, right, errors=(0.0, 0.05, 0.1))
+        order = sorted(range(n), key=lambda i: -conf[i])
+        for k in range(1, n + 1):
+            wrong = sum(not right[i] for i in order[:k])
+            assert abs(r["curve"]["error"][k - 1] - wrong / k) < 1e-12
+            assert abs(r["curve"]["rejected"][k - 1] - (1 - k / n)) < 1e-12
+        for pt in r["points"]:
+            best = max([k for k in range(1, n + 1) if sum(not right[i] for i in order[:k]) <= pt["error"] * k + 1e-12],
+                       default=0)
+            assert pt["accepted"] == best / n and pt["rejected"] == 1 - best / n
+            assert pt["read_right"] == sum(right[i] for i in order[:best]) / n
+    assert error_reject([0.5, 0.4], [True, False])["points"][1] == {"error": 0.01, "accepted": 0.5, "read_right": 0.5,
+                                                                     "rejected": 0.5}
+    with pytest.raises(ValueError, match="as many"):
+        error_reject([0.5], [True, False])
+    with pytest.raises(ValueError, match="finite"):
+        error_reject([float("nan")], [True])
 
 
 def test_decode_with_a_lexicon_reads_the_best_word(tiny):

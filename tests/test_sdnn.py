@@ -1,5 +1,6 @@
 """Tests of lenet.sdnn: the space-displacement reader (LeNet-5 swept over the string, character model)."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from lenet.model import LeNet5
 from lenet.recognizer import recognize
 from lenet.sdnn import SDNNReader, character_model, save_sdnn, sweep_input, target_graphs
 from lenet.strings import make_strings
+from strategies import logsumexp
 
 
 def accepts(graph, seqs, num_symbols):
@@ -350,3 +352,60 @@ def test_sdnn_recognize_with_known_lengths_reads_the_best_string_of_that_length(
         assert texts == reader.decode(images, lexicon=every)
         assert all(len(t) == n for t in texts)
     assert recognize(images, reader, length=400) == free  # more digits than frames: read as without it
+
+
+def _word_score(lex: gtn.Fsa, word: str) -> float:
+    """A deterministic lexicon's score of ``word``: its arcs' scores along the word, then the final arc."""
+    arcs, sc = lex.arcs.tolist(), lex.scores.double().tolist()
+    state, total = 0, 0.0
+    for lab in digits_to_labels(word) + [-1]:
+        (k,) = [k for k, (a, _, lb) in enumerate(arcs) if a == state and lb == lab]
+        state, total = arcs[k][1], total + sc[k]
+    return total
+
+
+def test_sdnn_confidence_is_the_posterior_of_the_reading():
+    """Law: the SDNN's confidence is the posterior of the string read, over every frame-label sequence: the
+    sequences the decoding graph accepts (the reading rule; the counting model's lengths, or the lexicon's
+    words with their scores; where nothing fits, the free character model) whose reading is the string,
+    against all the sequences it accepts. Enumerates all 11^4 sequences of 4 frames."""
+    g = torch.Generator().manual_seed(7)
+    T, B = 4, 4
+    lp = torch.randn(B, T, 11, generator=g, dtype=torch.float64) * 2
+    dense = gtn.DenseFsaVec(lp, torch.tensor([4, 4, 3, 2]))
+    seqs = torch.tensor(list(itertools.product(range(11), repeat=T)))
+    rule = [reads(s) for s in seqs.tolist()]
+    words = ["3", "12", "77", "5"]
+    lex = lexicon_fsa(words, torch.float64)
+    lex = gtn.Fsa(lex.arcs, torch.randn(lex.num_arcs, generator=g, dtype=torch.float64), num_states=lex.num_states)
+    wscore = {w: _word_score(lex, w) for w in words}
+    for lengths, lexicon in (((1, 2), None), ((2, 2), None), (None, None), ((1, 2), lex), ((2, 2), ["12", "77"])):
+        reader = SDNNReader(sdnn_network(), lengths=lengths).double()
+        texts = reader._read(dense, False, lexicon)
+        conf = reader.confidence(dense, texts, lexicon)
+        for i in range(B):
+            n = int(dense.lengths[i])
+            keep = [j for j, s in enumerate(seqs.tolist()) if all(v == 0 for v in s[n:])]  # one per sequence of n frames
+            score = {j: float(lp[i, torch.arange(n), seqs[j, :n]].sum()) for j in keep}
+            reading = {j: "".join(str(r - 1) for r in rule[j][1]) for j in keep if rule[j][0]}
+
+            def allowed(mode):
+                if mode == "lexicon":
+                    ws = lexicon if isinstance(lexicon, list) else words
+                    extra = wscore if not isinstance(lexicon, list) else {w: 0.0 for w in ws}
+                    return {j: score[j] + extra[w] for j, w in reading.items() if w in ws}
+                if mode == "counting":
+                    return {j: score[j] for j, w in reading.items() if lengths[0] <= len(w) <= lengths[1]}
+                return {j: score[j] for j in reading}
+            modes = (["lexicon"] if lexicon is not None else []) + (["counting"] if lengths else []) + ["free"]
+            acc = next(a for a in (allowed(m) for m in modes) if a)
+            expect = math.exp(logsumexp(v for j, v in acc.items() if reading[j] == texts[i]) - logsumexp(acc.values()))
+            assert abs(float(conf[i]) - expect) < 1e-9, (lengths, lexicon, i, texts[i], float(conf[i]), expect)
+    # decode(..., return_confidence=True) on images: the same as confidence() on their frames
+    images, _ = images_and_labels(2, seed=8, lengths=(2, 3))
+    reader = SDNNReader(sdnn_network()).double()
+    texts, conf = reader.decode(images, return_confidence=True)
+    assert texts == reader.decode(images)
+    assert torch.equal(conf, reader.confidence(reader.emissions(images), texts))
+    texts, frames, conf2 = reader.decode(images, return_frames=True, lexicon=["123", "45"], return_confidence=True)
+    assert bool(((conf2 > 0) & (conf2 <= 1)).all())
