@@ -466,29 +466,36 @@ class SDNNReader(nn.Module):
                            torch.zeros_like(num))
 
     def _read(self, dense, return_frames=False, lexicon=None):
+        """Each image's best frame labels under the first decoding graph that has a path for it: the lexicon's
+        frame graph, then the counting character model (the reader's lengths), then the free character model.
+        No lattice is built: the fused dense Viterbi score's gradient with respect to the emissions is one-hot
+        on the best path's label at every frame (ties go to one path, towards the lowest arc index) and zero
+        for an image the graph cannot read (score -inf). `_free_lattice` + `_best_paths` is the lattice
+        reading it replaces, kept as the reference the tests compare with."""
         dtype = dense.log_probs.dtype
-        if lexicon is None:
-            return self._best_paths(self._free_lattice(dense), return_frames)
-        # The best word's frame labels without building a lattice: the fused dense Viterbi score's gradient
-        # with respect to the emissions is one-hot on the best path's label at every frame (ties go to one
-        # path), and zero for an image that no word fits (score -inf).
-        graph = frame_graph(as_lexicon(lexicon, dtype))
-        lp = dense.log_probs.detach().requires_grad_()
-        with torch.enable_grad():
-            best = gtn.dense_forward_score(graph, gtn.DenseFsaVec(lp, dense.lengths), log_semiring=False)
-            grad, = torch.autograd.grad(best.sum(), lp)
-        ok = torch.isfinite(best.detach()).tolist()
-        best_labels = grad.argmax(-1)
-        # the free reading only where no word fits
-        free_texts, free_frames = self._best_paths(self._free_lattice(dense), True) if not all(ok) else ([], [])
-        texts, frames = [], []
-        for i, n in enumerate(dense.lengths.tolist()):  # one short label sequence per image
-            if ok[i]:
-                frames.append(best_labels[i, :n].tolist())
-                texts.append(self._reading(best_labels[i, :n]))
-            else:
-                frames.append(free_frames[i])
-                texts.append(free_texts[i])
+        graphs = [frame_graph(as_lexicon(lexicon, dtype))] if lexicon is not None else []
+        if self.lengths is not None:
+            graphs.append(counting_character_model(*self.lengths, dtype=dtype))
+        graphs.append(character_model(dtype=dtype))
+        lengths = dense.lengths.tolist()
+        frames = [None] * len(lengths)
+        todo = torch.arange(len(lengths))
+        for graph in graphs:
+            lp = dense.log_probs[todo].detach().requires_grad_()
+            with torch.enable_grad():
+                best = gtn.dense_forward_score(graph, gtn.DenseFsaVec(lp, dense.lengths[todo]), log_semiring=False)
+                grad, = torch.autograd.grad(best.sum(), lp)
+            ok = torch.isfinite(best.detach())
+            labels = grad.argmax(-1)
+            for j in torch.nonzero(ok).flatten().tolist():  # one short label sequence per image read here
+                i = int(todo[j])
+                frames[i] = labels[j, :lengths[i]].tolist()
+            todo = todo[~ok]
+            if todo.numel() == 0:
+                break
+        # the free character model reads every sequence of at least one frame (all blanks: no digit)
+        texts = [self._reading(torch.tensor(f, dtype=torch.int64)) if f is not None else "" for f in frames]
+        frames = [f if f is not None else [] for f in frames]
         return (texts, frames) if return_frames else texts
 
     def _free_lattice(self, dense):

@@ -409,3 +409,23 @@ def test_sdnn_confidence_is_the_posterior_of_the_reading():
     assert torch.equal(conf, reader.confidence(reader.emissions(images), texts))
     texts, frames, conf2 = reader.decode(images, return_frames=True, lexicon=["123", "45"], return_confidence=True)
     assert bool(((conf2 > 0) & (conf2 <= 1)).all())
+
+
+def test_fused_reading_equals_the_lattice_reading():
+    """Decoding reads each image's frame labels from the fused Viterbi score's gradient, under the first of
+    (lexicon,) counting model, free model that has a path; it must give the Viterbi path of the lattice
+    (`_free_lattice` + `_best_paths`, the reference), frame for frame, on random float64 emissions (no ties),
+    including images too short for the counting model (read by the free model)."""
+    g = torch.Generator().manual_seed(11)
+    for trial in range(12):
+        B = 6
+        lengths = torch.randint(1, 14, (B,), generator=g)
+        lp = torch.randn(B, int(lengths.max()), 11, generator=g, dtype=torch.float64) * 3
+        dense = gtn.DenseFsaVec(lp, lengths)
+        for reader_lengths in ((2, 3), None, (1, 1), (4, 6)):
+            reader = SDNNReader(sdnn_network(), lengths=reader_lengths).double()
+            texts, frames = reader._read(dense, return_frames=True)
+            ref_texts, ref_frames = reader._best_paths(reader._free_lattice(dense), True)
+            assert texts == ref_texts and frames == ref_frames, (trial, reader_lengths)
+            if reader_lengths == (4, 6):  # short images cannot hold 4 digits: the free model reads them
+                assert any(len(t) < 4 for t in texts) or bool((lengths >= 7).all())
