@@ -18,6 +18,8 @@ reallocates (the caller grows the buffers between chunks), and the scratch buffe
 import numpy as np
 from numba import njit
 
+from .topology_numba import _reach, _reverse_csr
+
 
 def available() -> bool:
     """numba imported (this module fails to import otherwise); see `gtn.kernels.load`."""
@@ -219,31 +221,12 @@ def _trim(npairs, ne, fid, e_src, e_dst, e_a, e_b, o_src, o_dst, o_a, o_b, no):
     """Keep the pairs from which the final pair ``fid`` is reachable; renumber them in discovery order with
     the final pair last (it has no leaving arcs, so arcs stay sorted by source) and append their arcs to the
     output arrays from ``no`` (room guaranteed by the caller). Returns ``(num_states, new no)``."""
+    # co-accessible pairs: the shared reverse search of gtn.topology (once per member, not in the hot loop)
     rs = np.zeros(npairs + 1, np.int64)
-    for e in range(ne):
-        rs[e_dst[e] + 1] += 1
-    for p in range(npairs):
-        rs[p + 1] += rs[p]
-    fill = rs[:npairs].copy()
     rsrc = np.empty(ne, np.int64)
-    for e in range(ne):
-        d = e_dst[e]
-        rsrc[fill[d]] = e_src[e]
-        fill[d] += 1
+    _reverse_csr(e_src[:ne], e_dst[:ne], npairs, rs, rsrc)
     co = np.zeros(npairs, np.bool_)
-    stack = np.empty(npairs, np.int64)
-    co[fid] = True
-    stack[0] = fid
-    top = 1
-    while top > 0:
-        top -= 1
-        p = stack[top]
-        for k in range(rs[p], rs[p + 1]):
-            q = rsrc[k]
-            if not co[q]:
-                co[q] = True
-                stack[top] = q
-                top += 1
+    _reach(rs, rsrc, np.full(1, fid, np.int64), co)
     new = np.full(npairs, -1, np.int64)
     c = 0
     for p in range(npairs):
