@@ -36,9 +36,12 @@ def _parse_float(tok: str, lineno: int) -> float:
 
 def _parse_int(tok: str, lineno: int) -> int:
     try:
-        return int(tok)
+        v = int(tok)
     except ValueError:
         raise FsaError(f"line {lineno}: {tok!r} is not an integer") from None
+    if not -2 ** 63 <= v < 2 ** 63:  # states and labels are int64 tensors
+        raise FsaError(f"line {lineno}: {tok!r} does not fit in a 64-bit integer")
+    return v
 
 
 def _empty(acceptor: bool, dtype) -> Fsa:
@@ -84,6 +87,8 @@ def from_str(text: str, acceptor: bool = True, openfst: bool = False, dtype: tor
         scores.append(_parse_float(toks[-1], lineno))
     if final is None:
         raise FsaError("the last line must hold the final state alone")
+    if final >= 2 ** 63 - 1:
+        raise FsaError(f"final state {final}: the number of states would not fit in a 64-bit integer")
     num_states = final + 1
     arcs_t = torch.tensor(arcs, dtype=torch.int64).view(-1, 3)
     if arcs_t.numel() and int(arcs_t[:, :2].max()) > final:
@@ -126,6 +131,8 @@ def _from_openfst(lines, acceptor: bool, dtype) -> Fsa:
         return _empty(acceptor, dtype)
     ids = [r[0] for r in arc_rows] + [r[1] for r in arc_rows] + list(finals) + [start]
     n_old = max(ids) + 1
+    if n_old >= 2 ** 63 - 1:
+        raise FsaError(f"state {n_old - 1} leaves no 64-bit number for the final state")
     final = n_old
 
     def ren(s):  # swap the start state with state 0

@@ -66,6 +66,7 @@ def test_k2_text_keeps_given_order_and_sorts_unsorted_input():
     ("0 3 1 0.5\n1 2 -1 0\n2\n", "beyond the final state"),
     ("0 1 1 0.5 0.1\n1 2 -1 -1 0\n2\n", "acceptor=False"),
     ("0 1 1 0.5\n1 2 3 0\n2\n", "only label -1 may enter the final state"),
+    ("0 1 99999999999999999999 0.5\n1 2 -1 0\n2\n", "does not fit in a 64-bit integer"),
 ])
 def test_k2_text_errors(text, msg):
     with pytest.raises(gtn.FsaError, match=re.escape(msg)):
@@ -137,6 +138,31 @@ def test_openfst_errors():
         gtn.Fsa.from_openfst("0 1 2 3 0.5\n1\n")
     with pytest.raises(gtn.FsaError, match="negative"):
         gtn.Fsa.from_openfst("0 1 -2 0.5\n1\n")
+    with pytest.raises(gtn.FsaError, match="64-bit"):
+        gtn.Fsa.from_openfst("0 9223372036854775807 2 0.5\n9223372036854775807\n")
+    with pytest.raises(gtn.FsaError, match="64-bit"):
+        gtn.Fsa.from_str("9223372036854775807\n")
+
+
+TOKENS = ["0", "1", "2", "3", "-1", "-2", "0.5", "-0.5", "nan", "inf", "-inf", "1e400", "x", "+1", ".5", "0x1",
+          "99999999999999999999", "9223372036854775807", "#", " ", "\t", "\n", "\n", "\n", ""]
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=list(HealthCheck))  # most soups are refused
+@given(st.lists(st.sampled_from(TOKENS), max_size=30), st.booleans(), st.booleans())
+def test_any_text_parses_or_raises_fsa_error(tokens, acceptor, openfst):
+    """Bad text of any shape gives an `FsaError` (a ValueError naming the line), never another exception;
+    text that parses prints back to text that parses to the same graph."""
+    text = " ".join(tokens)
+    try:
+        f = gtn.Fsa.from_str(text, acceptor=acceptor, openfst=openfst)
+    except gtn.FsaError:
+        return
+    g = gtn.Fsa.from_str(f.to_str(openfst=openfst), acceptor=acceptor, openfst=openfst)
+    if openfst:  # OpenFst text names no unused states: compare the trimmed graphs
+        f, g = gtn.connect(f), gtn.connect(g)
+    assert torch.equal(g.arcs, f.arcs) and g.num_states == f.num_states
+    assert torch.equal(g.scores, f.scores)  # nan == nan is not needed: a nan score is refused by Fsa
 
 
 # ---------------------------------------------------------------------------------------------------- networkx
