@@ -365,6 +365,8 @@ def _concat_arc_data(parts, names):
 def _validate(arcs, scores, num_states, aux_labels, where: str) -> None:
     """Check k2's FSA rules for one FSA; raise FsaError naming the offending arc or state."""
     n = num_states
+    if n < 0:
+        raise FsaError(f"{where}num_states must be >= 0, got {n}")
     if arcs.numel() == 0:
         return
     src, dst, lab = arcs[:, 0], arcs[:, 1], arcs[:, 2]

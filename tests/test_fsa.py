@@ -64,6 +64,7 @@ BAD = [
     (dict(arcs=[(0, 1, -2, 0.0), (1, 2, -1, 0.0)]), r"arc 0 has label -2"),
     (dict(arcs=[(0, 1, -1, 0.0)], num_states=1), r"refers to a state that does not exist"),
     (dict(arcs=[(0, 0, 1, 0.0)], num_states=1), r"needs at least 2 states"),
+    (dict(arcs=torch.zeros(0, 3, dtype=torch.int64), num_states=-1), r"num_states must be >= 0, got -1"),
     (dict(arcs=[(0, 1, 1), (1, 2, -1)], aux_labels=[3, 0]), r"arc 1 enters the final state with aux_label 0"),
     (dict(arcs=[(0, 1, 1), (1, 2, -1)], aux_labels=[-1, -1]), r"arc 0 has aux_label -1"),
     (dict(arcs=torch.zeros(2, 3)), r"arcs must be an integer tensor"),
@@ -266,3 +267,29 @@ def test_fsavec_members_round_trip(v, data):
     sel = v[torch.tensor(idx)]
     assert list(sel) == [members[i] for i in idx]
     assert int(sel.arc_splits[-1]) == sum(m.num_arcs for m in sel)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(st.tuples(st.integers(-2, 5), st.integers(-2, 5), st.integers(-2, 4)), max_size=7),
+       st.lists(st.sampled_from([0.0, 1.5, -2.0, float("-inf")]), min_size=7, max_size=7),
+       st.one_of(st.none(), st.integers(-1, 7)), st.booleans())
+def test_whatever_the_constructor_accepts_every_verb_takes(arcs, scores, num_states, transducer):
+    """Arbitrary arc lists: the constructor accepts them or raises `FsaError`; whatever it accepts (isolated
+    states, states beyond the last arc, no arcs at all) goes through the verbs without an exception other than
+    `FsaError` and without a NaN."""
+    a = torch.tensor(arcs, dtype=torch.int64).view(-1, 3)
+    kw = {} if num_states is None else {"num_states": num_states}
+    try:
+        f = gtn.Fsa(a, torch.tensor(scores[:len(arcs)]), a[:, 2].clone() if transducer else None, **kw)
+    except gtn.FsaError:
+        return
+    for verb in (gtn.forward_score, gtn.viterbi_score, gtn.connect, gtn.remove_epsilon, gtn.closure,
+                 lambda x: gtn.compose(x, x), lambda x: gtn.viterbi_path(x), lambda x: x.to_str()):
+        try:
+            out = verb(f)
+        except gtn.FsaError:  # e.g. scoring a cyclic graph: refused with a reason
+            continue
+        if isinstance(out, torch.Tensor):
+            assert not bool(torch.isnan(out).any())
+        elif isinstance(out, gtn.Fsa):
+            assert not bool(torch.isnan(out.scores).any())
