@@ -455,6 +455,10 @@ def linear_fsa(labels, scores=None, dtype: torch.dtype = torch.float32, device=N
         labels = labels.tolist()
     labels = list(labels)
     if labels and isinstance(labels[0], (list, tuple, torch.Tensor)):
+        for i, l in enumerate(labels):
+            if not isinstance(l, (list, tuple, torch.Tensor)):
+                raise FsaError(f"linear_fsa: labels[0] is a sequence (a batch of label sequences) but labels[{i}] "
+                               f"is {l!r}")
         if scores is None:
             scores = [None] * len(labels)
         if len(scores) != len(labels):

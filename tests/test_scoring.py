@@ -458,6 +458,8 @@ def test_linear_fsa():
         gtn.linear_fsa([1, -1])
     with pytest.raises(gtn.FsaError):
         gtn.linear_fsa([1, 2], [0.5])
+    with pytest.raises(gtn.FsaError, match=r"labels\[1\] is 2"):
+        gtn.linear_fsa([[1], 2])
 
 
 @LAW
