@@ -39,7 +39,7 @@ from .fsa import Fsa, FsaError, FsaVec, as_vec, from_arcs, index_arcs, like, rag
 
 from . import kernels as _kernels
 
-__all__ = ["compose", "intersect", "constrained_forward_score"]
+__all__ = ["compose", "intersect", "constrained_forward_score", "compose_score"]
 
 Graphs = Union[Fsa, FsaVec]
 # the kernel's scratch buffers, kept between calls (per thread) so that they are not page-faulted in every time
@@ -401,3 +401,137 @@ def constrained_forward_score(fsa: Graphs, constraint: Graphs) -> torch.Tensor:
     result, ``[num_fsas]`` for an `FsaVec`."""
     from .scoring import forward_score
     return forward_score(compose(fsa, constraint))
+
+
+#: The fused scores hold one float64 score (and two ints for the path) per pair of states of a member of ``a``
+#: and of ``b``; above this many pairs for the largest member, `compose_score` builds the composition instead.
+PRODUCT_CELLS = 5e7
+
+
+def _product_ready(A: FsaVec, B: FsaVec) -> bool:
+    """The fused product's conditions (see `gtn.kernels.product_numba`): acceptors without epsilon arcs, ``a``'s
+    arcs from lower to higher states, one ``b``, and a dense (a state, b state) table of bounded size."""
+    if A.aux_labels is not None or B.aux_labels is not None or len(B) != 1:
+        return False
+    if bool((A.labels == 0).any()) or bool((B.labels == 0).any()):
+        return False
+    if A.num_arcs and not bool((A.arcs[:, 0] < A.arcs[:, 1]).all()):
+        return False
+    max_a = int(A.num_states.max()) if len(A) else 0
+    return max_a * int(B.total_states) <= PRODUCT_CELLS
+
+
+def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: bool = False,
+                  backend: str = "auto"):
+    """``forward_score(compose(a, b))`` (or ``viterbi_score`` with ``log_semiring=False``), computed without
+    building the composition when that is possible; the same results either way.
+
+    The fused path (a numba kernel, `gtn.kernels.product_numba`) runs a dynamic program over ``a``'s states in
+    order, with one score per state of ``b``, pairing each arc of ``a`` only with ``b``'s arcs of the same label. It
+    needs: ``a`` an `Fsa`/`FsaVec` of acceptors without epsilon arcs whose every arc goes from a lower to a
+    higher state (acyclic and topologically numbered, like the interpretation graphs of a segmenter), ``b`` one
+    acceptor without epsilon arcs (any topology, e.g. a lexicon's prefix tree), CPU tensors and no gradient
+    to compute. Otherwise (or with ``backend="torch"``) it composes and scores: that is the reference, which
+    the tests check the kernel against, and the only differentiable route (`compose_score` takes it whenever
+    gradients are being recorded for either input's scores).
+
+    Args:
+        return_path: (``log_semiring=False`` only) also return the best path, as `viterbi_path` of the
+            composition would: a linear `Fsa`/`FsaVec` with ``a``'s labels and attributes (and ``b``'s that ``a``
+            lacks), each arc scoring ``a``'s arc plus ``b``'s; a member without a path is the empty FSA.
+        backend: ``"auto"``, ``"numba"`` (the kernel; `FsaError` if the conditions do not hold) or ``"torch"``.
+
+    Returns ``[num_fsas]`` scores for an `FsaVec` input (``[]`` for two `Fsa`), ``-inf`` where the composition
+    has no path; with ``return_path``, ``(scores, path)``.
+    """
+    from .scoring import forward_score, viterbi_score, viterbi_path
+    if return_path and log_semiring:
+        raise FsaError("compose_score: return_path needs log_semiring=False (the best path is a Viterbi path)")
+    if backend not in ("auto", "numba", "torch"):
+        raise FsaError(f"compose_score: backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    for name, x in (("a", a), ("b", b)):
+        if not isinstance(x, (Fsa, FsaVec)):
+            raise FsaError(f"compose_score: {name} must be an Fsa or FsaVec, got {type(x).__name__}")
+    A, B = as_vec(a), as_vec(b)
+    mod = None
+    if backend != "torch":
+        grads = torch.is_grad_enabled() and (A.scores.requires_grad or B.scores.requires_grad)
+        ready = not grads and _product_ready(A, B)
+        mod = _kernels.load("product_numba", A.device) if backend == "auto" else _load_product(A.device)
+        if not ready:
+            if backend == "numba":
+                raise FsaError("compose_score: the fused kernel needs acceptors without epsilon arcs, a's arcs "
+                               "going from lower to higher states, one b, no gradients and a bounded state "
+                               f"table ({PRODUCT_CELLS:.0e} pairs)")
+            mod = None
+    if mod is None:
+        c = compose(a, b)
+        if not return_path:
+            return forward_score(c) if log_semiring else viterbi_score(c)
+        return viterbi_score(c), viterbi_path(c)
+    return _compose_score_numba(mod, a, b, A, B, log_semiring, return_path)
+
+
+def _load_product(device):
+    mod = _kernels.load("product_numba", device) if _kernels.use_numba() else None
+    if mod is None:
+        try:
+            from .kernels import product_numba as mod
+        except Exception as e:  # numba missing
+            raise FsaError(f"compose_score: backend='numba' needs numba on the CPU ({e})") from None
+        if device.type != "cpu":
+            raise FsaError("compose_score: backend='numba' needs CPU tensors")
+    return mod
+
+
+def _compose_score_numba(mod, a, b, A: FsaVec, B: FsaVec, log_semiring: bool, return_path: bool):
+    N = len(A)
+    na = A.num_states.numpy()
+    nb = int(B.total_states)
+    # b's arcs grouped by label (shifted by one: the final label -1 becomes 0)
+    blab = B.labels + 1
+    order = torch.sort(blab, stable=True).indices
+    nlab = int(blab.max()) + 1 if B.num_arcs else 0
+    b_lab_splits = torch.zeros(nlab + 1, dtype=torch.int64)
+    if B.num_arcs:
+        b_lab_splits[1:] = torch.cumsum(torch.bincount(blab, minlength=nlab), 0)
+    b_arcs = B.arcs.index_select(0, order)
+    b_sc = B.scores.detach().index_select(0, order).to(torch.float64)
+    cells = int(na.max()) * nb if N else 0
+    row = np.empty(max(cells, 1), dtype=np.float64)
+    back_a = np.empty(max(cells, 1) if return_path else 1, dtype=np.int64)
+    back_b = np.empty_like(back_a)
+    score = np.empty(N, dtype=np.float64)
+    path_a = np.empty(max(A.num_arcs, 1), dtype=np.int64)
+    path_len = np.zeros(N, dtype=np.int64)
+    path_b = np.empty_like(path_a) if return_path else path_a
+    mod.product_scores(A.arcs[:, 0].contiguous().numpy(), A.arcs[:, 1].contiguous().numpy(),
+                       (A.labels + 1).numpy(), A.scores.detach().to(torch.float64).numpy(),
+                       A.arc_splits.numpy(), na,
+                       b_arcs[:, 0].contiguous().numpy(), b_arcs[:, 1].contiguous().numpy(), b_sc.numpy(),
+                       b_lab_splits.numpy(), nb, bool(log_semiring), bool(return_path), score, path_a, path_b,
+                       path_len, row, back_a, back_b)
+    dtype = torch.promote_types(A.scores.dtype, B.scores.dtype)
+    scores = torch.from_numpy(score).to(dtype)
+    if not (isinstance(a, FsaVec) or isinstance(b, FsaVec)):
+        scores = scores[0]
+    if not return_path:
+        return scores
+    # the best paths as viterbi_path(compose(a, b)) gives them: a linear FSA per member
+    lens = torch.from_numpy(path_len)
+    starts = A.arc_splits[:-1]
+    pos = ragged_range(torch.zeros(N, dtype=torch.int64), lens)
+    member = torch.repeat_interleave(torch.arange(N), lens)
+    src = starts.index_select(0, member) + pos
+    a_map = starts.index_select(0, member) + torch.from_numpy(path_a).index_select(0, src)
+    b_map = order.index_select(0, torch.from_numpy(path_b).index_select(0, src))
+    zero = torch.zeros(1, dtype=torch.int64)
+    arc_splits = torch.cat([zero, torch.cumsum(lens, 0)])
+    nst = torch.where(lens > 0, lens + 1, torch.zeros_like(lens))
+    state_splits = torch.cat([zero, torch.cumsum(nst, 0)])
+    arcs = torch.stack([pos, pos + 1, A.labels.index_select(0, a_map)], 1)
+    sc = A.scores.to(dtype).index_select(0, a_map) + B.scores.to(dtype).index_select(0, b_map)
+    attrs = {k: v.index_select(0, a_map) for k, v in A._attrs.items()}
+    attrs.update({k: v.index_select(0, b_map) for k, v in B._attrs.items() if k not in attrs})
+    path = from_arcs(arcs, sc, arc_splits, state_splits, None, attrs)
+    return scores, (path if (isinstance(a, FsaVec) or isinstance(b, FsaVec)) else like(path, a))

@@ -394,31 +394,55 @@ class StringReader(nn.Module):
 
     def _read(self, g, segs, grammar=None, return_paths=False, lexicon=None, return_confidence=False):
         offs = np.cumsum([0] + [s.num_segments for s in segs])
-        if lexicon is None:
-            graphs = [(self._read_graph(g, grammar), 0, len(segs))]
-        else:
-            # in chunks of images: a composition with a big lexicon holds every reachable (state, prefix) pair
-            lex = as_lexicon(lexicon, g.dtype)
-            graphs = []
-            for a, b in lexicon_chunks(g.arcs_per_fsa.tolist(), lex.num_arcs):
-                gl = gtn.compose(g[a:b], lex)
-                ok = torch.isfinite(gtn.viterbi_score(gl))
-                if not bool(ok.all()):  # the free reading only for the chunks where some image fits no word
-                    free = self._read_graph(g[a:b], grammar)
-                    gl = _merge(gl, free, ok) if bool(ok.any()) else free
-                graphs.append((gl, a, b))
         texts, paths, confidence = [], [], []
-        for gr, a, b in graphs:
-            t, p = self._best_paths(gr, offs[a:b + 1])
-            texts += t
-            paths += p
+        if lexicon is None:
+            gr = self._read_graph(g, grammar)
+            texts, paths = self._path_texts(gtn.viterbi_path(gr), offs)
             if return_confidence:
                 # in float64: the posteriors of good readings are within 1e-7 of 1, below float32's resolution
                 confidence.append(gtn.rejection_confidence(gr.to(torch.float64)))
+        else:
+            lex = as_lexicon(lexicon, g.dtype)
+            # the best word without building g ∘ lexicon (gtn.compose_score: a dynamic program over g's states
+            # with one score per lexicon state); in chunks of images, for the composition it falls back to
+            for a, b in lexicon_chunks(g.arcs_per_fsa.tolist(), lex.num_arcs):
+                ga = g[a:b]
+                score, best = gtn.compose_score(ga, lex, log_semiring=False, return_path=True)
+                t, p = self._path_texts(best, offs[a:b + 1])
+                ok = torch.isfinite(score)
+                if not bool(ok.all()):  # the free reading for the images that fit no word
+                    miss = torch.nonzero(~ok).flatten().tolist()
+                    free = self._read_graph(FsaVec([ga[i] for i in miss]), grammar)
+                    ft, fp = self._path_texts(gtn.viterbi_path(free), [offs[a + i] for i in miss] + [0])
+                    for j, i in enumerate(miss):
+                        t[i], p[i] = ft[j], fp[j]
+                texts += t
+                paths += p
+                if return_confidence:
+                    confidence.append(self._lexicon_confidence(ga, lex, t, ok, grammar))
         out = (texts, segs, paths) if return_paths else (texts,)
         if return_confidence:
             out += (torch.cat(confidence) if confidence else torch.zeros(0, dtype=torch.float64),)
         return out if len(out) > 1 else texts
+
+    def _lexicon_confidence(self, g, lex, texts, ok, grammar=None):
+        """`gtn.rejection_confidence` of ``g ∘ lex`` (images that fit a word; the free reading's graph for the
+        others) without building ``g ∘ lex``: the paths of ``g ∘ lex`` that spell the text ``s`` are the pairs of a
+        path of ``g`` and a path of ``lex`` spelling ``s``, so their log-sum is ``forward(g ∘ s) + forward(s ∘ lex)``;
+        the confidence is that minus ``forward(g ∘ lex)``. In float64."""
+        g64, lex64 = g.to(torch.float64), lex.to(torch.float64)
+        conf = torch.zeros(len(g), dtype=torch.float64)
+        idx = torch.nonzero(ok).flatten().tolist()
+        if idx:
+            sub = FsaVec([g64[i] for i in idx])
+            words = gtn.linear_fsa([digits_to_labels(texts[i]) for i in idx], dtype=torch.float64)
+            spelled = gtn.forward_score(gtn.compose(sub, words)) + gtn.compose_score(words, lex64)
+            conf[idx] = torch.exp(spelled - gtn.compose_score(sub, lex64))
+        miss = torch.nonzero(~ok).flatten().tolist()
+        if miss:
+            free = self._read_graph(FsaVec([g64[i] for i in miss]), grammar)
+            conf[miss] = gtn.rejection_confidence(free)
+        return conf
 
     def _read_graph(self, g, grammar=None):
         """``g`` composed with the length grammar when it applies (images it cannot read keep ``g``)."""
@@ -434,10 +458,9 @@ class StringReader(nn.Module):
         return g
 
     @staticmethod
-    def _best_paths(g, offs):
-        """The texts and segment paths of the Viterbi paths of ``g``'s members (``offs[i]``: the first global
-        segment index of member ``i``)."""
-        path = gtn.viterbi_path(g)
+    def _path_texts(path, offs):
+        """The texts and segment paths of the linear FSAs ``path`` (one best path per image; ``offs[i]``: the
+        first global segment index of member ``i``)."""
         splits = path.arc_splits.tolist()
         texts, segpaths = [], []
         for i in range(len(splits) - 1):  # one short path per image

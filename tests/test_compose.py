@@ -443,3 +443,70 @@ def test_bigger_lattice_all_paths_agree():
         mod._DENSE_MAX, mod._TABLE_MAX = old
     assert ref.num_states > 1000  # enough pairs for the hash table to grow from 1024 slots (twice)
     assert close(real_total(ref), fst_total(fst_compose(A, G, "log64"), "log64"), 1e-7)
+
+
+# ---------------------------------------------------------------------------------------------- compose_score
+def _same(x: torch.Tensor, y: torch.Tensor, tol: float = 1e-9) -> bool:
+    """Equal scores, -inf where the other is -inf."""
+    fin = torch.isfinite(y)
+    return torch.equal(torch.isfinite(x), fin) and bool(((x - y)[fin].abs() <= tol * (1 + y[fin].abs())).all())
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(fsa_vecs(max_fsas=4, max_states=9, top_sorted=True, epsilon=False, attr=True),
+       fsas(max_states=7, acyclic=False, epsilon=False), st.booleans())
+def test_compose_score_fused_equals_composing_then_scoring(a, b, b_attr):
+    """Law: the fused product (no composition built) gives forward_score / viterbi_score of compose(a, b), and
+    viterbi_path of it (labels, scores, a's and b's attributes), for epsilon-free acyclic top-sorted a and any
+    epsilon-free b (cycles included)."""
+    if b_attr:
+        b.set_attr("w", torch.arange(b.num_arcs, dtype=torch.int64))
+    c = gtn.compose(a, b, impl="torch")
+    assert _same(gtn.compose_score(a, b, backend="numba"), gtn.forward_score(c))
+    vit = gtn.viterbi_score(c)
+    score, path = gtn.compose_score(a, b, log_semiring=False, return_path=True, backend="numba")
+    assert _same(score, vit)
+    ref = gtn.viterbi_path(c)
+    assert torch.equal(path.arc_splits, ref.arc_splits) and torch.equal(path.arcs, ref.arcs)
+    assert torch.equal(path.scores, ref.scores)
+    for k in ("seg", "idx") + (("w",) if b_attr else ()):
+        assert torch.equal(getattr(path, k), getattr(ref, k))
+    # the default backend takes the kernel here and agrees with it
+    assert torch.equal(gtn.compose_score(a, b, log_semiring=False), score)
+
+
+def test_compose_score_falls_back_where_the_kernel_does_not_apply():
+    """Outside the kernel's conditions the default backend composes (same results as composing by hand),
+    backend='numba' refuses with the reason, and gradients flow through the composing route."""
+    lin = gtn.linear_fsa([1, 2], torch.tensor([0.5, -0.25], dtype=torch.float64))
+    b = gtn.Fsa.from_str("0 1 1 0.1\n1 1 2 0.2\n1 2 -1 0\n2\n", dtype=torch.float64)
+    eps_a = gtn.Fsa.from_str("0 1 1 0.5\n1 2 0 0.25\n2 3 2 0\n3 4 -1 0\n4\n", dtype=torch.float64)
+    unsorted = gtn.Fsa.from_str("0 2 1 0.5\n2 1 2 0.25\n1 3 -1 0\n3\n", dtype=torch.float64)  # 2 -> 1
+    eps_b = gtn.Fsa.from_str("0 1 0 -1\n0 2 1 0.3\n1 2 1 0.1\n2 3 2 0.2\n3 4 -1 0\n4\n", dtype=torch.float64)
+    tr = gtn.Fsa.from_str("0 1 1 1 0.5\n1 2 2 2 0\n2 3 -1 -1 0\n3\n", acceptor=False, dtype=torch.float64)
+    for x, y in ((eps_a, b), (unsorted, b), (lin, eps_b), (tr, b), (lin, gtn.FsaVec([b, b]))):
+        c = gtn.compose(x, y)
+        assert _same(gtn.compose_score(x, y), gtn.forward_score(c))
+        s, p = gtn.compose_score(x, y, log_semiring=False, return_path=True)
+        assert _same(s, gtn.viterbi_score(c)) and p == gtn.viterbi_path(c)
+        with pytest.raises(gtn.FsaError, match="fused kernel needs"):
+            gtn.compose_score(x, y, backend="numba")
+    # gradients: the composing route, with the gradients of forward_score(compose(...))
+    x = lin.clone().requires_grad_()
+    gtn.compose_score(x, b).backward()
+    y = lin.clone().requires_grad_()
+    gtn.forward_score(gtn.compose(y, b)).backward()
+    assert torch.allclose(x.scores.grad, y.scores.grad) and bool(x.scores.grad.abs().sum() > 0)
+    with torch.no_grad():  # no gradient to record: the kernel
+        assert _same(gtn.compose_score(x, b, backend="numba"), gtn.forward_score(gtn.compose(lin, b)))
+    assert gtn.compose_score(lin, b).shape == () and gtn.compose_score(gtn.FsaVec([lin]), b).shape == (1,)
+
+
+def test_compose_score_errors():
+    lin = gtn.linear_fsa([1, 2])
+    with pytest.raises(gtn.FsaError, match="return_path needs log_semiring=False"):
+        gtn.compose_score(lin, lin, return_path=True)
+    with pytest.raises(gtn.FsaError, match="backend must be"):
+        gtn.compose_score(lin, lin, backend="cuda")
+    with pytest.raises(gtn.FsaError, match="b must be an Fsa"):
+        gtn.compose_score(lin, [1, 2])

@@ -589,3 +589,40 @@ def test_decode_with_a_lexicon_reads_the_best_word(tiny):
         # a word far too long for the pieces of these short strings: read as without the lexicon
         assert reader.decode(images, lexicon=["0123456789" * 3]) == free
     assert recognize(images, reader, lexicon=words) == texts
+
+
+def test_lexicon_reading_and_confidence_equal_the_composed_graphs(tiny):
+    """The lexicon reading (built without composing, `gtn.compose_score`) against the composition itself, for a
+    weighted lexicon graph with two paths spelling one word and a cycle: the text is the Viterbi path's of
+    interpretation ∘ lexicon (the free reading where no word fits), the confidence is
+    `gtn.rejection_confidence` of that composition, and the segment paths are the Viterbi path's."""
+    strings, reader = tiny
+    more = make_strings(6, "test", seed=5, lengths=(1, 4))
+    images = [s.image for s in strings + more]
+    # words: "444" then "44" twice (weights 0.3 and -0.2), "72", "7" + any number of "1"s + "0", or "55", "555",
+    # ... (cycles): five digits at least, more than the pieces of some of these images
+    lex = gtn.Fsa.from_str("\n".join([
+        "0 1 5 0", "1 2 5 0.1", "2 3 5 0",
+        "3 4 5 0.3", "3 5 5 -0.2", "3 6 8 0.1", "3 7 8 -0.4", "3 9 6 0", "4 12 5 0", "5 12 5 0.1", "6 8 3 0.2",
+        "7 7 2 0.7", "7 8 1 0", "8 13 -1 0", "9 10 6 0", "10 10 6 0", "10 13 -1 -5", "12 13 -1 0", "13"]),
+        dtype=torch.float32)
+    with torch.no_grad():
+        graph, segs = reader.interpret(images)
+        texts, _, paths, conf = reader.decode(images, lexicon=lex, return_paths=True, return_confidence=True)
+        composed = gtn.compose(graph, lex)
+        fits = torch.isfinite(gtn.viterbi_score(composed))
+        assert bool(fits.any()) and not bool(fits.all())  # both routes are exercised
+        free_texts, _, free_paths, free_conf = reader.decode(images, return_paths=True, return_confidence=True)
+        best = gtn.viterbi_path(composed)
+        # in float64 from the start, as the reader computes it (no float32 rounding of the composed scores)
+        ref_conf = gtn.rejection_confidence(gtn.compose(graph.to(torch.float64), lex.to(torch.float64)))
+        offs = np.cumsum([0] + [s.num_segments for s in segs])
+        for i in range(len(images)):
+            if bool(fits[i]):
+                p = best[i]
+                assert texts[i] == labels_to_string(p.labels)
+                assert paths[i] == [int(x) - int(offs[i]) for x in p.segment if int(x) >= 0]
+                assert abs(float(conf[i]) - float(ref_conf[i])) < 1e-9
+            else:
+                assert (texts[i], paths[i]) == (free_texts[i], free_paths[i])
+                assert abs(float(conf[i]) - float(free_conf[i])) < 1e-12
