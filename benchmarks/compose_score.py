@@ -5,7 +5,8 @@ Workload: the multi-digit reader's lexicon decoding, synthetic so that it needs 
 and each segment arc carries 10 digit arcs, labels 1..10, with random scores), as `lenet.StringReader` builds
 them; the lexicon is a prefix tree of W random digit strings of lengths 3..6 (as `lenet.recognizer.lexicon_fsa`
 builds it; not imported from there, because this folder's lenet.py would shadow the package).
-Both routes are checked equal (scores to 1e-6 relative, best paths' labels identical) before they are timed.
+Both routes are checked equal (scores to 1e-6 relative, gradients to 1e-4, best paths' labels identical)
+before they are timed; "forward + grad" is the forward score and its backward to both graphs' scores.
 Times are medians of REPS runs, one torch thread.
 
 Usage: python benchmarks/compose_score.py [--graphs 60] [--pieces 9] [--words 10000] [--reps 3]
@@ -79,6 +80,19 @@ def main():
             t_got = median_time(lambda: gtn.compose_score(g, lex, log_semiring=ls, backend="numba"), args.reps)
             print(f"{name:14s}: compose + score {t_ref * 1e3:8.1f} ms, compose_score {t_got * 1e3:7.1f} ms, "
                   f"ratio {t_got / t_ref:.3f}")
+        def grads(fused):
+            x, y = g.clone().requires_grad_(), lex.clone().requires_grad_()
+            with torch.enable_grad():
+                z = gtn.compose_score(x, y, backend="numba") if fused else gtn.forward_score(gtn.compose(x, y))
+                z[torch.isfinite(z)].sum().backward()
+            return x.scores.grad, y.scores.grad
+
+        (ga, gb), (ra, rb) = grads(True), grads(False)
+        assert torch.allclose(ga, ra, atol=1e-4) and torch.allclose(gb, rb, atol=1e-4)
+        t_ref = median_time(lambda: grads(False), args.reps)
+        t_got = median_time(lambda: grads(True), args.reps)
+        print(f"{'forward + grad':14s}: compose + score {t_ref * 1e3:8.1f} ms, compose_score {t_got * 1e3:7.1f} ms, "
+              f"ratio {t_got / t_ref:.3f}")
         ref = gtn.viterbi_path(gtn.compose(g, lex))
         _, got = gtn.compose_score(g, lex, log_semiring=False, return_path=True, backend="numba")
         assert torch.equal(ref.labels, got.labels) and torch.equal(ref.arc_splits, got.arc_splits)

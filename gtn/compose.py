@@ -26,6 +26,10 @@ not have).
 Two implementations of the expansion give identical results (same state numbering and arc order): the
 vectorized PyTorch one (``_expand_torch``, the reference, any device) and a numba kernel
 (``gtn/kernels/compose_numba.py``, used on CPU when numba imports).
+
+``compose_score(a, b)`` is the score of the composition (forward or Viterbi, with gradients and the best
+path) without building it, for epsilon-free acceptors with a topologically numbered ``a`` (e.g. a recognizer's
+graphs against a big lexicon); elsewhere it composes and scores.
 """
 from __future__ import annotations
 
@@ -424,25 +428,27 @@ def _product_ready(A: FsaVec, B: FsaVec) -> bool:
 def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: bool = False,
                   backend: str = "auto"):
     """``forward_score(compose(a, b))`` (or ``viterbi_score`` with ``log_semiring=False``), computed without
-    building the composition when that is possible; the same results either way.
+    building the composition when that is possible; the same results and gradients either way.
 
-    The fused path (a numba kernel, `gtn.kernels.product_numba`) runs a dynamic program over ``a``'s states in
+    The fused path (numba kernels, `gtn.kernels.product_numba`) runs a dynamic program over ``a``'s states in
     order, with one score per state of ``b``, pairing each arc of ``a`` only with ``b``'s arcs of the same label. It
     needs: ``a`` an `Fsa`/`FsaVec` of acceptors without epsilon arcs whose every arc goes from a lower to a
     higher state (acyclic and topologically numbered, like the interpretation graphs of a segmenter), ``b`` one
-    acceptor without epsilon arcs (any topology, e.g. a lexicon's prefix tree), CPU tensors and no gradient
-    to compute. Otherwise (or with ``backend="torch"``) it composes and scores: that is the reference, which
-    the tests check the kernel against, and the only differentiable route (`compose_score` takes it whenever
-    gradients are being recorded for either input's scores).
+    acceptor without epsilon arcs (any topology, e.g. a lexicon's prefix tree) and CPU tensors. Otherwise (or
+    with ``backend="torch"``) it composes and scores, which is the reference the tests check the kernels against.
+
+    Gradients reach both inputs' scores: the forward score's backward recomputes alpha and runs beta over the
+    same product (the arc posteriors of the composition, summed onto the ``a`` and ``b`` arcs that make each
+    composed arc); the Viterbi score's gradient is 1 on the arcs of the best path.
 
     Args:
         return_path: (``log_semiring=False`` only) also return the best path, as `viterbi_path` of the
             composition would: a linear `Fsa`/`FsaVec` with ``a``'s labels and attributes (and ``b``'s that ``a``
             lacks), each arc scoring ``a``'s arc plus ``b``'s; a member without a path is the empty FSA.
-        backend: ``"auto"``, ``"numba"`` (the kernel; `FsaError` if the conditions do not hold) or ``"torch"``.
+        backend: ``"auto"``, ``"numba"`` (the kernels; `FsaError` if the conditions do not hold) or ``"torch"``.
 
     Returns ``[num_fsas]`` scores for an `FsaVec` input (``[]`` for two `Fsa`), ``-inf`` where the composition
-    has no path; with ``return_path``, ``(scores, path)``.
+    has no path (with zero gradients there); with ``return_path``, ``(scores, path)``.
     """
     from .scoring import forward_score, viterbi_score, viterbi_path
     if return_path and log_semiring:
@@ -455,21 +461,27 @@ def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: 
     A, B = as_vec(a), as_vec(b)
     mod = None
     if backend != "torch":
-        grads = torch.is_grad_enabled() and (A.scores.requires_grad or B.scores.requires_grad)
-        ready = not grads and _product_ready(A, B)
         mod = _kernels.load("product_numba", A.device) if backend == "auto" else _load_product(A.device)
-        if not ready:
+        if not _product_ready(A, B):
             if backend == "numba":
                 raise FsaError("compose_score: the fused kernel needs acceptors without epsilon arcs, a's arcs "
-                               "going from lower to higher states, one b, no gradients and a bounded state "
-                               f"table ({PRODUCT_CELLS:.0e} pairs)")
+                               "going from lower to higher states, one b, and a bounded state table "
+                               f"({PRODUCT_CELLS:.0e} pairs)")
             mod = None
     if mod is None:
         c = compose(a, b)
         if not return_path:
             return forward_score(c) if log_semiring else viterbi_score(c)
         return viterbi_score(c), viterbi_path(c)
-    return _compose_score_numba(mod, a, b, A, B, log_semiring, return_path)
+    plan = _ProductPlan(mod, A, B)
+    dtype = torch.promote_types(A.scores.dtype, B.scores.dtype)
+    scores = _ProductScore.apply(A.scores, B.scores, plan, bool(log_semiring)).to(dtype)
+    single = not (isinstance(a, FsaVec) or isinstance(b, FsaVec))
+    out = scores[0] if single else scores
+    if not return_path:
+        return out
+    path = plan.best_path(A, B, dtype)
+    return out, (like(path, a) if single else path)
 
 
 def _load_product(device):
@@ -484,54 +496,110 @@ def _load_product(device):
     return mod
 
 
-def _compose_score_numba(mod, a, b, A: FsaVec, B: FsaVec, log_semiring: bool, return_path: bool):
-    N = len(A)
-    na = A.num_states.numpy()
-    nb = int(B.total_states)
-    # b's arcs grouped by label (shifted by one: the final label -1 becomes 0)
-    blab = B.labels + 1
-    order = torch.sort(blab, stable=True).indices
-    nlab = int(blab.max()) + 1 if B.num_arcs else 0
-    b_lab_splits = torch.zeros(nlab + 1, dtype=torch.int64)
-    if B.num_arcs:
-        b_lab_splits[1:] = torch.cumsum(torch.bincount(blab, minlength=nlab), 0)
-    b_arcs = B.arcs.index_select(0, order)
-    b_sc = B.scores.detach().index_select(0, order).to(torch.float64)
-    cells = int(na.max()) * nb if N else 0
-    row = np.empty(max(cells, 1), dtype=np.float64)
-    back_a = np.empty(max(cells, 1) if return_path else 1, dtype=np.int64)
-    back_b = np.empty_like(back_a)
-    score = np.empty(N, dtype=np.float64)
-    path_a = np.empty(max(A.num_arcs, 1), dtype=np.int64)
-    path_len = np.zeros(N, dtype=np.int64)
-    path_b = np.empty_like(path_a) if return_path else path_a
-    mod.product_scores(A.arcs[:, 0].contiguous().numpy(), A.arcs[:, 1].contiguous().numpy(),
-                       (A.labels + 1).numpy(), A.scores.detach().to(torch.float64).numpy(),
-                       A.arc_splits.numpy(), na,
-                       b_arcs[:, 0].contiguous().numpy(), b_arcs[:, 1].contiguous().numpy(), b_sc.numpy(),
-                       b_lab_splits.numpy(), nb, bool(log_semiring), bool(return_path), score, path_a, path_b,
-                       path_len, row, back_a, back_b)
-    dtype = torch.promote_types(A.scores.dtype, B.scores.dtype)
-    scores = torch.from_numpy(score).to(dtype)
-    if not (isinstance(a, FsaVec) or isinstance(b, FsaVec)):
-        scores = scores[0]
-    if not return_path:
-        return scores
-    # the best paths as viterbi_path(compose(a, b)) gives them: a linear FSA per member
-    lens = torch.from_numpy(path_len)
-    starts = A.arc_splits[:-1]
-    pos = ragged_range(torch.zeros(N, dtype=torch.int64), lens)
-    member = torch.repeat_interleave(torch.arange(N), lens)
-    src = starts.index_select(0, member) + pos
-    a_map = starts.index_select(0, member) + torch.from_numpy(path_a).index_select(0, src)
-    b_map = order.index_select(0, torch.from_numpy(path_b).index_select(0, src))
-    zero = torch.zeros(1, dtype=torch.int64)
-    arc_splits = torch.cat([zero, torch.cumsum(lens, 0)])
-    nst = torch.where(lens > 0, lens + 1, torch.zeros_like(lens))
-    state_splits = torch.cat([zero, torch.cumsum(nst, 0)])
-    arcs = torch.stack([pos, pos + 1, A.labels.index_select(0, a_map)], 1)
-    sc = A.scores.to(dtype).index_select(0, a_map) + B.scores.to(dtype).index_select(0, b_map)
-    attrs = {k: v.index_select(0, a_map) for k, v in A._attrs.items()}
-    attrs.update({k: v.index_select(0, b_map) for k, v in B._attrs.items() if k not in attrs})
-    path = from_arcs(arcs, sc, arc_splits, state_splits, None, attrs)
-    return scores, (path if (isinstance(a, FsaVec) or isinstance(b, FsaVec)) else like(path, a))
+class _ProductPlan:
+    """The structure arrays of ``a`` (its arcs, labels shifted by one so that -1 is 0) and of ``b`` (its arcs
+    sorted by shifted label, with the label ranges), the scratch tables, and, after a Viterbi run, the best
+    paths (member-local ``a`` arcs and label-sorted ``b`` arcs)."""
+
+    def __init__(self, mod, A: FsaVec, B: FsaVec):
+        self.mod = mod
+        self.N = len(A)
+        self.a_src = A.arcs[:, 0].contiguous().numpy()
+        self.a_dst = A.arcs[:, 1].contiguous().numpy()
+        self.a_lab = (A.labels + 1).numpy()
+        self.a_splits = A.arc_splits.numpy()
+        self.na = A.num_states.numpy()
+        self.nb = int(B.total_states)
+        blab = B.labels + 1
+        self.b_order = torch.sort(blab, stable=True).indices
+        nlab = int(blab.max()) + 1 if B.num_arcs else 0
+        splits = torch.zeros(nlab + 1, dtype=torch.int64)
+        if B.num_arcs:
+            splits[1:] = torch.cumsum(torch.bincount(blab, minlength=nlab), 0)
+        self.b_lab_splits = splits.numpy()
+        b_arcs = B.arcs.index_select(0, self.b_order)
+        self.b_src = b_arcs[:, 0].contiguous().numpy()
+        self.b_dst = b_arcs[:, 1].contiguous().numpy()
+        self.cells = max(int(self.na.max()) * self.nb if self.N else 0, 1)
+        self.path_len = None
+
+    def _scores(self, a_scores, b_scores):
+        a = a_scores.detach().to(torch.float64).numpy()
+        b = b_scores.detach().index_select(0, self.b_order).to(torch.float64).numpy()
+        return a, b
+
+    def run(self, a_scores, b_scores, log_semiring: bool) -> torch.Tensor:
+        a, b = self._scores(a_scores, b_scores)
+        want_path = not log_semiring
+        score = np.empty(self.N, dtype=np.float64)
+        row = np.empty(self.cells, dtype=np.float64)
+        back_a = np.empty(self.cells if want_path else 1, dtype=np.int64)
+        back_b = np.empty_like(back_a)
+        self.path_a = np.empty(max(len(self.a_src), 1), dtype=np.int64)
+        self.path_b = np.empty_like(self.path_a)
+        self.path_len = np.zeros(self.N, dtype=np.int64)
+        self.mod.product_scores(self.a_src, self.a_dst, self.a_lab, a, self.a_splits, self.na, self.b_src,
+                                self.b_dst, b, self.b_lab_splits, self.nb, log_semiring, want_path, score,
+                                self.path_a, self.path_b, self.path_len, row, back_a, back_b)
+        return torch.from_numpy(score)
+
+    def path_maps(self):
+        """``(member, position, a_map, b_map)`` of the best paths' arcs (global ``a`` / ``b`` arc indices)."""
+        lens = torch.from_numpy(self.path_len)
+        pos = ragged_range(torch.zeros(self.N, dtype=torch.int64), lens)
+        member = torch.repeat_interleave(torch.arange(self.N), lens)
+        starts = torch.from_numpy(self.a_splits[:-1]).index_select(0, member)
+        at = starts + pos
+        a_map = starts + torch.from_numpy(self.path_a).index_select(0, at)
+        b_map = self.b_order.index_select(0, torch.from_numpy(self.path_b).index_select(0, at))
+        return member, pos, a_map, b_map
+
+    def best_path(self, A: FsaVec, B: FsaVec, dtype) -> FsaVec:
+        """The best paths as ``viterbi_path(compose(a, b))`` gives them: a linear FSA per member."""
+        member, pos, a_map, b_map = self.path_maps()
+        lens = torch.from_numpy(self.path_len)
+        zero = torch.zeros(1, dtype=torch.int64)
+        arc_splits = torch.cat([zero, torch.cumsum(lens, 0)])
+        nst = torch.where(lens > 0, lens + 1, torch.zeros_like(lens))
+        state_splits = torch.cat([zero, torch.cumsum(nst, 0)])
+        arcs = torch.stack([pos, pos + 1, A.labels.index_select(0, a_map)], 1)
+        sc = A.scores.to(dtype).index_select(0, a_map) + B.scores.to(dtype).index_select(0, b_map)
+        attrs = {k: v.index_select(0, a_map) for k, v in A._attrs.items()}
+        attrs.update({k: v.index_select(0, b_map) for k, v in B._attrs.items() if k not in attrs})
+        return from_arcs(arcs, sc, arc_splits, state_splits, None, attrs)
+
+
+class _ProductScore(torch.autograd.Function):
+    """The fused composed score; its backward gives the gradients that composing then scoring would."""
+
+    @staticmethod
+    def forward(ctx, a_scores, b_scores, plan, log_semiring):
+        z = plan.run(a_scores, b_scores, log_semiring)
+        ctx.plan, ctx.log_semiring = plan, log_semiring
+        ctx.save_for_backward(a_scores, b_scores, z)
+        return z
+
+    @staticmethod
+    def backward(ctx, gz):
+        a_scores, b_scores, z = ctx.saved_tensors
+        plan = ctx.plan
+        gz = gz.to(torch.float64).contiguous()
+        fin = torch.isfinite(z)
+        gz = torch.where(fin, gz, torch.zeros_like(gz))  # no path: zero gradients
+        if ctx.log_semiring:
+            a, b = plan._scores(a_scores, b_scores)
+            ga = np.zeros(len(a), dtype=np.float64)
+            gb_sorted = np.zeros(len(b), dtype=np.float64)
+            alpha = np.empty(plan.cells, dtype=np.float64)
+            beta = np.empty(plan.cells, dtype=np.float64)
+            plan.mod.product_grads(plan.a_src, plan.a_dst, plan.a_lab, a, plan.a_splits, plan.na, plan.b_src,
+                                   plan.b_dst, b, plan.b_lab_splits, plan.nb, z.numpy(), gz.numpy(), ga, gb_sorted,
+                                   alpha, beta)
+            ga = torch.from_numpy(ga)
+            gb = torch.zeros(len(b), dtype=torch.float64).index_copy_(0, plan.b_order, torch.from_numpy(gb_sorted))
+        else:
+            member, _, a_map, b_map = plan.path_maps()
+            w = gz.index_select(0, member)
+            ga = torch.zeros(a_scores.shape[0], dtype=torch.float64).index_add_(0, a_map, w)
+            gb = torch.zeros(b_scores.shape[0], dtype=torch.float64).index_add_(0, b_map, w)
+        return ga.to(a_scores.dtype), gb.to(b_scores.dtype), None, None

@@ -473,11 +473,27 @@ def test_compose_score_fused_equals_composing_then_scoring(a, b, b_attr):
         assert torch.equal(getattr(path, k), getattr(ref, k))
     # the default backend takes the kernel here and agrees with it
     assert torch.equal(gtn.compose_score(a, b, log_semiring=False), score)
+    # gradients (both inputs' scores): the forward score's are the composition's arc posteriors summed onto the
+    # arcs that make each composed arc; the Viterbi score's are 1 on the best path's arcs
+    w = torch.rand(len(a), dtype=torch.float64) + 0.5  # distinct weights per member: catches a mixed-up member
+    for log_semiring in (True, False):
+        grads = []
+        for fused in (True, False):
+            x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+            if fused:
+                z = gtn.compose_score(x, y, log_semiring=log_semiring, backend="numba")
+            else:
+                c = gtn.compose(x, y, impl="torch")
+                z = gtn.forward_score(c) if log_semiring else gtn.viterbi_score(c)
+            (torch.where(torch.isfinite(z), z, torch.zeros_like(z)) * w).sum().backward()
+            grads.append((x.scores.grad, y.scores.grad))
+        (ga, gb), (ra, rb) = grads
+        assert torch.allclose(ga, ra, atol=1e-9) and torch.allclose(gb, rb, atol=1e-9), log_semiring
 
 
 def test_compose_score_falls_back_where_the_kernel_does_not_apply():
-    """Outside the kernel's conditions the default backend composes (same results as composing by hand),
-    backend='numba' refuses with the reason, and gradients flow through the composing route."""
+    """Outside the kernel's conditions the default backend composes (same results as composing by hand), and
+    backend='numba' refuses with the reason."""
     lin = gtn.linear_fsa([1, 2], torch.tensor([0.5, -0.25], dtype=torch.float64))
     b = gtn.Fsa.from_str("0 1 1 0.1\n1 1 2 0.2\n1 2 -1 0\n2\n", dtype=torch.float64)
     eps_a = gtn.Fsa.from_str("0 1 1 0.5\n1 2 0 0.25\n2 3 2 0\n3 4 -1 0\n4\n", dtype=torch.float64)
@@ -491,12 +507,16 @@ def test_compose_score_falls_back_where_the_kernel_does_not_apply():
         assert _same(s, gtn.viterbi_score(c)) and p == gtn.viterbi_path(c)
         with pytest.raises(gtn.FsaError, match="fused kernel needs"):
             gtn.compose_score(x, y, backend="numba")
-    # gradients: the composing route, with the gradients of forward_score(compose(...))
+    # gradients through the kernel: those of forward_score(compose(...)), in the inputs' dtypes
+    x32, b32 = lin.to(torch.float32).requires_grad_(), b.to(torch.float32).requires_grad_()
+    gtn.compose_score(x32, b32).backward()
+    assert x32.scores.grad.dtype == torch.float32 and b32.scores.grad.dtype == torch.float32
     x = lin.clone().requires_grad_()
     gtn.compose_score(x, b).backward()
     y = lin.clone().requires_grad_()
     gtn.forward_score(gtn.compose(y, b)).backward()
     assert torch.allclose(x.scores.grad, y.scores.grad) and bool(x.scores.grad.abs().sum() > 0)
+    assert torch.allclose(x32.scores.grad.double(), x.scores.grad, atol=1e-6)
     with torch.no_grad():  # no gradient to record: the kernel
         assert _same(gtn.compose_score(x, b, backend="numba"), gtn.forward_score(gtn.compose(lin, b)))
     assert gtn.compose_score(lin, b).shape == () and gtn.compose_score(gtn.FsaVec([lin]), b).shape == (1,)
