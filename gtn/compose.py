@@ -33,6 +33,7 @@ graphs against a big lexicon); elsewhere it composes and scores.
 """
 from __future__ import annotations
 
+import importlib
 import threading
 from typing import Union
 
@@ -51,15 +52,15 @@ _workspace = threading.local()
 _WORKSPACE_KEEP = 256 << 20  # bytes
 
 
-def _load_forced(device):
-    """The kernel module for ``impl='numba'`` (even when kernels are disabled globally), or FsaError."""
+def _load_forced(device, kernel: str = "compose_numba", what: str = "compose: impl='numba'"):
+    """The kernel module ``gtn.kernels.<kernel>`` when it is asked for by name (even when kernels are disabled
+    globally), or FsaError saying why it cannot run."""
     if device.type != "cpu":
-        raise FsaError(f"compose: impl='numba' needs CPU tensors, got {device}")
+        raise FsaError(f"{what} needs CPU tensors, got {device}")
     try:
-        from .kernels import compose_numba
+        return importlib.import_module(f".kernels.{kernel}", __package__)
     except Exception as e:  # pragma: no cover - only where numba is missing
-        raise FsaError(f"compose: impl='numba' needs numba ({e})") from None
-    return compose_numba
+        raise FsaError(f"{what} needs numba ({e})") from None
 
 _TABLE_MAX = 1 << 21  # b's (state, label) table for the numba kernel: at most this many entries (16 MiB)
 _DENSE_MAX = 1 << 25  # pair keys below this use the kernel's dense (lazily paged, never initialised) table
@@ -461,7 +462,8 @@ def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: 
     A, B = as_vec(a), as_vec(b)
     mod = None
     if backend != "torch":
-        mod = _kernels.load("product_numba", A.device) if backend == "auto" else _load_product(A.device)
+        mod = (_kernels.load("product_numba", A.device) if backend == "auto"
+               else _load_forced(A.device, "product_numba", "compose_score: backend='numba'"))
         if not _product_ready(A, B):
             if backend == "numba":
                 raise FsaError("compose_score: the fused kernel needs acceptors without epsilon arcs, a's arcs "
@@ -482,18 +484,6 @@ def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: 
         return out
     path = plan.best_path(A, B, dtype)
     return out, (like(path, a) if single else path)
-
-
-def _load_product(device):
-    mod = _kernels.load("product_numba", device) if _kernels.use_numba() else None
-    if mod is None:
-        try:
-            from .kernels import product_numba as mod
-        except Exception as e:  # numba missing
-            raise FsaError(f"compose_score: backend='numba' needs numba on the CPU ({e})") from None
-        if device.type != "cpu":
-            raise FsaError("compose_score: backend='numba' needs CPU tensors")
-    return mod
 
 
 class _ProductPlan:
@@ -535,7 +525,7 @@ class _ProductPlan:
         row = np.empty(self.cells, dtype=np.float64)
         back_a = np.empty(self.cells if want_path else 1, dtype=np.int64)
         back_b = np.empty_like(back_a)
-        self.path_a = np.empty(max(len(self.a_src), 1), dtype=np.int64)
+        self.path_a = np.empty(max(len(self.a_src), 1) if want_path else 1, dtype=np.int64)
         self.path_b = np.empty_like(self.path_a)
         self.path_len = np.zeros(self.N, dtype=np.int64)
         self.mod.product_scores(self.a_src, self.a_dst, self.a_lab, a, self.a_splits, self.na, self.b_src,

@@ -261,7 +261,8 @@ _DIGITS = set("0123456789")
 
 #: Work bound of one lexicon composition: (arcs of the images' interpretation graphs) × (arcs of the lexicon).
 #: The composition holds every reachable (state, lexicon prefix) pair, about 1/60 of that product for a
-#: 10,000-word lexicon (about 10 million arcs at the bound), so a batch is read in chunks of images under it.
+#: 10,000-word lexicon (about 10 million arcs at the bound), so a batch is read in chunks of images under it
+#: (`gtn.compose_score` builds it only when its fused kernel does not apply, e.g. a huge lexicon).
 LEXICON_WORK = 5e8
 
 

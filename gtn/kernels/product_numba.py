@@ -29,6 +29,48 @@ def available() -> bool:
     return True
 
 
+@njit(cache=True, inline="always")
+def _log_add(y, v):
+    """log(exp(y) + exp(v)), either may be -inf."""
+    if y == NEG_INF:
+        return v
+    if v > y:
+        return v + math.log1p(math.exp(y - v))
+    return y + math.log1p(math.exp(v - y))
+
+
+@njit(cache=True)
+def _alpha(k0, k1, na, nb, nlab, a_src, a_dst, a_lab, a_sc, b_src, b_dst, b_sc, b_lab_splits, log_semiring,
+           want_path, row, back_a, back_b):
+    """The forward pass of one member: ``row[sa * nb + sb]`` the score of reaching the product state
+    ``(sa, sb)`` (log or tropical), and with ``want_path`` the best way into it in ``back_a/back_b``."""
+    for c in range(na * nb):
+        row[c] = NEG_INF
+    row[0] = 0.0
+    # arcs are sorted by source and every arc goes to a higher state: when arc k is relaxed, the row of
+    # its source state is complete
+    for k in range(k0, k1):
+        lab = a_lab[k]
+        if lab >= nlab:
+            continue
+        s = a_src[k] * nb
+        d = a_dst[k] * nb
+        w = a_sc[k]
+        for e in range(b_lab_splits[lab], b_lab_splits[lab + 1]):
+            x = row[s + b_src[e]]
+            if x == NEG_INF:
+                continue
+            v = x + w + b_sc[e]
+            t = d + b_dst[e]
+            if log_semiring:
+                row[t] = _log_add(row[t], v)
+            elif v > row[t]:
+                row[t] = v
+                if want_path:
+                    back_a[t] = k - k0
+                    back_b[t] = e
+
+
 @njit(cache=True)
 def product_scores(a_src, a_dst, a_lab, a_sc, a_arc_splits, a_nstates, b_src, b_dst, b_sc, b_lab_splits,
                    b_nstates, log_semiring, want_path, score, path_a, path_b, path_len, row, back_a, back_b):
@@ -53,37 +95,8 @@ def product_scores(a_src, a_dst, a_lab, a_sc, a_arc_splits, a_nstates, b_src, b_
         if na < 2 or nb < 2:  # a path needs a final arc into a final state other than the start
             score[i] = NEG_INF
             continue
-        for c in range(na * nb):
-            row[c] = NEG_INF
-        row[0] = 0.0
-        # arcs are sorted by source and every arc goes to a higher state: when arc k is relaxed, the row of
-        # its source state is complete
-        for k in range(k0, k1):
-            lab = a_lab[k]
-            if lab >= nlab:
-                continue
-            s = a_src[k] * nb
-            d = a_dst[k] * nb
-            w = a_sc[k]
-            for e in range(b_lab_splits[lab], b_lab_splits[lab + 1]):
-                x = row[s + b_src[e]]
-                if x == NEG_INF:
-                    continue
-                v = x + w + b_sc[e]
-                t = d + b_dst[e]
-                y = row[t]
-                if log_semiring:
-                    if y == NEG_INF:
-                        row[t] = v
-                    elif v > y:
-                        row[t] = v + math.log1p(math.exp(y - v))
-                    else:
-                        row[t] = y + math.log1p(math.exp(v - y))
-                elif v > y:
-                    row[t] = v
-                    if want_path:
-                        back_a[t] = k - k0
-                        back_b[t] = e
+        _alpha(k0, k1, na, nb, nlab, a_src, a_dst, a_lab, a_sc, b_src, b_dst, b_sc, b_lab_splits, log_semiring,
+               want_path, row, back_a, back_b)
         f = (na - 1) * nb + nb - 1
         score[i] = row[f]
         if want_path and row[f] > NEG_INF:
@@ -119,6 +132,7 @@ def product_grads(a_src, a_dst, a_lab, a_sc, a_arc_splits, a_nstates, b_src, b_d
     least ``max(a_nstates) * b_nstates`` floats."""
     nb = b_nstates
     nlab = b_lab_splits.shape[0] - 1
+    no_back = np.empty(1, dtype=np.int64)  # the forward pass keeps no back-pointers here
     for i in range(a_arc_splits.shape[0] - 1):
         z = Z[i]
         g = gz[i]
@@ -127,30 +141,10 @@ def product_grads(a_src, a_dst, a_lab, a_sc, a_arc_splits, a_nstates, b_src, b_d
             continue
         k0 = a_arc_splits[i]
         k1 = a_arc_splits[i + 1]
+        _alpha(k0, k1, na, nb, nlab, a_src, a_dst, a_lab, a_sc, b_src, b_dst, b_sc, b_lab_splits, True, False,
+               alpha, no_back, no_back)
         for c in range(na * nb):
-            alpha[c] = NEG_INF
             beta[c] = NEG_INF
-        alpha[0] = 0.0
-        for k in range(k0, k1):
-            lab = a_lab[k]
-            if lab >= nlab:
-                continue
-            s = a_src[k] * nb
-            d = a_dst[k] * nb
-            w = a_sc[k]
-            for e in range(b_lab_splits[lab], b_lab_splits[lab + 1]):
-                x = alpha[s + b_src[e]]
-                if x == NEG_INF:
-                    continue
-                v = x + w + b_sc[e]
-                t = d + b_dst[e]
-                y = alpha[t]
-                if y == NEG_INF:
-                    alpha[t] = v
-                elif v > y:
-                    alpha[t] = v + math.log1p(math.exp(y - v))
-                else:
-                    alpha[t] = y + math.log1p(math.exp(v - y))
         beta[na * nb - 1] = 0.0
         for k in range(k1 - 1, k0 - 1, -1):
             lab = a_lab[k]
@@ -170,10 +164,4 @@ def product_grads(a_src, a_dst, a_lab, a_sc, a_arc_splits, a_nstates, b_src, b_d
                     p = g * math.exp(x + u - z)
                     ga[k] += p
                     gb[e] += p
-                y = beta[f]
-                if y == NEG_INF:
-                    beta[f] = u
-                elif u > y:
-                    beta[f] = u + math.log1p(math.exp(y - u))
-                else:
-                    beta[f] = y + math.log1p(math.exp(u - y))
+                beta[f] = _log_add(beta[f], u)
