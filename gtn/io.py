@@ -106,6 +106,8 @@ def _from_openfst(lines, acceptor: bool, dtype) -> Fsa:
         n = len(toks)
         if n <= 2:
             st = _parse_int(toks[0], lineno)
+            if st < 0:
+                raise FsaError(f"line {lineno}: negative state {st} in OpenFst text")
             cost = _parse_float(toks[1], lineno) if n == 2 else 0.0
             finals[st] = cost
             if start is None and not arc_rows:

@@ -138,6 +138,8 @@ def test_openfst_errors():
         gtn.Fsa.from_openfst("0 1 2 3 0.5\n1\n")
     with pytest.raises(gtn.FsaError, match="negative"):
         gtn.Fsa.from_openfst("0 1 -2 0.5\n1\n")
+    with pytest.raises(gtn.FsaError, match="line 1: negative state -1"):
+        gtn.Fsa.from_openfst("-1 inf\n")
     with pytest.raises(gtn.FsaError, match="64-bit"):
         gtn.Fsa.from_openfst("0 9223372036854775807 2 0.5\n9223372036854775807\n")
     with pytest.raises(gtn.FsaError, match="64-bit"):
