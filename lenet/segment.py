@@ -42,7 +42,7 @@ import torch
 import gtn
 
 __all__ = ["SegmentParams", "Segmentation", "WholeImage", "as_float_image", "find_cuts", "segment", "segment_batch",
-           "plot_segmentation", "NUM_SEG_FEATURES"]
+           "plot_segmentation", "NUM_SEG_FEATURES", "true_path", "coverage"]
 
 #: Ink threshold on grey levels in 0..1: fainter pixels are background for cutting (anti-aliasing halo).
 INK_THRESHOLD = 0.1
@@ -63,12 +63,14 @@ class SegmentParams:
     min_area: float = 0.02    #: components with fewer ink pixels than this × unit² join the nearest piece
     drift: float = 0.0        #: "components": a cut inside a component may bend up to this × unit columns
                               #: off the vertical, following the least ink (0: straight vertical cuts)
+    cut_paths: float = 0.0    #: "components": cuts inside a component are least-ink paths from top to bottom,
+                              #: free to run round strokes, within this × unit of their start column (0: off)
 
     def __post_init__(self):
         if self.pieces not in ("components", "columns"):
             raise ValueError(f"pieces must be 'components' or 'columns', not {self.pieces!r}")
         if (self.max_pieces < 1 or not 0 < self.min_piece < self.max_piece or self.max_width <= 0
-                or not 0 <= self.drift < 1):
+                or not 0 <= self.drift < 1 or not 0 <= self.cut_paths < 2):
             raise ValueError(f"bad segmentation settings {self}")
 
 
@@ -273,6 +275,116 @@ def _least_ink_cuts(xc: np.ndarray, cols, drift: int, c0: int, c1: int) -> np.nd
     return np.maximum.accumulate(paths - k, axis=0) + k                  # non-crossing
 
 
+#: Cost of a cut path per column it runs sideways (between two rows), in units of one fully inked pixel
+#: severed: a path may run around a stroke through the background, but prefers the straight way down.
+SIDEWAYS_COST = 0.02
+#: Cost per row and column of a cut path's distance from its start column: without it the least-ink path
+#: would run round a whole digit (severing nothing) instead of between two.
+DEVIATION_COST = 0.1
+
+
+def _path_dp(through: np.ndarray, S: np.ndarray):
+    """Forward pass of the cut-path dynamic program over rows (see `_cut_paths`): ``acc [H, K, J]`` the least
+    cost of a path from the top row to each position of each row, and ``back [H, K, J]`` its predecessor."""
+    H, K, J = through.shape
+    idx = np.broadcast_to(np.arange(J), (K, J))
+    acc = np.empty_like(through)
+    acc[0] = through[0]
+    back = np.zeros((H, K, J), dtype=np.int64)
+    for y in range(1, H):   # one step per row (rows, not arcs): the best predecessor for every position
+        s, prev = S[y - 1], acc[y - 1]
+        a = prev - s                                                     # from the left: prev[p] + S[q] - S[p]
+        lmin = np.minimum.accumulate(a, axis=1)
+        larg = np.maximum.accumulate(np.where(a <= lmin, idx, 0), axis=1)
+        b = (prev + s)[:, ::-1]                                          # from the right: prev[p] + S[p] - S[q]
+        bmin = np.minimum.accumulate(b, axis=1)
+        rarg = (J - 1 - np.maximum.accumulate(np.where(b <= bmin, idx, 0), axis=1))[:, ::-1]
+        from_left, from_right = s + lmin, bmin[:, ::-1] - s
+        take_left = from_left <= from_right
+        acc[y] = np.where(take_left, from_left, from_right) + through[y]
+        back[y] = np.where(take_left, larg, rarg)
+    return acc, back
+
+
+def _cut_paths(jobs, radius: int):
+    """Least-ink cut paths from the top to the bottom of a component's grey image ``xc`` (0 outside it).
+
+    A path is one cut position per row (``paths[k, y] = p``: row ``y`` is cut between columns ``p - 1`` and
+    ``p``), free to jump any number of columns from one row to the next, within ``radius`` columns of its
+    start column and strictly inside ``(c0, c1)``. Its cost is the ink it severs: in each row the fainter of
+    the two pixels it passes between, and between rows ``y`` and ``y + 1``, for each column it runs sideways
+    under, the fainter of the two pixels it separates there, plus `SIDEWAYS_COST`, plus `DEVIATION_COST` per
+    row and column away from the start column. So a path runs round strokes through the background and
+    crosses ink only where two digits join, along any curve, not only a slanted line.
+
+    Each start column ``cols[k]`` gives one path per run of ink in that column (up to three): the path is made
+    to sever that run at its middle row (the *anchor*), so that it separates ink on its two sides instead of
+    running round the whole component. The best path through an anchor joins the best path from the top to
+    it and from it to the bottom: a dynamic program over rows in each direction, vectorised over the paths and
+    their window (a sideways run costs a difference of prefix sums, so each row's best predecessor is a running
+    minimum from the left and one from the right). Paths are then taken cheapest first, dropping any that crosses
+    one already taken (pieces need a left-to-right order), and sorted left to right. All components of an image go through one dynamic program
+    (``jobs``: ``(xc, cols, c0, c1)`` per component). Returns one ``int64 [N, H]`` array per job.
+    """
+    off = np.arange(-radius, radius + 1)
+    J = off.size
+    thr, sides, poss, owner = [], [], [], []
+    for n, (xc, cols, c0, c1) in enumerate(jobs):
+        H, W = xc.shape
+        cols = np.asarray(cols, dtype=np.int64)
+        pos = cols[:, None] + off[None, :]                               # [K, J] candidate cut positions
+        valid = (pos > c0) & (pos < c1)
+        pc = np.clip(pos, 1, W - 1)
+        through = np.minimum(xc[:, pc - 1], xc[:, pc])                   # [H, K, J] ink severed in each row
+        thr.append(np.where(valid[None], through + DEVIATION_COST * np.abs(off)[None, None, :], np.inf))
+        # sideways between rows y and y+1 under column x = pos: the fainter of (y, x) and (y+1, x)
+        under = np.minimum(xc[:-1], xc[1:])[:, np.clip(pos, 0, W - 1)] + SIDEWAYS_COST   # [H-1, K, J]
+        sides.append(np.concatenate([np.zeros((H - 1, len(cols), 1)), np.cumsum(under, 2)[:, :, :-1]], 2))
+        poss.append(pos)
+        owner += [n] * len(cols)
+    through, S, pos = np.concatenate(thr, 1), np.concatenate(sides, 1), np.concatenate(poss, 0)
+    H = through.shape[0]
+    down, back_down = _path_dp(through, S)
+    up, back_up = _path_dp(through[::-1], S[::-1])
+    up, back_up = up[::-1], back_up[::-1]
+    # anchors: the middle row of each run of ink severed at the start column (at most three per column)
+    centre = radius
+    anchors = []
+    k = 0
+    for xc, cols, _, _ in jobs:   # a handful of start columns per image
+        for col in cols:
+            cut = np.minimum(xc[:, col - 1], xc[:, col]) > INK_THRESHOLD
+            a, b = _runs(cut)
+            anchors += [(k, (r0 + r1 - 1) // 2) for r0, r1 in list(zip(a, b))[:3]] or [(k, -1)]
+            k += 1
+    ka = np.array([k for k, _ in anchors])
+    ya = np.array([y for _, y in anchors])
+    A = len(anchors)
+    free = ya < 0                                    # no ink at the start column: the best path through the window
+    j = np.zeros((A, H), dtype=np.int64)
+    start = np.where(free, up[0, ka].argmin(1), centre)
+    ya = np.where(free, 0, ya)
+    j[np.arange(A), ya] = start
+    costs = np.where(free, up[0, ka, start], down[ya, ka, start] + up[ya, ka, start] - through[ya, ka, start])
+    for y in range(H - 1):            # below each anchor: follow the upward table's pointers down
+        j[:, y + 1] = np.where(ya <= y, back_up[y, ka, j[:, y]], j[:, y + 1])
+    for y in range(H - 1, 0, -1):     # above each anchor: the downward table's pointers up
+        j[:, y - 1] = np.where(ya >= y, back_down[y, ka, j[:, y]], j[:, y - 1])
+    paths = pos[ka[:, None], j]                                          # [A, H]
+    job_of = np.asarray(owner)[ka]
+    out = []
+    for n in range(len(jobs)):
+        mine = np.flatnonzero(job_of == n)
+        taken = []   # the cheapest first; a path crossing one already taken is dropped
+        for i in mine[np.argsort(costs[mine], kind="stable")]:
+            p = paths[i]
+            if all(((p <= q).all() or (p >= q).all()) and not np.array_equal(p, q) for q in taken):
+                taken.append(p)
+        taken = np.stack(taken)
+        out.append(taken[np.argsort(taken.mean(1), kind="stable")])
+    return out
+
+
 def _component_pieces(x: np.ndarray, params: SegmentParams):
     """``"components"`` pieces: ``(piece_map int64 [H, W], the same with straight cuts, component of each piece
     [P], unit)`` (the two maps are one array when no cut bends)."""
@@ -295,21 +407,37 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
     table = np.full((n + 1, W), -1, dtype=np.int64)   # (component, column) -> piece
     comp, bent = [], []
     drift = int(round(params.drift * unit))
+    radius = int(round(params.cut_paths * unit))
+    plan = []                                          # per component: (c, c0, c1, inner cut columns)
     for c in big[np.argsort(centre, kind="stable")]:  # a handful of components per image
         mine = lab == c
         cols = np.flatnonzero(mine.any(0))
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
-        edges = [c0]
+        inner = []
         if c1 - c0 > max_piece:
             xc = np.where(mine, x, 0.0)
             proj, count, cand = _profiles(xc, mine)
-            edges += _split_run(c0, c1, proj, count, cand, x.shape[0], min_piece, max_piece)
-        edges.append(c1)
-        if drift > 0 and len(edges) > 2:   # bent cuts: pieces of this component are split row by row
-            bent.append((c, len(comp), _least_ink_cuts(np.where(mine, x, 0.0), edges[1:-1], drift, c0, c1)))
+            inner = _split_run(c0, c1, proj, count, cand, x.shape[0], min_piece, max_piece)
+        plan.append((c, c0, c1, inner))
+    # cut paths: one dynamic program for every component that needs cutting
+    jobs = [(np.where(lab == c, x, 0.0), inner, c0, c1) for c, c0, c1, inner in plan if radius > 0 and inner]
+    found = iter(_cut_paths(jobs, radius) if jobs else [])
+    for c, c0, c1, inner in plan:
+        if radius > 0 and inner:
+            xc = np.where(lab == c, x, 0.0)
+            paths = _distinct_paths(xc, next(found))
+            table[c, c0:c1] = len(comp)
+            if len(paths):
+                bent.append((c, len(comp), paths))
+            comp.extend([int(c)] * (len(paths) + 1))
+            continue
+        edges = [c0] + list(inner) + [c1]
+        if drift > 0 and inner:   # bent cuts: pieces of this component are split row by row
+            bent.append((c, len(comp), _least_ink_cuts(np.where(lab == c, x, 0.0), inner, drift, c0, c1)))
         for e0, e1 in zip(edges[:-1], edges[1:]):
             table[c, e0:e1] = len(comp)
             comp.append(int(c))
+
     def nearest(m):  # small components, faint pixels and background: the nearest piece
         if not (m < 0).any():
             return m.copy()
@@ -318,13 +446,35 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
 
     pmap = table[lab, np.arange(W)[None, :]]
     pmap[lab == 0] = -1
-    straight = nearest(pmap)
-    if not bent:
-        return straight, straight, np.asarray(comp, dtype=np.int64), unit
     for c, base, paths in bent:        # pixel (y, x) goes right of every cut k with paths[k, y] <= x
         ys, xs = np.nonzero(lab == c)
         pmap[ys, xs] = base + (xs[:, None] >= paths[:, ys].T).sum(1)
+    if radius > 0:                     # the pieces are the cut paths' own (no straight twin)
+        out = nearest(pmap)
+        return out, out, np.asarray(comp, dtype=np.int64), unit
+    straight = table[lab, np.arange(W)[None, :]]
+    straight[lab == 0] = -1
+    straight = nearest(straight)
+    if not bent:
+        return straight, straight, np.asarray(comp, dtype=np.int64), unit
     return nearest(pmap), straight, np.asarray(comp, dtype=np.int64), unit
+
+
+def _distinct_paths(xc: np.ndarray, paths: np.ndarray, min_ink: float = 1.0) -> np.ndarray:
+    """Drop repeated cut paths and those that would leave a piece with (almost) no ink (sorted, non-crossing
+    paths in; a handful per component, so a loop over them)."""
+    H, W = xc.shape
+    cum = np.concatenate([np.zeros((H, 1)), np.cumsum(xc, 1)], 1)      # ink left of each position, per row
+    rows = np.arange(H)
+    keep, prev = [], None
+    for p in paths:
+        left = cum[rows, p] - (cum[rows, prev] if prev is not None else 0.0)
+        if float(left.sum()) >= min_ink and (prev is None or not np.array_equal(p, prev)):
+            keep.append(p)
+            prev = p
+    while keep and float((cum[rows, -1] - cum[rows, keep[-1]]).sum()) < min_ink:  # the last piece too
+        keep.pop()
+    return np.stack(keep) if keep else np.zeros((0, H), dtype=np.int64)
 
 
 #: Per-segment features for the learnable segmentation score: ink width / unit, (ink width / unit)^2, the
@@ -468,3 +618,69 @@ def plot_segmentation(image, seg: Optional[Segmentation] = None, path_segments: 
         fig.savefig(out, dpi=120)
         plt.close(fig)
     return ax
+
+
+def true_path(seg: Segmentation, image, owner: torch.Tensor, tolerance: float = 0.1):
+    """The segments of a complete path of ``seg.graph`` that is the true segmentation, or ``None``.
+
+    ``owner`` is the renderer's owner map (``int [H, W]``: the digit owning each inked pixel, ``-1`` for none;
+    `lenet.strings.render_string`). Segment ``s`` *is* digit ``k`` when at least ``1 - tolerance`` of digit
+    ``k``'s ink (grey-level mass) lies in ``s`` and at least ``1 - tolerance`` of ``s``'s ink is digit ``k``'s.
+    A path is true when its ``L`` segments are the ``L`` digits in order. One pass over the arcs per digit.
+    """
+    x = as_float_image(image)
+    own = torch.as_tensor(owner).long()
+    if own.shape != x.shape:
+        raise ValueError(f"owner map {tuple(own.shape)} does not match the image {tuple(x.shape)}")
+    L = int(own.max()) + 1
+    if L <= 0:
+        raise ValueError("the owner map names no digit")
+    ink = x > INK_THRESHOLD
+    P = seg.num_pieces
+    pid = seg.piece_map[ink]
+    w = x[ink].double()
+    k = own[ink]
+    mass = torch.zeros(P, L + 1, dtype=torch.float64)          # column L: ink owned by no digit (noise)
+    mass.index_put_((pid, torch.where(k >= 0, k, torch.full_like(k, L))), w, accumulate=True)
+    cum = torch.cat([torch.zeros(1, L + 1, dtype=torch.float64), mass.cumsum(0)])
+    first, last = seg.segments[:, 0], seg.segments[:, 1]
+    seg_mass = cum[last] - cum[first]                          # [S, L + 1]
+    total = seg_mass.sum(1)
+    digit = mass[:, :L].sum(0)                                 # [L]
+    match = (seg_mass[:, :L] >= (1 - tolerance) * digit[None]) & \
+            (seg_mass[:, :L] >= (1 - tolerance) * total[:, None])          # [S, L]
+    reach = torch.zeros(L + 1, P + 1, dtype=torch.bool)
+    reach[0, 0] = True
+    back = torch.full((L + 1, P + 1), -1, dtype=torch.int64)
+    for d in range(L):   # one step per digit, vectorised over the segment arcs
+        ok = match[:, d] & reach[d, first]
+        if not bool(ok.any()):
+            return None
+        idx = torch.nonzero(ok).flatten()
+        reach[d + 1, last[idx]] = True
+        back[d + 1, last[idx]] = idx
+    if not bool(reach[L, P]):
+        return None
+    path, state = [], P
+    for d in range(L, 0, -1):
+        s = int(back[d, state])
+        path.append(s)
+        state = int(first[s])
+    return path[::-1]
+
+
+def coverage(strings, params: SegmentParams = SegmentParams(), tolerance: float = 0.1) -> dict:
+    """Share of ``strings`` (`lenet.strings.DigitString` with owner maps) whose true segmentation is a path of
+    their segmentation graph (`true_path`), with the graph sizes: ``{"coverage", "covered", "strings",
+    "arcs_per_string", "pieces_per_string"}``."""
+    covered, arcs, pieces = 0, 0, 0
+    for s in strings:
+        if s.owner is None:
+            raise ValueError("coverage needs strings with owner maps (lenet.strings.make_strings makes them)")
+        seg = segment(s.image, params)
+        covered += true_path(seg, s.image, s.owner, tolerance) is not None
+        arcs += seg.num_segments
+        pieces += seg.num_pieces
+    n = max(len(strings), 1)
+    return {"coverage": covered / n, "covered": covered, "strings": len(strings), "arcs_per_string": arcs / n,
+            "pieces_per_string": pieces / n}

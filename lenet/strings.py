@@ -18,11 +18,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DigitString", "render_string", "make_strings", "touching_fraction"]
+__all__ = ["DigitString", "RenderRanges", "render_string", "make_strings", "touching_fraction", "GRID"]
+
+#: A pixel is a digit's ink (for the owner map) where its grey level is above this fraction of full ink.
+OWNER_THRESHOLD = 0.1
 
 
 @dataclass
@@ -35,6 +40,50 @@ class DigitString:
     label: str
     extents: torch.Tensor
     sources: Optional[torch.Tensor] = None
+    owner: Optional[torch.Tensor] = None
+    style: Optional[dict] = None
+
+
+@dataclass(frozen=True)
+class RenderRanges:
+    """What varies from string to string, and over which range: each string draws its own setting of every
+    field, uniformly in the range (integers inclusive), and passes it to `render_string`.
+
+    The defaults are the mix the default reader is trained on; they span the evaluation grid (`GRID`) and more.
+    Set a field to a one-point range (``(2, 2)``) to fix it.
+    """
+
+    max_overlap: Tuple[int, int] = (0, 4)        #: columns by which touching neighbours' ink boxes may overlap
+    touch: Tuple[float, float] = (0.0, 0.6)      #: share of neighbouring pairs that touch or overlap
+    height: Tuple[int, int] = (24, 40)           #: image height; the digits scale with it
+    scale: Tuple[float, float] = (0.8, 1.15)     #: per-digit size factor, drawn inside the string's range
+    slant: Tuple[float, float] = (-15.0, 15.0)   #: degrees, one per string (one writer's slant)
+    thickness: Tuple[float, float] = (-0.5, 1.0)  #: stroke thickness change (see `render_string`)
+    shift: Tuple[int, int] = (0, 3)              #: largest vertical jitter of a digit, pixels at height 32
+
+    def draw(self, g: torch.Generator) -> dict:
+        """One string's settings, drawn from ``g``."""
+        lo_s = _uniform(self.scale[0], self.scale[1], g)
+        hi_s = _uniform(self.scale[0], self.scale[1], g)
+        return dict(max_overlap=_randint(*self.max_overlap, g), touch=_uniform(*self.touch, g),
+                    height=_randint(*self.height, g), scale=(min(lo_s, hi_s), max(lo_s, hi_s)),
+                    slant=_uniform(*self.slant, g), thickness=_uniform(*self.thickness, g),
+                    shift=_randint(*self.shift, g))
+
+
+def _grid():
+    cells = []
+    for height in (24, 32, 40):
+        cells.append(dict(max_overlap=0, touch=0.0, height=height))
+        for touch in (0.3, 0.6):
+            for overlap in range(5):
+                cells.append(dict(max_overlap=overlap, touch=touch, height=height))
+    return cells
+
+
+#: The evaluation grid of rendering settings (`render_string` keywords): heights 24, 32, 40 × (no touching
+#: pairs, or 30 % / 60 % of pairs touching with boxes overlapping by up to 0..4 columns) — 33 cells.
+GRID = _grid()
 
 
 def _uniform(lo: float, hi: float, g: torch.Generator) -> float:
@@ -58,7 +107,7 @@ def _ink_crop(digit: torch.Tensor) -> torch.Tensor:
 def render_string(digits: torch.Tensor, generator: Optional[torch.Generator] = None, *, height: int = 32,
                   touch: float = 0.3, max_overlap: int = 2, gap: Tuple[int, int] = (1, 5),
                   scale: Tuple[float, float] = (0.85, 1.1), shift: int = 2, margin: Tuple[int, int] = (2, 5),
-                  noise: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
+                  noise: float = 0.0, slant: float = 0.0, thickness: float = 0.0, return_owner: bool = False):
     """Render digit images side by side as one string image.
 
     Args:
@@ -71,63 +120,129 @@ def render_string(digits: torch.Tensor, generator: Optional[torch.Generator] = N
         shift: largest vertical displacement of a digit, in pixels.
         margin: range of the blank border left and right of the string.
         noise: fraction of pixels flipped to salt (255) or pepper (0); 0 for none.
+        slant: shear of every digit, in degrees (positive leans the tops to the right), as one writer's slant.
+        thickness: stroke thickness change in -1..1: ``t > 0`` blends each digit towards its 3×3 grey dilation
+            by ``t`` (bolder strokes, about ``t`` pixel wider), ``t < 0`` towards its erosion (thinner).
+        return_owner: also return the owner map.
+
+    The digit size is proportional to ``height`` (its ink is about ``20/32 × height`` rows tall, times the
+    random ``scale``), so another ``height`` is the same string drawn at another resolution; distances in
+    columns (``gap``, ``max_overlap``, ``margin``) and ``shift`` are in pixels at ``height = 32`` and scale
+    with it too.
 
     Returns:
-        ``(image uint8 [height, W], extents int64 [L, 2])``.
+        ``(image uint8 [height, W], extents int64 [L, 2])``, and with ``return_owner`` a third tensor
+        ``owner int8 [height, W]``: the digit (0..L-1) whose own ink is strongest at each pixel where it is
+        visible ink (grey level > 0.1), ``-1`` elsewhere — the true segmentation of the pixels.
     """
     g = generator if generator is not None else torch.Generator().manual_seed(torch.seed() % 2**63)
     if digits.dim() != 3 or digits.dtype != torch.uint8:
         raise ValueError(f"digits must be uint8 [L, H, W], got {digits.dtype} {tuple(digits.shape)}")
     if len(digits) == 0:
         raise ValueError("cannot render an empty string")
+    if height < 8:
+        raise ValueError(f"height must be at least 8, got {height}")
+    if not -1.0 <= thickness <= 1.0:
+        raise ValueError(f"thickness must lie in -1..1, got {thickness}")
+    if not -45.0 < slant < 45.0:
+        raise ValueError(f"slant must lie strictly between -45 and 45 degrees, got {slant}")
+    k = height / 32.0                       # lengths below are in pixels at height 32
+    shift_px = int(round(shift * k))
     pieces, ys = [], []
     for d in digits:
         crop = _ink_crop(d).float()
-        s = _uniform(scale[0], scale[1], g)
+        s = _uniform(scale[0], scale[1], g) * k
         h = max(1, round(crop.shape[0] * s))
         w = max(1, round(crop.shape[1] * s))
-        h = min(h, height - 2 * shift)
+        h = max(1, min(h, height - 2 * shift_px))
         img = F.interpolate(crop[None, None], size=(h, w), mode="bilinear", align_corners=False,
                             antialias=True)[0, 0]
+        if thickness != 0.0:
+            img = _thicken(img, thickness)
+        if slant != 0.0:
+            img = _shear(img, slant)
         pieces.append(img)
-        ys.append((height - h) // 2 + _randint(-shift, shift, g))
-    xs, x = [], _randint(margin[0], margin[1], g)
+        ys.append((height - img.shape[0]) // 2 + _randint(-shift_px, shift_px, g))
+    xs, x = [], _randint(round(margin[0] * k), round(margin[1] * k), g)
     for i, p in enumerate(pieces):
         if i > 0:
             if float(torch.rand((), generator=g)) < touch:
-                x += _randint(-max_overlap, 0, g)
+                x += _randint(-int(round(max_overlap * k)), 0, g)
             else:
-                x += _randint(gap[0], gap[1], g)
+                x += _randint(round(gap[0] * k), round(gap[1] * k), g)
         xs.append(x)
         x += p.shape[1]
-    width = x + _randint(margin[0], margin[1], g)
+    width = x + _randint(round(margin[0] * k), round(margin[1] * k), g)
     # composite in numpy: tiny arrays, and torch's thread pool costs more than the work here
     canvas = np.zeros((height, width), dtype=np.float32)
     extents = np.zeros((len(pieces), 2), dtype=np.int64)
+    owner = np.full((height, width), -1, dtype=np.int8) if return_owner else None
     for i, (p, x0, y0) in enumerate(zip(pieces, xs, ys)):
         p = p.numpy()
         y0 = min(max(y0, 0), height - p.shape[0])
         region = canvas[y0:y0 + p.shape[0], x0:x0 + p.shape[1]]
+        if owner is not None:     # this digit owns the pixels where its ink is the strongest so far
+            mine = (p > region) & (p > OWNER_THRESHOLD * 255)
+            owner[y0:y0 + p.shape[0], x0:x0 + p.shape[1]][mine] = i
         np.maximum(region, p, out=region)
-        extents[i] = (x0, x0 + p.shape[1])
+        cols = np.flatnonzero(p.max(0) > 0)   # the ink extent (a sheared digit's box has blank corners)
+        extents[i] = (x0 + cols[0], x0 + cols[-1] + 1) if cols.size else (x0, x0 + p.shape[1])
     if noise > 0:
         u = torch.rand((height, width), generator=g).numpy()
         canvas[u < noise / 2] = 255.0
         canvas[(u >= noise / 2) & (u < noise)] = 0.0
     image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    if owner is not None:
+        owner[image <= OWNER_THRESHOLD * 255] = -1     # noise may have erased ink
+        return torch.from_numpy(image), torch.from_numpy(extents), torch.from_numpy(owner)
     return torch.from_numpy(image), torch.from_numpy(extents)
+
+
+def _thicken(img: torch.Tensor, t: float) -> torch.Tensor:
+    """Blend a digit towards its 3×3 grey dilation (``t > 0``, padded by a pixel) or erosion (``t < 0``)."""
+    if t > 0:
+        img = F.pad(img, (1, 1, 1, 1))
+        other = F.max_pool2d(img[None, None], 3, stride=1, padding=1)[0, 0]
+    else:
+        other = -F.max_pool2d(-F.pad(img, (1, 1, 1, 1), value=0.0)[None, None], 3, stride=1)[0, 0]
+    return img + abs(t) * (other - img)
+
+
+def _shear(img: torch.Tensor, degrees: float) -> torch.Tensor:
+    """Shear a digit horizontally (the tops to the right for positive ``degrees``), widening its box."""
+    h, w = img.shape
+    s = math.tan(math.radians(degrees))
+    extra = int(math.ceil(abs(s) * h))
+    W = w + extra
+    ys = torch.arange(h, dtype=torch.float32)[:, None]
+    xs = torch.arange(W, dtype=torch.float32)[None, :]
+    # output column x of row y reads input column x - offset(y); offset grows from bottom to top
+    offset = s * ((h - 1) - ys) if s > 0 else -s * ys
+    src = xs - offset
+    x0 = src.floor()
+    frac = src - x0
+    x0 = x0.long()
+    pad = F.pad(img, (1, 1))                          # reads outside the digit give 0
+    idx0 = (x0 + 1).clamp(0, w + 1)
+    idx1 = (x0 + 2).clamp(0, w + 1)
+    rows = torch.arange(h)[:, None].expand(h, W)
+    v = pad[rows, idx0] * (1 - frac) + pad[rows, idx1] * frac
+    v = torch.where((src > -1) & (src < w), v, torch.zeros_like(v))
+    return v
 
 
 def make_strings(n: int, split: str = "test", lengths: Tuple[int, int] = (3, 6), seed: int = 0,
                  digits: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, distort=None,
-                 **render_kw) -> List[DigitString]:
+                 vary: Optional[RenderRanges] = None, **render_kw) -> List[DigitString]:
     """``n`` random digit strings whose lengths are uniform in ``lengths`` (inclusive).
 
     The digits are drawn with replacement from ``lenet.load_digits(split, raw=True)`` (or from ``digits`` =
     ``(uint8 [N, 28, 28], labels [N])`` when given); each string's ``sources`` holds their rows there. ``render_kw`` goes to `render_string`. ``distort``: a
     `lenet.data.RandomAffine` with ``fill=0`` (or ``True`` for its defaults with 10° of rotation) applied to
     every digit (grey levels 0..1) before it is rendered — new shapes for training strings; ``None`` (the default) renders the digits as they are.
-    Deterministic in ``seed``.
+    ``vary``: a `RenderRanges`; each string then draws its own rendering settings from it (keywords in
+    ``render_kw`` still win), and records them in ``DigitString.style``. Every string has its ``owner`` map
+    (see `render_string`). Deterministic in ``seed``.
     """
     if digits is None:
         from .data import load_digits
@@ -148,8 +263,12 @@ def make_strings(n: int, split: str = "test", lengths: Tuple[int, int] = (3, 6),
         picked = torch.from_numpy(images_np[idx])
         if distort is not None:
             picked = _distort(picked, distort, g)
-        img, ext = render_string(picked, g, **render_kw)
-        out.append(DigitString(img, "".join(str(int(d)) for d in labels_np[idx]), ext, torch.from_numpy(idx)))
+        kw = dict(render_kw)
+        if vary is not None:
+            kw = {**vary.draw(g), **render_kw}
+        img, ext, owner = render_string(picked, g, return_owner=True, **kw)
+        out.append(DigitString(img, "".join(str(int(d)) for d in labels_np[idx]), ext, torch.from_numpy(idx),
+                               owner, kw))
     return out
 
 
