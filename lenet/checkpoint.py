@@ -108,3 +108,6 @@ def _load_lenet5(ckpt: Dict[str, Any]) -> torch.nn.Module:
 
 
 register("lenet5", _load_lenet5)
+# the readers' kinds, by name: registering them here imports nothing until such a checkpoint is loaded
+register("string_reader", "lenet.recognizer:_load_reader")
+register("sdnn_reader", "lenet.sdnn:_load_sdnn")
