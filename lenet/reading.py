@@ -12,6 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 import gtn
 from gtn.fsa import FsaVec
@@ -61,10 +62,20 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, le
     reader = model
     if not isinstance(reader, readers):
         if isinstance(reader, (str, bytes)) or hasattr(reader, "__fspath__"):
-            from . import load
-            reader = load(reader)
-        if not isinstance(reader, readers):
-            raise TypeError(f"model must be a StringReader or the path of a checkpoint written by "
+            from .checkpoint import describe, from_checkpoint, read
+            ckpt = read(model)
+            reader = from_checkpoint(ckpt, model)
+            if not isinstance(reader, readers):
+                hint = ("; examples/multi_digit.py --lenet PATH trains one on this network"
+                        if ckpt["kind"] == "lenet5" else "")
+                raise ValueError(f"{model}: {describe(ckpt['kind'])}; recognize reads strings with a string "
+                                 f"reader checkpoint (examples/multi_digit.py --out PATH){hint}")
+        elif isinstance(reader, nn.Module) and getattr(reader, "num_classes", None) is not None:
+            raise TypeError(f"recognize got a {type(model).__name__}, a digit classifier (read isolated digits with "
+                            f"lenet.classify); recognize needs a string reader: a StringReader or SDNNReader, or the "
+                            f"path of a checkpoint written by examples/multi_digit.py")
+        else:
+            raise TypeError(f"model must be a StringReader or SDNNReader or the path of a checkpoint written by "
                             f"examples/multi_digit.py, got {type(model).__name__}")
     single = isinstance(images, (np.ndarray, torch.Tensor))
     if single:
