@@ -16,6 +16,10 @@ What it does (LeCun, Bottou, Bengio, Haffner 1998, §IV–§VII):
 ``--system hos`` (default) is the heuristic over-segmentation reader (``lenet.recognizer.StringReader``);
 ``--system sdnn`` the space-displacement network (``lenet.sdnn.SDNNReader``): LeNet-5 swept over the string.
 
+The script only strings library calls together: ``lenet.train.train`` for (a), ``lenet.global_train``
+(``train_globally`` with a ``GlobalRecipe``, ``evaluate``) for (b), ``lenet.metrics`` and ``lenet.report`` for
+the report.
+
 At the end: a metrics table (string accuracy, digit error rate by edit distance, before/after global
 training, wall times), the checkpoint at ``--out`` (``lenet.recognize(images, PATH)`` reads strings with it),
 and PNGs beside it: ``<stem>_example.png`` (a test string, its candidate cuts and the decoded path) and
@@ -25,8 +29,8 @@ loss on a fixed set of training strings.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,7 +38,10 @@ from pathlib import Path
 import torch
 
 import lenet
-from lenet.recognizer import StringReader, error_budget, error_reject, save_reader, string_metrics
+from lenet.global_train import GlobalRecipe, evaluate, train_globally
+from lenet.metrics import error_budget, error_reject, string_metrics
+from lenet.recognizer import StringReader, save_reader
+from lenet.report import budget_lines, plot_curves, plot_example, plot_reject, reject_lines, table
 from lenet.strings import make_strings, touching_fraction
 
 #: Run sizes. The default run is sized for < 15 minutes on this project's 2-core CPU; --quick for < 1 minute.
@@ -81,226 +88,6 @@ def parse(argv=None):
                    help="torch threads (default 1: LeNet-5's small batches gain little from more)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
-
-
-def batches(items, size):
-    for k in range(0, len(items), size):
-        yield items[k:k + size]
-
-
-def evaluate(reader, strings, progress, desc):
-    """Decode ``strings``; returns (metrics dict with the decoding time in ``seconds`` and the error-reject
-    operating points in ``reject``, predicted texts, their rejection confidences)."""
-    from tqdm.auto import tqdm
-    t = time.perf_counter()
-    preds, conf = [], []
-    with tqdm(total=len(strings), desc=desc, unit="str", disable=not progress, dynamic_ncols=True) as bar:
-        for b in batches(strings, 50):
-            texts, c = reader.decode([s.image for s in b], return_confidence=True)
-            preds.extend(texts)
-            conf.extend(c.tolist())
-            bar.update(len(b))
-    m = string_metrics(preds, [s.label for s in strings])
-    m["seconds"] = time.perf_counter() - t
-    m["reject"] = error_reject(conf, [p == s.label for p, s in zip(preds, strings)])["points"]
-    return m, preds, conf
-
-
-@torch.no_grad()
-def mean_loss(reader, strings, size=32):
-    """Mean loss over the strings whose label the graph can spell (see `train_globally`)."""
-    total, count = 0.0, 0
-    for b in batches(strings, size):
-        losses = reader.loss([s.image for s in b], [s.label for s in b], reduction="none")
-        finite = torch.isfinite(losses)
-        total += float(losses[finite].sum())
-        count += int(finite.sum())
-    return total / max(count, 1)
-
-
-class PassBatches(torch.utils.data.IterableDataset):
-    """The batches of one pass of global training, as ``(prepared images, labels)``: pass ``k``'s strings
-    (``strings`` for the first pass, ``render(k)`` for later ones when given), in a seeded random order, each
-    batch run through ``prepare`` (the reader's network-independent work: segmentation and crops). Run in a
-    ``DataLoader`` worker process, this overlaps with training on the other core."""
-
-    def __init__(self, k, strings, render, batch_size, seed, prepare):
-        super().__init__()
-        self.k, self.strings, self.render, self.batch_size = k, strings, render, batch_size
-        self.seed, self.prepare = seed, prepare
-
-    def __iter__(self):
-        if torch.utils.data.get_worker_info() is not None:
-            torch.set_num_threads(1)  # the other core(s): leave the main process its own
-        strings = self.render(self.k) if self.render is not None and self.k > 0 else self.strings
-        order = torch.randperm(len(strings), generator=torch.Generator().manual_seed(self.seed * 1000 + self.k))
-        info = torch.utils.data.get_worker_info()
-        share, of = (info.id, info.num_workers) if info is not None else (0, 1)
-        for j, b in enumerate(batches([strings[i] for i in order.tolist()], self.batch_size)):
-            if j % of == share:  # each worker its share; the DataLoader interleaves them back in order
-                yield self.prepare([s.image for s in b]), [s.label for s in b]
-
-
-def train_globally(reader, strings, cfg, seed, progress, monitor, render=None):
-    """Discriminative forward training through the graph; returns the history (per-step and per-epoch).
-
-    ``strings`` are the first pass's training strings; with ``cfg["fresh"]`` every later pass trains on new
-    strings ``render(pass)`` (new combinations of the same training digits, never a test digit). The rates
-    decay from their peaks to zero along half a cosine over all steps. A string whose label no path of its graph can spell (its digits overlap so much that
-    no segmentation separates them) has an infinite loss and teaches nothing: it is left out of the batch's
-    mean and counted. With ``cfg["workers"]`` > 0 the strings are rendered, segmented and cropped in that many
-    worker processes while the network trains (the run stays deterministic)."""
-    from tqdm.auto import tqdm
-    net_params = list(reader.model.parameters())
-    net_ids = {id(p) for p in net_params}
-    other = [p for p in reader.parameters() if id(p) not in net_ids]
-    opt = torch.optim.Adam([{"params": net_params, "lr": cfg["lr"]}, {"params": other, "lr": cfg["seg_lr"]}])
-    peaks = [g["lr"] for g in opt.param_groups]
-    steps = math.ceil(len(strings) / cfg["batch_size"])
-    total_steps = cfg["global_epochs"] * steps
-    prepare = getattr(reader, "prepare", None) or (lambda images: images)
-    workers = cfg.get("workers", 0)
-    hist = {"step_loss": [], "epoch_loss": [], "monitor_loss": [mean_loss(reader, monitor)], "unreachable": 0}
-    reader.train()
-    step = 0
-    with tqdm(total=total_steps, desc="global training", unit="step",
-              disable=not progress, dynamic_ncols=True) as bar:
-        for epoch in range(cfg["global_epochs"]):
-            data = PassBatches(epoch, strings, render if cfg.get("fresh") else None, cfg["batch_size"], seed,
-                               prepare)
-            if workers > 0:
-                data = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4)
-            total, counted = 0.0, 0
-            for images, labels in data:
-                factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
-                for group, peak in zip(opt.param_groups, peaks):
-                    group["lr"] = peak * factor
-                losses = reader.loss(images, labels, reduction="none")
-                finite = torch.isfinite(losses.detach())
-                hist["unreachable"] += int((~finite).sum())
-                step += 1
-                bar.update(1)
-                if not bool(finite.any()):
-                    continue
-                loss = losses[finite].mean()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                v = float(loss.detach())
-                if not math.isfinite(v):
-                    raise FloatingPointError(f"the loss became {v}; lower --lr")
-                hist["step_loss"].append(v)
-                total += v * int(finite.sum())
-                counted += int(finite.sum())
-                bar.set_postfix(loss=f"{v:.3f}")
-            hist["epoch_loss"].append(total / max(counted, 1))
-            hist["monitor_loss"].append(mean_loss(reader, monitor))
-            bar.write(f"pass {epoch + 1}/{cfg['global_epochs']}: mean training loss {hist['epoch_loss'][-1]:.4f}, "
-                      f"loss on the {len(monitor)} monitor strings {hist['monitor_loss'][-1]:.4f}")
-    reader.eval()
-    return hist
-
-
-def plot_curves(path, hist, iso_history, title):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    if iso_history:
-        ax = axes[0]
-        ax.plot([h["epoch"] for h in iso_history], [100 * h["test_error"] for h in iso_history], "o-")
-        ax.set_xlabel("pass over the isolated digits")
-        ax.set_ylabel("isolated-digit test error (%)")
-        ax.set_title("(a) isolated training of LeNet-5")
-        ax.grid(alpha=0.3)
-    else:
-        axes[0].set_axis_off()
-    ax = axes[1]
-    sl = torch.tensor(hist["step_loss"])
-    ax.plot(sl.numpy(), alpha=0.3, label="per batch")
-    k = max(1, len(sl) // 30)
-    if len(sl) >= k:
-        sm = torch.nn.functional.avg_pool1d(sl[None, None], k, stride=1)[0, 0]
-        ax.plot(range(k - 1, len(sl)), sm.numpy(), label=f"running mean ({k} batches)")
-    steps_per_epoch = len(sl) / max(1, len(hist["monitor_loss"]) - 1)
-    ax.plot([i * steps_per_epoch for i in range(len(hist["monitor_loss"]))], hist["monitor_loss"], "ko-",
-            label="monitor strings")
-    ax.set_xlabel("global training step")
-    ax.set_ylabel("discriminative forward loss")
-    ax.set_yscale("log")
-    ax.set_title("(b) global training through the graph")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_example(path, reader_before, reader_after, s, name_a="(a) isolated"):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 1, figsize=(max(4.0, s.image.shape[1] / 14), 4.4))
-    for ax, (name, r) in zip(axes, [(name_a, reader_before), ("(b) global", reader_after)]):
-        r.plot_decoding(s.image, ax=ax, title=f"{name}: read", truth=s.label)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def reject_lines(rows):
-    """The paper's operating points: how many strings are accepted (and read right) at a given error."""
-    lines = ["rejecting the least confident strings (confidence exp(-E), the posterior of the reading):"]
-    for r in rows:
-        pts = "; ".join(f"at {100 * p['error']:g} % error {100 * p['accepted']:.1f} % accepted"
-                        for p in r["reject"])
-        lines.append(f"  {r['training']}: {pts}")
-    return "\n".join(lines)
-
-
-def plot_reject(path, runs, strings, title):
-    """Error among the accepted strings against the share rejected, one line per (name, texts, confidences)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for name, preds, conf in runs:
-        c = error_reject(conf, [p == s.label for p, s in zip(preds, strings)])["curve"]
-        ax.plot([100 * x for x in c["rejected"]], [100 * e for e in c["error"]], label=name)
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("strings rejected (%)")
-    ax.set_ylabel("error among the accepted (%)")
-    ax.set_xlim(0, 100)
-    ax.set_ylim(0, None)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def table(rows):
-    head = ["system", "training", "string accuracy", "digit error", "strings", "eval s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        lines.append(f"| {r['system']} | {r['training']} | {100 * r['string_accuracy']:.1f} % | "
-                     f"{100 * r['digit_error']:.2f} % | {r['strings']} | {r['seconds']:.0f} |")
-    return "\n".join(lines)
-
-
-def budget_lines(rows):
-    """Where the wrong test strings come from (`lenet.recognizer.error_budget`), one line per regime."""
-    lines = []
-    for r in rows:
-        b = r["budget"]
-        lines.append(f"{r['training']}: the network misreads {100 * b['isolated_error']:.1f} % of the test digits on "
-                     f"their own; {100 * (1 - b['ceiling']):.1f} % of the test strings contain one (a perfect "
-                     f"segmenter reading each digit as alone would read {100 * b['ceiling']:.1f} %); of the {b['wrong']} wrong strings "
-                     f"{b['wrong_with_misread_digit']} contain one, {b['wrong_without']} do not (segmentation or "
-                     f"context)")
-    return "\n".join(lines)
 
 
 def main(argv=None):
@@ -378,12 +165,11 @@ def main(argv=None):
           f"{100 * before['digit_error']:.2f} %")
     if args.system == "hos":
         before["budget"] = error_budget(reader, test_strings, preds_a, test_digits)
-    import copy
     reader_a = copy.deepcopy(reader)
 
     # ---- (b) global training through the graph
     t = time.perf_counter()
-    hist = train_globally(reader, train_strings, cfg, args.seed, progress, monitor,
+    hist = train_globally(reader, train_strings, GlobalRecipe.of(cfg), args.seed, progress, monitor,
                           render=lambda k: make_strings(cfg["train_strings"], "train", lengths,
                                                         seed=args.seed + 100 + k))
     timings["(b) global training"] = time.perf_counter() - t

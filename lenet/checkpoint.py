@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Union
+from typing import Any, Callable, Dict, Tuple, Union
 
 import torch
 
-__all__ = ["FORMAT", "register", "save", "save_model", "read", "load"]
+__all__ = ["FORMAT", "register", "save", "save_model", "read", "load", "from_checkpoint", "describe"]
 
 FORMAT = 1
 
@@ -61,28 +63,88 @@ def save_model(model: torch.nn.Module, path: Union[str, os.PathLike], **extra: A
     return save(path, "lenet5", model.config(), model.state_dict(), **extra)
 
 
+#: What each built-in kind holds and which function reads it (for the errors of functions given another kind).
+_ABOUT: Dict[str, Tuple[str, str]] = {
+    "lenet5": ("a LeNet-5 digit classifier (written by python -m lenet.train)", "lenet.classify"),
+    "string_reader": ("a segmentation string reader (written by examples/multi_digit.py)", "lenet.recognize"),
+    "sdnn_reader": ("an SDNN string reader (written by examples/multi_digit.py --system sdnn)", "lenet.recognize"),
+}
+
+
+def describe(kind: str) -> str:
+    """One phrase naming a checkpoint kind, what it holds and the function that reads it."""
+    what, reader = _ABOUT.get(kind, (None, None))
+    if what is None:
+        return f"a {kind!r} checkpoint"
+    return f"a {kind!r} checkpoint, {what}, which {reader} reads"
+
+
+def _where(path) -> str:
+    return str(path) if isinstance(path, (str, os.PathLike)) else type(path).__name__
+
+
 def read(path: Union[str, os.PathLike]) -> Dict[str, Any]:
-    """The checkpoint dict itself, checked to have a kind, a config and a state dict."""
+    """The checkpoint dict itself, checked to have a kind, a config and a state dict.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` (one line naming the file and what it
+    is) for anything that is not a checkpoint: a directory, a file torch did not write, a torch file that holds
+    Python objects other than tensors and plain values (read with ``weights_only=True``, so no code from the
+    file runs), a damaged file, or a torch file of something else (a tensor, a bare ``state_dict``)."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    where = _where(path)
+    if isinstance(path, (str, os.PathLike)):
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{where}: no such file (expected a checkpoint)")
+        if p.is_dir():
+            raise ValueError(f"{where}: a directory, not a checkpoint file")
+        with open(p, "rb") as f:
+            head = f.read(4)
+        # torch.save writes a zip archive; the legacy format starts with a pickle protocol mark (protocol 2..5)
+        if not (head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03",
+                                                                                        b"\x04", b"\x05"))):
+            raise ValueError(f"{where}: not a readable checkpoint (not a file written by torch.save)")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns before failing on a file of odd bytes: the error says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        raise ValueError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except pickle.UnpicklingError as e:  # torch's weights_only refusal: a long text, which we do not repeat
+        if "weights only" in str(e).lower():
+            raise ValueError(f"{where}: not a readable checkpoint (a torch file holding Python objects other than "
+                             f"tensors and plain values; lenet.load runs no code from a file)") from None
+        raise ValueError(f"{where}: not a readable checkpoint (a damaged torch file)") from None
+    except Exception as e:  # torch raises several types for a damaged or truncated file
+        raise ValueError(f"{where}: not a readable checkpoint (a damaged or truncated torch file: "
+                         f"{type(e).__name__})") from None
     if not isinstance(ckpt, dict) or not {"kind", "config", "state_dict"} <= ckpt.keys():
-        raise ValueError(f"{path}: not a torch-gtn checkpoint (need a dict with 'kind', 'config', 'state_dict')")
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            held = f"a bare state_dict of {len(ckpt)} tensors; load it with model.load_state_dict(torch.load(path))"
+        elif isinstance(ckpt, dict):
+            held = f"a dict with keys {sorted(map(str, ckpt))[:6]}"
+        else:
+            held = f"a {type(ckpt).__name__}"
+        raise ValueError(f"{where}: not a torch-gtn checkpoint ({held}; a checkpoint is a dict with 'kind', "
+                         f"'config', 'state_dict')")
     if ckpt.get("format", FORMAT) > FORMAT:
-        raise ValueError(f"{path}: checkpoint format {ckpt['format']} is newer than this library's {FORMAT}")
+        raise ValueError(f"{where}: checkpoint format {ckpt['format']} is newer than this library's {FORMAT}")
     return ckpt
 
 
 def load(path: Union[str, os.PathLike]) -> Any:
-    """The model stored in a checkpoint, ready to use (in eval mode, on the CPU)."""
-    ckpt = read(path)
+    """The model stored in a checkpoint, ready to use (in eval mode, on the CPU). Errors: see `read`."""
+    return from_checkpoint(read(path), path)
+
+
+def from_checkpoint(ckpt: Dict[str, Any], path: Union[str, os.PathLike, None] = None) -> Any:
+    """The model of a checkpoint dict from `read` (``path`` only names it in errors)."""
     kind = ckpt["kind"]
     loader = _LOADERS.get(kind)
     if loader is None:
-        raise ValueError(f"{path}: no loader for checkpoint kind {kind!r} (known: {sorted(_LOADERS)})")
+        raise ValueError(f"{_where(path) if path is not None else 'checkpoint'}: no loader for checkpoint kind "
+                         f"{kind!r} (known: {sorted(_LOADERS)})")
     if isinstance(loader, str):
         module, _, name = loader.partition(":")
         loader = getattr(importlib.import_module(module), name)
@@ -108,3 +170,6 @@ def _load_lenet5(ckpt: Dict[str, Any]) -> torch.nn.Module:
 
 
 register("lenet5", _load_lenet5)
+# the readers' kinds, by name: registering them here imports nothing until such a checkpoint is loaded
+register("string_reader", "lenet.recognizer:_load_reader")
+register("sdnn_reader", "lenet.sdnn:_load_sdnn")

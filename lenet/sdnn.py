@@ -41,7 +41,10 @@ from gtn.fsa import ragged_range
 from .data import BACKGROUND, INK
 from .model import LeNet5, build, digit_prototypes
 from .model import _reduce as reduce_loss
-from .recognizer import SYMBOLS, _merge, as_lexicon, digits_to_labels, labels_to_string, standardize
+from .crops import standardize
+from .grammars import as_lexicon
+from .labels import SYMBOLS, digits_to_labels, labels_to_string
+from .reading import _merge
 from .segment import INK_THRESHOLD
 
 __all__ = ["character_model", "counting_character_model", "target_graphs", "frame_graph", "sweep_input", "swept_penalties",
@@ -126,7 +129,7 @@ def _reading_graph(text: str, dtype) -> gtn.Fsa:
 
 
 def frame_graph(acceptor: gtn.Fsa) -> gtn.Fsa:
-    """The frame-level graph of a digit acceptor (labels ``1..10``, e.g. `lenet.recognizer.lexicon_fsa`): every
+    """The frame-level graph of a digit acceptor (labels ``1..10``, e.g. `lenet.grammars.lexicon_fsa`): every
     frame sequence that the SDNN's reading rule turns into a string the acceptor accepts, i.e. each digit ``d``
     on an arc ``p → q`` becomes ``d+`` and consecutive digits need ``blank+`` between them, with optional
     blanks at both ends (for one string this is `target_graphs`). Each arc's score is the acceptor arc's
@@ -315,7 +318,7 @@ def train_windows(reader: "SDNNReader", digits, strings_per_pass: int = 4000, pa
     (`lenet.data.RandomAffine`: scale, squeeze, shear, ±10° rotation). ``between``: see `frame_labels`.
     Needs an 11-output network (`sdnn_network`). Returns the mean loss per pass. Neither ``distort`` nor
     ``between`` helped in our measurements (docs/multi_digit.md); both are off by default."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
     from .strings import make_strings
     model = reader.model
     if model.num_classes != 11:
@@ -326,7 +329,7 @@ def train_windows(reader: "SDNNReader", digits, strings_per_pass: int = 4000, pa
     dtype = next(model.parameters()).dtype
     history = []
     model.train()
-    with tqdm(total=steps, desc="(a) window training", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(steps, "(a) window training", "step", enabled=progress) as bar:
         for p in range(passes):
             source = _distorted(digits, seed * 1000 + p) if distort else digits
             strings = make_strings(strings_per_pass, lengths=lengths, seed=seed * 1000 + p, digits=source, **render_kw)
@@ -347,7 +350,7 @@ def train_windows(reader: "SDNNReader", digits, strings_per_pass: int = 4000, pa
                 total += float(loss.detach()) * len(b)
                 count += len(b)
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
             history.append(total / count)
             if log:
                 log(f"window training pass {p + 1}/{passes}: mean loss {history[-1]:.4f}")
@@ -419,7 +422,7 @@ class SDNNReader(nn.Module):
     @torch.no_grad()
     def decode(self, images, return_frames: bool = False, lexicon=None, return_confidence: bool = False):
         """The digits read along the Viterbi path of ``character model ∩ frames`` (one per run of digit frames).
-        ``lexicon`` (digit strings, or a `gtn.Fsa` over the labels 1..10; `lenet.recognizer.as_lexicon`): read
+        ``lexicon`` (digit strings, or a `gtn.Fsa` over the labels 1..10; `lenet.grammars.as_lexicon`): read
         only its words (``frame_graph(lexicon) ∩ frames``); an image that cannot be read as any of them is
         read as without it. ``return_confidence`` also returns (last) each reading's rejection confidence, a
         tensor ``[N]`` in ``[0, 1]``: the paper's ``exp(−E)``, here the posterior of the string read (summed
@@ -594,11 +597,3 @@ def _load_sdnn(ckpt) -> SDNNReader:
                         ink_height=cfg["reader"].get("ink_height", 20))  # 20: before it was stored
     from .checkpoint import restore
     return restore(reader, ckpt["state_dict"])
-
-
-def _register():
-    from .checkpoint import register
-    register(CHECKPOINT_KIND, "lenet.sdnn:_load_sdnn")
-
-
-_register()

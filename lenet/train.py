@@ -250,8 +250,8 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     total_steps = epochs * steps
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True)
+        from .progress import progress_bar
+        bar = progress_bar(total_steps, unit="step")
     model.train()
     for epoch in range(epochs):
         xe = distorter(x, generator=gen) if distorter is not None else x
@@ -292,8 +292,8 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
             if bar is not None:
                 bar.update(1)
                 if step % 50 == 0 or step == steps - 1:
-                    bar.set_description(f"pass {epoch + 1}/{epochs}")
-                    bar.set_postfix(loss=f"{total_loss / min(n, (step + 1) * batch_size):.3f}")
+                    bar.set_description(f"pass {epoch + 1}/{epochs}", refresh=False)
+                    bar.set_postfix(loss=f"{total_loss / min(n, (step + 1) * batch_size):.3f}", refresh=False)
         if averaged is not None:  # evaluate (and finally keep) the averaged weights
             current = [p.detach().clone() for p in params]
             _copy_into(params, averaged)

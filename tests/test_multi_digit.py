@@ -88,31 +88,3 @@ def test_trained_checkpoint_reads_back_rendered_strings(tmp_path):
     # a single image, given as float numpy, reads as a str
     one = recognize(strings[0].image.numpy().astype("float32") / 255, out)
     assert isinstance(one, str)
-
-
-def _example_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("multi_digit_example", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_pass_batches_are_the_same_in_worker_processes():
-    import torch
-    from lenet.recognizer import prepare_batch
-    mod = _example_module()
-    strings = make_strings(40, "train", seed=3)
-    render = lambda k: make_strings(40, "train", seed=50 + k)  # noqa: E731
-    for k in (0, 1):
-        here = list(mod.PassBatches(k, strings, render, 8, 5, prepare_batch))
-        loader = torch.utils.data.DataLoader(mod.PassBatches(k, strings, render, 8, 5, prepare_batch),
-                                             batch_size=None, num_workers=2)
-        there = list(loader)
-        assert [lab for _, lab in here] == [lab for _, lab in there] and len(here) == 5
-        for (a, _), (b, _) in zip(here, there):
-            assert torch.equal(a.crops, b.crops) and torch.equal(a.graphs.arcs, b.graphs.arcs)
-    # pass 0 uses the given strings, later passes new ones
-    labels0 = sorted(lab for _, labs in mod.PassBatches(0, strings, render, 8, 5, prepare_batch) for lab in labs)
-    labels1 = sorted(lab for _, labs in mod.PassBatches(1, strings, render, 8, 5, prepare_batch) for lab in labs)
-    assert labels0 == sorted(s.label for s in strings) and labels1 != labels0

@@ -1,5 +1,6 @@
 """Tests of lenet.recognizer: the recognition transformer, the discriminative forward loss, decoding,
-checkpoints and ``lenet.recognize``."""
+checkpoints, and ``lenet.recognize`` (lenet.reading) with the segmentation reader. The helpers the reader
+uses have their own files: test_labels, test_crops, test_grammars, test_metrics."""
 import itertools
 import math
 
@@ -10,11 +11,9 @@ import torch
 import gtn
 import lenet
 from lenet.model import LeNet5
-from lenet.recognizer import (SYMBOLS, StringReader, crop_segments, digits_to_labels, edit_distance, error_budget,
-                              error_reject,
-                              interpretation_graph, labels_to_string, length_grammar, recognize, save_reader,
-                              standardize, string_metrics)
-from lenet.segment import SegmentParams, WholeImage, segment
+from lenet.recognizer import (StringReader, crop_segments, digits_to_labels, interpretation_graph, labels_to_string,
+                              length_grammar, recognize, save_reader)
+from lenet.segment import SegmentParams
 from lenet.strings import make_strings
 from strategies import logsumexp
 
@@ -52,13 +51,25 @@ def tiny():
     return strings, reader
 
 
-def test_symbols():
-    assert digits_to_labels("0913") == [1, 10, 2, 4]
-    assert labels_to_string([1, 10, 2, 4, -1]) == "0913"
-    assert SYMBOLS == "0123456789"
-    for bad in ["", "12a", 12, None]:
-        with pytest.raises(ValueError):
-            digits_to_labels(bad)
+def test_every_old_name_is_still_importable_from_lenet_recognizer():
+    """The split kept ``lenet.recognizer``'s names: each is the very object of the module it moved to."""
+    import importlib
+    import lenet.recognizer as r
+    homes = {"labels": ["SYMBOLS", "digits_to_labels", "labels_to_string"],
+             "crops": ["REFERENCE_INK_HEIGHT", "standardize", "crop_segments"],
+             "grammars": ["length_grammar", "lexicon_fsa", "as_lexicon", "length_constraint", "lexicon_chunks",
+                          "LEXICON_WORK"],
+             "reading": ["recognize", "discriminative_forward", "_merge"],
+             "metrics": ["edit_distance", "string_metrics", "error_budget", "error_reject"]}
+    for module, names in homes.items():
+        m = importlib.import_module(f"lenet.{module}")
+        for name in names:
+            assert getattr(r, name) is getattr(m, name), (module, name)
+    moved = {n for names in homes.values() for n in names}
+    assert moved - {"_merge"} <= set(r.__all__)
+    for name in r.__all__:
+        assert hasattr(r, name), name
+    assert lenet.recognize is r.recognize and lenet.StringReader is r.StringReader
 
 
 def test_interpretation_graph_has_ten_arcs_per_segment_with_the_crop_penalties(tiny):
@@ -134,34 +145,6 @@ def test_constrained_graph_accepts_only_the_target(tiny):
         assert want, "the target must be readable along some path"
         assert all(list(labs) == t for labs, _ in got)
         assert sorted(round(sc, 3) for _, sc in got) == sorted(want)
-
-
-def test_length_grammar():
-    gr = length_grammar(2, 3, num_symbols=3)
-    labs = sorted(l for l, _ in paths_of(gr))
-    assert labs == sorted(list(p) for n in (2, 3) for p in itertools.product([1, 2, 3], repeat=n)) or \
-        labs == sorted(tuple(p) for n in (2, 3) for p in itertools.product([1, 2, 3], repeat=n))
-    with pytest.raises(ValueError):
-        length_grammar(3, 2)
-
-
-def test_metrics():
-    assert edit_distance("1234", "1234") == 0
-    assert edit_distance("1234", "124") == 1
-    assert edit_distance("", "12") == 2
-    assert edit_distance("1234", "2143") == 3 or edit_distance("1234", "2143") == 2
-    m = string_metrics(["123", "45"], ["123", "456"])
-    assert m["string_accuracy"] == 0.5 and abs(m["digit_error"] - 1 / 6) < 1e-12
-
-
-def test_standardize_rescales_tall_images_and_keeps_rendered_ones():
-    s = make_strings(1, "test", seed=0)[0]
-    x = standardize(s.image)
-    assert x.shape[1] == s.image.shape[1]          # no rescaling of rendered strings, only the row crop
-    big = torch.nn.functional.interpolate(s.image[None, None].float(), scale_factor=3, mode="bilinear")[0, 0]
-    y = standardize(big.clamp(0, 255).to(torch.uint8))
-    rows = torch.nonzero((y > 0.1).any(1)).flatten()
-    assert 20 <= int(rows[-1] - rows[0]) + 1 <= 28
 
 
 def test_loss_is_nonnegative_and_its_gradient_reaches_lenet_finite_difference():
@@ -319,119 +302,7 @@ def test_interpretation_graph_any_number_of_classes():
     assert torch.allclose(scores.grad.sum(1), torch.stack([p[0], p[1], p[0]]).double())
 
 
-def test_crops_do_not_depend_on_the_batch():
-    # a long strip of many images once lost the crops' centres to float32 prefix sums (a 4x error rate)
-    strings = make_strings(400, "train", seed=4)
-    xs = [standardize(s.image) for s in strings]
-    segs = [segment(x) for x in xs]
-    together = crop_segments(xs, segs)
-    offs = np.cumsum([0] + [s.num_segments for s in segs])
-    for i in range(0, 400, 57):
-        alone = crop_segments(xs[i:i + 1], segs[i:i + 1])
-        assert torch.allclose(alone, together[offs[i]:offs[i + 1]], atol=5e-3)
-
-
-def test_crops_hold_only_their_pieces_ink():
-    # a "1" inside an "0": the columns overlap completely, the ink does not touch
-    img = torch.zeros(28, 40)
-    img[4:24, 10:12] = 1.0
-    img[4:24, 24:26] = 1.0
-    img[4:6, 10:26] = 1.0
-    img[22:24, 10:26] = 1.0
-    img[8:20, 15:17] = 1.0
-    seg = segment(img)
-    comp = seg.piece_component
-    assert len(comp.unique()) == 2
-    checked = 0
-    for k in range(seg.num_segments):
-        a, b = seg.segments[k].tolist()
-        if len(comp[a:b].unique()) == 1 and (comp == comp[a]).sum() == b - a:   # exactly one whole component
-            # law: the crop of a segment = the crop of the image with every other piece's ink erased
-            own = (seg.piece_map >= a) & (seg.piece_map < b)
-            alone = torch.where(own, img, torch.zeros_like(img))
-            mine = crop_segments([img], [seg])[k]
-            ref = crop_segments([alone], [WholeImage.of(alone)])[0]
-            assert torch.allclose(mine, ref, atol=1e-5)
-            checked += 1
-    assert checked == 2
-
-
-def test_error_budget_counts_strings_with_a_digit_the_network_misreads_alone():
-    from lenet.train import train
-    torch.manual_seed(0)
-    model, _ = train(out=None, epochs=2, limit=1500, seed=0, warmup_steps=10, distort=False, progress=False,
-                     plots=False, log=lambda *a: None)  # a weak network: a few per cent of errors
-    digits = lenet.load_digits("test", raw=True)
-    strings = make_strings(80, "test", seed=9, digits=digits)
-    # predicted texts: the truth for even strings, one digit changed for odd ones
-    predicted = [s.label if i % 2 == 0 else str((int(s.label[0]) + 1) % 10) + s.label[1:]
-                 for i, s in enumerate(strings)]
-    b = error_budget(StringReader(model), strings, predicted, digits)
-    # the oracle: read every digit of every string on its own, one string at a time
-    alone_right = [bool((lenet.classify(digits[0][s.sources], model) == digits[1][s.sources]).all())
-                   for s in strings]
-    iso_err = float((lenet.classify(digits[0], model) != digits[1]).double().mean())
-    assert abs(b["isolated_error"] - iso_err) < 1e-12 and 0.02 < iso_err < 0.5
-    assert abs(b["ceiling"] - sum(alone_right) / len(strings)) < 1e-12 and 0 < b["ceiling"] < 1
-    wrong = [i % 2 == 1 for i in range(len(strings))]
-    assert b["wrong"] == sum(wrong) == b["wrong_with_misread_digit"] + b["wrong_without"]
-    assert b["wrong_without"] == sum(w and a for w, a in zip(wrong, alone_right))
-    assert b["strings"] == 80
-    with pytest.raises(ValueError, match="sources"):
-        error_budget(model, [lenet.strings.DigitString(s.image, s.label, s.extents) for s in strings[:2]],
-                     predicted[:2], digits)
-    with pytest.raises(ValueError, match="predicted"):
-        error_budget(model, strings, predicted[:3], digits)
-    from lenet.sdnn import SDNNReader, sdnn_network
-    with pytest.raises(TypeError, match="error_budget needs"):   # the SDNN's network has a blank output too
-        error_budget(SDNNReader(sdnn_network(model)), strings, predicted, digits)
-    with pytest.raises(TypeError, match="11 outputs"):
-        error_budget(sdnn_network(model), strings, predicted, digits)
-
-
 # ---- decoding with a lexicon
-from lenet.recognizer import as_lexicon, lexicon_fsa  # noqa: E402
-
-
-def test_lexicon_fsa_accepts_exactly_its_words_and_is_deterministic():
-    from strategies import enumerate_paths
-    g = torch.Generator().manual_seed(1)
-    for trial in range(60):
-        n = int(torch.randint(1, 12, (), generator=g))
-        words = ["".join(str(int(d)) for d in torch.randint(0, 4, (int(torch.randint(1, 5, (), generator=g)),),
-                                                            generator=g)) for _ in range(n)]
-        f = lexicon_fsa(words)
-        spelled = set()
-        for arcs, score in enumerate_paths(f):
-            lab = f.labels[arcs].tolist()
-            assert lab[-1] == -1 and score == 0.0
-            spelled.add(labels_to_string(lab[:-1]))
-        assert spelled == set(words)
-        assert len(enumerate_paths(f)) == len(set(words))     # one path per word
-        # deterministic: no state has two arcs with the same label
-        key = f.arcs[:, 0] * 20 + f.labels
-        assert key.unique().numel() == f.num_arcs
-
-
-@pytest.mark.parametrize("bad, err", [
-    ("123", TypeError), ([], ValueError), (["12", "1a"], ValueError), ([""], ValueError), ([12], ValueError),
-    (["٣"], ValueError),                                          # a non-ASCII digit
-])
-def test_lexicon_errors(bad, err):
-    with pytest.raises(err):
-        lexicon_fsa(bad)
-
-
-def test_as_lexicon_checks_graphs():
-    f = lexicon_fsa(["12", "3"])
-    assert as_lexicon(f) is f and as_lexicon(f, torch.float64).dtype == torch.float64
-    assert as_lexicon(["12", "3"]).equal(f)
-    with pytest.raises(ValueError, match="epsilon"):
-        as_lexicon(gtn.Fsa([(0, 1, 0), (1, 2, 2), (2, 3, -1)], num_states=4))
-    with pytest.raises(ValueError, match="acceptor"):
-        as_lexicon(gtn.Fsa.from_str("0 1 1 2 0\n1 2 -1 -1 0\n2\n", acceptor=False))
-    with pytest.raises(TypeError, match="FsaVec"):
-        as_lexicon(gtn.FsaVec([f, f]))
 
 
 def test_recognize_with_known_lengths_reads_the_best_string_of_that_length():
@@ -535,33 +406,6 @@ def test_confidence_is_the_posterior_of_the_reading(tiny):
     # recognize(confidence=True) gives the same pairs
     texts, conf = reader.decode(images, return_confidence=True)
     assert recognize(images, reader, confidence=True) == list(zip(texts, conf.tolist()))
-
-
-def test_error_reject_operating_points():
-    """Accepting the most confident readings first: the error among the accepted, and the largest acceptance
-    at each target error, against a direct count."""
-    g = torch.Generator().manual_seed(0)
-    for trial in range(30):
-        n = int(torch.randint(1, 60, (), generator=g))
-        conf = torch.rand(n, generator=g).tolist()
-        right = (torch.rand(n, generator=g) < 0.9).tolist()
-        r = error_reject(conf, right, errors=(0.0, 0.05, 0.1))
-        order = sorted(range(n), key=lambda i: -conf[i])
-        for k in range(1, n + 1):
-            wrong = sum(not right[i] for i in order[:k])
-            assert abs(r["curve"]["error"][k - 1] - wrong / k) < 1e-12
-            assert abs(r["curve"]["rejected"][k - 1] - (1 - k / n)) < 1e-12
-        for pt in r["points"]:
-            best = max([k for k in range(1, n + 1) if sum(not right[i] for i in order[:k]) <= pt["error"] * k + 1e-12],
-                       default=0)
-            assert pt["accepted"] == best / n and pt["rejected"] == 1 - best / n
-            assert pt["read_right"] == sum(right[i] for i in order[:best]) / n
-    assert error_reject([0.5, 0.4], [True, False])["points"][1] == {"error": 0.01, "accepted": 0.5, "read_right": 0.5,
-                                                                     "rejected": 0.5}
-    with pytest.raises(ValueError, match="as many"):
-        error_reject([0.5], [True, False])
-    with pytest.raises(ValueError, match="finite"):
-        error_reject([float("nan")], [True])
 
 
 def test_decode_with_a_lexicon_reads_the_best_word(tiny):

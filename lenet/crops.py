@@ -1,0 +1,115 @@
+"""Segment images as LeNet-5 input: `standardize` (any grey string image → the reader's float image) and
+`crop_segments` (every segment of a batch, normalised the way MNIST's digits were, in one ``grid_sample``)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import BACKGROUND, INK
+from .segment import INK_THRESHOLD, Segmentation, as_float_image
+
+__all__ = ["REFERENCE_INK_HEIGHT", "standardize", "crop_segments"]
+
+#: The ink height a string is rescaled to when its own is far from what the reader was trained on.
+REFERENCE_INK_HEIGHT = 24
+_INK_HEIGHT_RANGE = (14, 40)
+
+
+def standardize(image) -> torch.Tensor:
+    """Any grey image → ``float32 [H, W]`` in 0..1 for segmentation: checked (`as_float_image`), cropped to its
+    ink rows (plus a 2-pixel margin), and rescaled (keeping the aspect ratio) so that the ink height is
+    ``REFERENCE_INK_HEIGHT`` when it lies outside 14..40 pixels. Strings rendered by `lenet.strings` pass
+    unchanged apart from the row crop."""
+    x = as_float_image(image)
+    rows = torch.nonzero((x > INK_THRESHOLD).any(1)).flatten()
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    x = x[max(0, r0 - 2):r1 + 2]
+    h = r1 - r0
+    if not _INK_HEIGHT_RANGE[0] <= h <= _INK_HEIGHT_RANGE[1]:
+        f = REFERENCE_INK_HEIGHT / h
+        size = (max(1, round(x.shape[0] * f)), max(1, round(x.shape[1] * f)))
+        x = F.interpolate(x[None, None], size=size, mode="bilinear", align_corners=False,
+                          antialias=f < 1)[0, 0].clamp(0, 1)
+        if not bool((x > INK_THRESHOLD).any()):
+            raise ValueError("the image's ink vanished when rescaling it (too faint or too thin)")
+    return x.contiguous()
+
+
+def crop_segments(images: Sequence[torch.Tensor], segs: Sequence[Segmentation], size: int = 32,
+                  box: int = 20, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Every segment of every image as LeNet-5 input ``[S, 1, size, size]`` (segments in image order).
+
+    A segment's image is the ink of its pieces only (``segs[i].piece_map``; the ink of other pieces in the
+    same columns is masked out), cut to its tight ink box, scaled so that its larger side is ``box`` pixels
+    and placed so that its centre of mass is the centre of the ``size``-square, as MNIST's digits were. All
+    images go into one strip; per-piece sums (mass, moments, ink extent) are gathered once and combined per
+    segment, and all crops come out of one ``grid_sample`` call (bilinear), masked by a nearest-neighbour
+    sample of the piece map. ``segs`` may be any objects with ``piece_map`` and ``segments`` (e.g.
+    `lenet.segment.WholeImage`).
+    """
+    H = max(int(im.shape[0]) for im in images)
+    widths = [int(im.shape[1]) for im in images]
+    offsets = np.cumsum([0] + widths)
+    poffs = np.cumsum([0] + [int(s.piece_map.max()) + 1 for s in segs])
+    W, P = int(offsets[-1]), int(poffs[-1])
+    strip = torch.zeros(H, W)
+    pstrip = torch.full((H, W), -1, dtype=torch.int64)
+    for im, s, off, po in zip(images, segs, offsets.tolist(), poffs.tolist()):  # one copy per image
+        strip[:im.shape[0], off:off + im.shape[1]] = im
+        pstrip[:im.shape[0], off:off + im.shape[1]] = s.piece_map + po
+    seg = torch.cat([s.segments + po for s, po in zip(segs, poffs.tolist())])    # [S, 2] global piece ranges
+    a, b = seg[:, 0], seg[:, 1]
+    # per-piece sums over its pixels (float64: long strips outgrow float32's precision)
+    yx = torch.nonzero(pstrip >= 0)
+    pid = pstrip[yx[:, 0], yx[:, 1]]
+    v = strip[yx[:, 0], yx[:, 1]].double()
+    ys, xs = yx[:, 0].double() + 0.5, yx[:, 1].double() + 0.5
+
+    def prefix(w):
+        return torch.cat([torch.zeros(1, dtype=torch.float64),
+                          torch.cumsum(torch.zeros(P, dtype=torch.float64).index_add_(0, pid, w), 0)])
+
+    cm, cx_, cy_ = prefix(v), prefix(v * xs), prefix(v * ys)
+    mass = (cm[b] - cm[a]).clamp(min=1e-9)
+    cx, cy = (cx_[b] - cx_[a]) / mass, (cy_[b] - cy_[a]) / mass
+    # tight ink box of each piece, then of each segment (a running min/max over its <= K pieces)
+    inkm = v > INK_THRESHOLD
+    ip, iy, ix = pid[inkm], yx[inkm, 0], yx[inkm, 1]
+    big = torch.iinfo(torch.int64).max
+
+    def extent(idx, vals):
+        lo = torch.full((P,), big, dtype=torch.int64).scatter_reduce(0, idx, vals, "amin")
+        hi = torch.full((P,), -1, dtype=torch.int64).scatter_reduce(0, idx, vals + 1, "amax")
+        return lo, hi
+
+    px0, px1 = extent(ip, ix)
+    py0, py1 = extent(ip, iy)
+    x0, x1, y0, y1 = px0[a], px1[a], py0[a], py1[a]
+    for k in range(1, int((b - a).max())):
+        idx = (a + k).clamp(max=P - 1)
+        use = a + k < b
+        x0 = torch.where(use, torch.minimum(x0, px0[idx]), x0)
+        x1 = torch.where(use, torch.maximum(x1, px1[idx]), x1)
+        y0 = torch.where(use, torch.minimum(y0, py0[idx]), y0)
+        y1 = torch.where(use, torch.maximum(y1, py1[idx]), y1)
+    extent_px = torch.maximum(x1 - x0, y1 - y0).clamp(min=1).double()
+    scale = box / extent_px                                              # output pixels per input pixel
+    u = torch.arange(size, dtype=torch.float64) + 0.5 - size / 2          # output offsets from the centre
+    sx = cx[:, None] + u[None, :] / scale[:, None]                        # [S, size] source column
+    sy = cy[:, None] + u[None, :] / scale[:, None]                        # [S, size] source row
+    S = seg.shape[0]
+    gx = (2 * sx / W - 1)[:, None, :].expand(S, size, size)
+    gy = (2 * sy / H - 1)[:, :, None].expand(S, size, size)
+    grid = torch.stack([gx, gy], -1).reshape(1, S * size, size, 2).float()
+    out = F.grid_sample(strip[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    # the piece under each output pixel (nearest source pixel, from the float64 coordinates)
+    ix = torch.floor(sx).long()[:, None, :].expand(S, size, size)
+    iy = torch.floor(sy).long()[:, :, None].expand(S, size, size)
+    inside = (ix >= 0) & (ix < W) & (iy >= 0) & (iy < H)
+    owner = torch.where(inside, pstrip[iy.clamp(0, H - 1), ix.clamp(0, W - 1)], -1)
+    mine = (owner >= a[:, None, None]) & (owner < b[:, None, None])
+    out = out.reshape(S, size, size) * mine
+    return (BACKGROUND + (INK - BACKGROUND) * out.clamp(0, 1)).unsqueeze(1).to(dtype)

@@ -1,0 +1,179 @@
+"""Global training of a string reader (paper §V–§VI): the discriminative forward criterion through the graph,
+from string labels alone, and the evaluation loop around it.
+
+`train_globally` trains any reader with ``loss(images, labels, reduction="none")`` (`lenet.recognizer
+.StringReader`, `lenet.sdnn.SDNNReader`) with Adam, the network and the reader's other parameters (the
+segmentation score, the blank offset) at their own rates, both decaying from their peaks to zero along half a
+cosine over all steps; the recipe is a `GlobalRecipe`. A pass's batches come from `PassBatches`, which can run
+in a ``DataLoader`` worker process (segmentation and crops overlap with training; the run stays
+deterministic). `evaluate` decodes strings and returns their metrics; `mean_loss` is the loss on a fixed set
+of strings (the monitor). ``examples/multi_digit.py`` is the script around these calls.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping, Union
+
+import torch
+
+from .metrics import error_reject, string_metrics
+from .progress import progress_bar
+
+__all__ = ["GlobalRecipe", "train_globally", "PassBatches", "evaluate", "mean_loss", "batches"]
+
+
+@dataclass(frozen=True)
+class GlobalRecipe:
+    """The recipe of global training (defaults: the segmentation reader's default run,
+    ``python examples/multi_digit.py``).
+
+    ``global_epochs``: passes over ``len(strings)`` training strings; ``batch_size``: strings per step;
+    ``lr``: peak Adam rate of the network; ``seg_lr``: peak rate of the reader's other parameters;
+    ``fresh``: every pass after the first trains on new strings (``render(pass)``); ``workers``: data-loading
+    worker processes that render, segment and crop the batches while the network trains (0: none)."""
+
+    global_epochs: int = 8
+    batch_size: int = 16
+    lr: float = 1e-3
+    seg_lr: float = 1e-2
+    fresh: bool = True
+    workers: int = 1
+
+    @classmethod
+    def of(cls, recipe: Union["GlobalRecipe", Mapping[str, Any]]) -> "GlobalRecipe":
+        """A `GlobalRecipe` as it is, or one from a mapping (e.g. the example's run configurations) that has
+        at least ``global_epochs``, ``batch_size``, ``lr`` and ``seg_lr``; ``fresh`` and ``workers`` default
+        to off; other keys are ignored."""
+        if isinstance(recipe, cls):
+            return recipe
+        if not isinstance(recipe, Mapping):
+            raise TypeError(f"a recipe is a GlobalRecipe or a mapping, got {type(recipe).__name__}")
+        missing = [k for k in ("global_epochs", "batch_size", "lr", "seg_lr") if k not in recipe]
+        if missing:
+            raise ValueError(f"the recipe lacks {', '.join(missing)}")
+        names = {f.name for f in fields(cls)}
+        kw = {"fresh": False, "workers": 0, **{k: v for k, v in recipe.items() if k in names}}
+        return cls(**kw)
+
+    def asdict(self) -> dict:
+        return asdict(self)
+
+
+def batches(items, size):
+    """Consecutive slices of ``items`` of ``size`` (the last may be shorter)."""
+    for k in range(0, len(items), size):
+        yield items[k:k + size]
+
+
+def evaluate(reader, strings, progress, desc):
+    """Decode ``strings``; returns (metrics dict with the decoding time in ``seconds`` and the error-reject
+    operating points in ``reject``, predicted texts, their rejection confidences)."""
+    t = time.perf_counter()
+    preds, conf = [], []
+    with progress_bar(len(strings), desc, "str", enabled=progress) as bar:
+        for b in batches(strings, 50):
+            texts, c = reader.decode([s.image for s in b], return_confidence=True)
+            preds.extend(texts)
+            conf.extend(c.tolist())
+            bar.update(len(b))
+    m = string_metrics(preds, [s.label for s in strings])
+    m["seconds"] = time.perf_counter() - t
+    m["reject"] = error_reject(conf, [p == s.label for p, s in zip(preds, strings)])["points"]
+    return m, preds, conf
+
+
+@torch.no_grad()
+def mean_loss(reader, strings, size=32):
+    """Mean loss over the strings whose label the graph can spell (see `train_globally`)."""
+    total, count = 0.0, 0
+    for b in batches(strings, size):
+        losses = reader.loss([s.image for s in b], [s.label for s in b], reduction="none")
+        finite = torch.isfinite(losses)
+        total += float(losses[finite].sum())
+        count += int(finite.sum())
+    return total / max(count, 1)
+
+
+class PassBatches(torch.utils.data.IterableDataset):
+    """The batches of one pass of global training, as ``(prepared images, labels)``: pass ``k``'s strings
+    (``strings`` for the first pass, ``render(k)`` for later ones when given), in a seeded random order, each
+    batch run through ``prepare`` (the reader's network-independent work: segmentation and crops). Run in a
+    ``DataLoader`` worker process, this overlaps with training on the other core."""
+
+    def __init__(self, k, strings, render, batch_size, seed, prepare):
+        super().__init__()
+        self.k, self.strings, self.render, self.batch_size = k, strings, render, batch_size
+        self.seed, self.prepare = seed, prepare
+
+    def __iter__(self):
+        if torch.utils.data.get_worker_info() is not None:
+            torch.set_num_threads(1)  # the other core(s): leave the main process its own
+        strings = self.render(self.k) if self.render is not None and self.k > 0 else self.strings
+        order = torch.randperm(len(strings), generator=torch.Generator().manual_seed(self.seed * 1000 + self.k))
+        info = torch.utils.data.get_worker_info()
+        share, of = (info.id, info.num_workers) if info is not None else (0, 1)
+        for j, b in enumerate(batches([strings[i] for i in order.tolist()], self.batch_size)):
+            if j % of == share:  # each worker its share; the DataLoader interleaves them back in order
+                yield self.prepare([s.image for s in b]), [s.label for s in b]
+
+
+def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any]], seed: int, progress: bool,
+                   monitor, render=None):
+    """Discriminative forward training through the graph; returns the history (per-step and per-epoch).
+
+    ``strings`` are the first pass's training strings; with ``recipe.fresh`` every later pass trains on new
+    strings ``render(pass)`` (new combinations of the same training digits, never a test digit). The rates
+    decay from their peaks to zero along half a cosine over all steps. A string whose label no path of its
+    graph can spell (its digits overlap so much that no segmentation separates them) has an infinite loss and
+    teaches nothing: it is left out of the batch's mean and counted. With ``recipe.workers`` > 0 the strings are rendered, segmented and cropped in that many
+    worker processes while the network trains (the run stays deterministic)."""
+    cfg = GlobalRecipe.of(recipe)
+    net_params = list(reader.model.parameters())
+    net_ids = {id(p) for p in net_params}
+    other = [p for p in reader.parameters() if id(p) not in net_ids]
+    opt = torch.optim.Adam([{"params": net_params, "lr": cfg.lr}, {"params": other, "lr": cfg.seg_lr}])
+    peaks = [g["lr"] for g in opt.param_groups]
+    steps = math.ceil(len(strings) / cfg.batch_size)
+    total_steps = cfg.global_epochs * steps
+    prepare = getattr(reader, "prepare", None) or (lambda images: images)
+    workers = cfg.workers
+    hist = {"step_loss": [], "epoch_loss": [], "monitor_loss": [mean_loss(reader, monitor)], "unreachable": 0}
+    reader.train()
+    step = 0
+    with progress_bar(total_steps, "global training", "step", enabled=progress) as bar:
+        for epoch in range(cfg.global_epochs):
+            data = PassBatches(epoch, strings, render if cfg.fresh else None, cfg.batch_size, seed,
+                               prepare)
+            if workers > 0:
+                data = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4)
+            total, counted = 0.0, 0
+            for images, labels in data:
+                factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
+                for group, peak in zip(opt.param_groups, peaks):
+                    group["lr"] = peak * factor
+                losses = reader.loss(images, labels, reduction="none")
+                finite = torch.isfinite(losses.detach())
+                hist["unreachable"] += int((~finite).sum())
+                step += 1
+                bar.update(1)
+                if not bool(finite.any()):
+                    continue
+                loss = losses[finite].mean()
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                v = float(loss.detach())
+                if not math.isfinite(v):
+                    raise FloatingPointError(f"the loss became {v}; lower --lr")
+                hist["step_loss"].append(v)
+                total += v * int(finite.sum())
+                counted += int(finite.sum())
+                bar.set_postfix(loss=f"{v:.3f}", refresh=False)
+            hist["epoch_loss"].append(total / max(counted, 1))
+            hist["monitor_loss"].append(mean_loss(reader, monitor))
+            bar.write(f"pass {epoch + 1}/{cfg.global_epochs}: mean training loss {hist['epoch_loss'][-1]:.4f}, "
+                      f"loss on the {len(monitor)} monitor strings {hist['monitor_loss'][-1]:.4f}")
+    reader.eval()
+    return hist

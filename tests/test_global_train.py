@@ -1,0 +1,81 @@
+"""Tests of lenet.global_train: the global training loop of the string readers, as the library holds it."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from lenet.global_train import GlobalRecipe, PassBatches, batches, evaluate, mean_loss, train_globally
+from lenet.data import load_digits
+from lenet.model import LeNet5
+from lenet.recognizer import StringReader, prepare_batch
+from lenet.strings import make_strings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pass_batches_are_the_same_in_worker_processes():
+    strings = make_strings(40, "train", seed=3)
+    render = lambda k: make_strings(40, "train", seed=50 + k)  # noqa: E731
+    for k in (0, 1):
+        here = list(PassBatches(k, strings, render, 8, 5, prepare_batch))
+        loader = torch.utils.data.DataLoader(PassBatches(k, strings, render, 8, 5, prepare_batch),
+                                             batch_size=None, num_workers=2)
+        there = list(loader)
+        assert [lab for _, lab in here] == [lab for _, lab in there] and len(here) == 5
+        for (a, _), (b, _) in zip(here, there):
+            assert torch.equal(a.crops, b.crops) and torch.equal(a.graphs.arcs, b.graphs.arcs)
+    # pass 0 uses the given strings, later passes new ones
+    labels0 = sorted(lab for _, labs in PassBatches(0, strings, render, 8, 5, prepare_batch) for lab in labs)
+    labels1 = sorted(lab for _, labs in PassBatches(1, strings, render, 8, 5, prepare_batch) for lab in labs)
+    assert labels0 == sorted(s.label for s in strings) and labels1 != labels0
+
+
+def test_recipe_from_the_example_configs():
+    """The example's run configurations map onto GlobalRecipe; its defaults are the default run's recipe."""
+    spec = importlib.util.spec_from_file_location("multi_digit_example", ROOT / "examples" / "multi_digit.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # the script's module level only (configurations, imports)
+    default = mod.CONFIGS["default"]
+    assert GlobalRecipe.of(default) == GlobalRecipe()
+    quick = GlobalRecipe.of(mod.CONFIGS["quick"])
+    assert (quick.global_epochs, quick.fresh, quick.workers, quick.batch_size) == (1, False, 1, 16)
+    assert GlobalRecipe.of(quick) is quick
+    # a bare mapping: fresh and workers default to off
+    bare = GlobalRecipe.of(dict(global_epochs=2, batch_size=4, lr=1e-3, seg_lr=1e-2, iso_epochs=9))
+    assert (bare.fresh, bare.workers) == (False, 0)
+    with pytest.raises(ValueError, match="lacks global_epochs, seg_lr"):
+        GlobalRecipe.of(dict(batch_size=4, lr=1e-3))
+    with pytest.raises(TypeError, match="GlobalRecipe or a mapping"):
+        GlobalRecipe.of([1, 2])
+
+
+def test_batches_cover_the_items_in_order():
+    assert list(batches(list(range(7)), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(batches([], 3)) == []
+
+
+def test_train_globally_is_deterministic_and_lowers_the_monitor_loss():
+    """Two runs from the same network and seed give the same history (in-process and with a worker), and a
+    few steps lower the loss on the training strings themselves."""
+    torch.manual_seed(0)
+    net = LeNet5()
+    strings = make_strings(24, "train", seed=11)
+    recipe = GlobalRecipe(global_epochs=2, batch_size=8, lr=1e-3, seg_lr=1e-2, fresh=True, workers=0)
+    render = lambda k: make_strings(24, "train", seed=70 + k)  # noqa: E731
+    hists = []
+    for workers in (0, 1):
+        reader = StringReader(LeNet5(), lengths=(3, 6))
+        reader.model.load_state_dict(net.state_dict())
+        reader.calibrate(load_digits("train", raw=True)[0][:200])
+        hist = train_globally(reader, strings, GlobalRecipe(**{**recipe.asdict(), "workers": workers}), seed=3,
+                              progress=False, monitor=strings[:8], render=render)
+        hists.append(hist)
+        assert 1 <= len(hist["step_loss"]) <= 6 and len(hist["monitor_loss"]) == 3
+        assert not reader.training
+    assert hists[0]["step_loss"] == hists[1]["step_loss"]
+    assert hists[0]["monitor_loss"] == hists[1]["monitor_loss"]
+    assert hists[0]["monitor_loss"][-1] < hists[0]["monitor_loss"][0]
+    m, preds, conf = evaluate(reader, strings[:6], progress=False, desc="eval")
+    assert len(preds) == 6 == len(conf) and 0 <= m["string_accuracy"] <= 1 and m["seconds"] >= 0
+    assert abs(mean_loss(reader, strings[:8]) - hists[1]["monitor_loss"][-1]) < 1e-4
