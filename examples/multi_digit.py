@@ -42,17 +42,38 @@ from lenet.global_train import GlobalRecipe, evaluate, train_globally
 from lenet.metrics import error_budget, error_reject, string_metrics
 from lenet.recognizer import StringReader, save_reader
 from lenet.report import budget_lines, plot_curves, plot_example, plot_reject, reject_lines, table
-from lenet.strings import make_strings, touching_fraction
+from lenet.robustness import robustness, robustness_table
+from lenet.segment import SegmentParams
+from lenet.strings import RenderRanges, make_strings, touching_fraction
+
+
+def machine() -> dict:
+    """What a run's figures depend on besides the seed: torch's version and threads, and the CPU kernels
+    (float results differ in their last bits between CPU instruction sets, and training amplifies that)."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 #: Run sizes. The default run is sized for < 15 minutes on this project's 2-core CPU; --quick for < 1 minute.
 CONFIGS = {
     "default": dict(iso_epochs=60, iso_limit=None, distort=True, train_strings=4000, global_epochs=8,
                     workers=1, fresh=True, batch_size=16, test_strings=1000, monitor_strings=200, lr=1e-3,
-                    seg_lr=1e-2),
+                    seg_lr=1e-2, vary=True, cut_paths=0.3, max_pieces=10, grid_strings=200),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
                   workers=1, fresh=False, batch_size=16, test_strings=40, monitor_strings=24, lr=1e-3,
-                  seg_lr=1e-2),
+                  seg_lr=1e-2, vary=True, cut_paths=0.3, max_pieces=10, grid_strings=2),
 }
+#: What varies between training strings (``vary``): `lenet.strings.RenderRanges`' documented defaults —
+#: overlap 0–4 columns, 0–60 % of pairs touching, heights 24–40, slant ±15°, stroke thickness −0.5..1, vertical
+#: jitter 0–3 px, digit sizes ×0.8–1.15. The test strings stay at the renderer's own defaults (30 % touching,
+#: overlaps up to 2 columns, height 32) so the headline figure compares with earlier runs; the robustness grid
+#: (`lenet.strings.GRID`) reads strings of every other setting.
 #: The SDNN: (a) after the isolated digits, "isolated-character" training on windows of strings rendered from
 #: the isolated training digits (each window labelled digit / blank from the renderer's digit positions: the
 #: paper's SDNN training images), fresh strings every pass; (b) global training from string labels. Its
@@ -84,6 +105,12 @@ def parse(argv=None):
         p.add_argument("--" + k.replace("_", "-"), type=int, help=f"override the config's {k}")
     for k in ("lr", "seg_lr"):
         p.add_argument("--" + k.replace("_", "-"), type=float, help=f"override the config's {k}")
+    p.add_argument("--cut-paths", type=float, help="segmentation: radius of the least-ink cut paths inside a "
+                                                    "component, × ink height (0: straight vertical cuts)")
+    p.add_argument("--max-pieces", type=int, help="segmentation: most pieces in one segment")
+    p.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on strings of varied rendering settings (lenet.strings.RenderRanges; default on)")
+    p.add_argument("--grid-strings", type=int, help="strings per cell of the robustness grid (0: skip the grid)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: LeNet-5's small batches gain little from more)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -111,16 +138,20 @@ def main(argv=None):
     stem = out.with_suffix("")
     lengths = tuple(args.lengths)
     timings = {}
+    m = machine()
+    print(f"torch {m['torch']}, {m['threads']} thread(s), CPU {m['cpu']} ({m['cpu_capability']} kernels), seed {args.seed}")
 
     # ---- data: training strings from training-split digits, test strings from test-split digits only
     t = time.perf_counter()
-    train_strings = make_strings(cfg["train_strings"], "train", lengths, seed=args.seed + 1)
-    monitor = make_strings(cfg["monitor_strings"], "train", lengths, seed=args.seed + 2)
+    vary = RenderRanges() if cfg.get("vary") else None
+    train_strings = make_strings(cfg["train_strings"], "train", lengths, seed=args.seed + 1, vary=vary)
+    monitor = make_strings(cfg["monitor_strings"], "train", lengths, seed=args.seed + 2, vary=vary)
     test_digits = lenet.load_digits("test", raw=True)
     test_strings = make_strings(cfg["test_strings"], "test", lengths, seed=args.seed + 3, digits=test_digits)
     timings["render strings"] = time.perf_counter() - t
     per_pass = " per pass, new ones every pass" if cfg.get("fresh") else ""
-    print(f"{len(train_strings)} training strings (train digits){per_pass}, {len(test_strings)} test strings (test digits), "
+    print(f"{len(train_strings)} training strings (train digits{', varied rendering' if vary else ''}){per_pass}, "
+          f"{len(test_strings)} test strings (test digits), "
           f"lengths {lengths[0]}-{lengths[1]}; {100 * touching_fraction(test_strings):.0f} % of neighbouring "
           f"test digits touch or overlap")
 
@@ -138,7 +169,8 @@ def main(argv=None):
     model = model.float()
 
     if args.system == "hos":
-        reader = StringReader(model, lengths=lengths)
+        reader = StringReader(model, SegmentParams(cut_paths=cfg["cut_paths"], max_pieces=cfg["max_pieces"]),
+                              lengths=lengths)
         bias = reader.calibrate(lenet.load_digits("train", raw=True)[0])
         bias = reader.tune_bias([s.image for s in monitor], [s.label for s in monitor])
         print(f"segmentation bias (median best penalty of isolated training digits, then the best multiple "
@@ -171,7 +203,7 @@ def main(argv=None):
     t = time.perf_counter()
     hist = train_globally(reader, train_strings, GlobalRecipe.of(cfg), args.seed, progress, monitor,
                           render=lambda k: make_strings(cfg["train_strings"], "train", lengths,
-                                                        seed=args.seed + 100 + k))
+                                                        seed=args.seed + 100 + k, vary=vary))
     timings["(b) global training"] = time.perf_counter() - t
     if hist.get("unreachable"):
         print(f"{hist['unreachable']} training strings had a label no path of their graph could spell "
@@ -189,6 +221,14 @@ def main(argv=None):
     known.update(seconds=time.perf_counter() - t, system=args.system, training="(b), each length known",
                  reject=error_reject(conf_k, [p == s.label for p, s in zip(preds_k, test_strings)])["points"])
 
+    # ---- the robustness grid: test digits drawn at every setting of lenet.strings.GRID
+    grid = None
+    if cfg["grid_strings"] > 0:
+        t = time.perf_counter()
+        grid = robustness(reader, test_digits, strings_per_cell=cfg["grid_strings"], lengths=lengths,
+                          progress=progress)
+        timings["robustness grid"] = time.perf_counter() - t
+
     # ---- report
     rows = [before, after]
     print()
@@ -196,6 +236,10 @@ def main(argv=None):
     if args.system == "hos":
         print(budget_lines(rows))
     print(reject_lines(rows + [known]))
+    if grid is not None:
+        print(f"\nrobustness grid ((b), {cfg['grid_strings']} strings of test digits per cell; ceiling: the "
+              f"strings whose digits the network reads right alone):")
+        print(robustness_table(grid))
     err_a, err_b = 1 - before["string_accuracy"], 1 - after["string_accuracy"]
     if err_a > 0:
         print(f"string error {100 * err_a:.1f} % -> {100 * err_b:.1f} %: global training changed it by "
@@ -204,7 +248,8 @@ def main(argv=None):
     timings["total"] = time.perf_counter() - t0
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     metrics = {"before": before, "after": after, "known_length": known, "monitor_loss_before": loss0, "monitor_loss_after": loss1,
-               "timings": timings, "config": cfg, "seed": args.seed, "system": args.system}
+               "timings": timings, "config": cfg, "seed": args.seed, "system": args.system, "grid": grid,
+               "machine": machine()}
     if args.system == "hos":
         path = save_reader(reader, out, metrics=json.dumps(metrics), history=hist)
     else:

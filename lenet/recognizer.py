@@ -25,6 +25,8 @@ together with LeNet-5.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
@@ -330,8 +332,7 @@ class StringReader(nn.Module):
 
     def config(self):
         p = self.params
-        return {"params": dict(min_piece=p.min_piece, max_piece=p.max_piece, max_width=p.max_width,
-                               max_pieces=p.max_pieces, pieces=p.pieces, min_area=p.min_area, drift=p.drift),
+        return {"params": dataclasses.asdict(p),
                 "lengths": list(self.lengths) if self.lengths is not None else None}
 
 
@@ -351,7 +352,8 @@ def _load_reader(ckpt) -> "StringReader":
     cfg = ckpt["config"]
     model = build(**cfg["model"])
     rc = cfg["reader"]
-    params = dict(pieces="columns", drift=0.0)  # older checkpoints: column cuts, then straight cuts
+    # older checkpoints: column cuts, then straight cuts, then no cut paths
+    params = dict(pieces="columns", drift=0.0, cut_paths=0.0)
     params.update(rc["params"])
     reader = StringReader(model, SegmentParams(**params),
                           lengths=tuple(rc["lengths"]) if rc["lengths"] is not None else None)

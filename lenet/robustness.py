@@ -54,8 +54,8 @@ def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cel
     split. Returns one dict per cell: its settings, ``string_accuracy``, ``digit_error``, ``ceiling`` (see the
     module docstring), ``strings`` and ``seconds`` (decoding time)."""
     from .data import load_digits
-    from tqdm.auto import tqdm
-    from .recognizer import string_metrics
+    from .metrics import string_metrics
+    from .progress import progress_bar
 
     if strings_per_cell < 1:
         raise ValueError(f"strings_per_cell must be at least 1, got {strings_per_cell}")
@@ -66,8 +66,7 @@ def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cel
     reader.eval()
     rows = []
     try:
-        with tqdm(total=len(grid) * strings_per_cell, desc="robustness grid", unit="str",
-                  disable=not progress) as bar:
+        with progress_bar(len(grid) * strings_per_cell, "robustness grid", "str", enabled=progress) as bar:
             for i, cell in enumerate(grid):
                 strings = make_strings(strings_per_cell, "test", lengths, seed=seed + i, digits=digits, **cell)
                 t = time.perf_counter()
