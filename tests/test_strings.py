@@ -123,3 +123,87 @@ def test_sources_name_the_rows_of_the_drawn_digits():
         widths = (s.extents[:, 1] - s.extents[:, 0]).tolist()
         assert widths == [4 if int(r) == 0 else 12 for r in s.sources]
         assert s.label == "".join("12"[int(r)] for r in s.sources)
+
+
+# ---------------------------------------------------------------------------------------------- varied rendering
+from lenet.strings import GRID, OWNER_THRESHOLD, RenderRanges  # noqa: E402
+
+
+def _digits(n=4):
+    return lenet.data.load_digits("test", raw=True)[0][:n]
+
+
+def test_owner_map_is_the_true_segmentation():
+    for s in make_strings(40, "test", seed=2, touch=0.6, max_overlap=4):
+        own = s.owner.long()
+        assert own.shape == s.image.shape and own.dtype == torch.long
+        assert int(own.min()) >= -1 and int(own.max()) == len(s.label) - 1
+        ink = s.image > OWNER_THRESHOLD * 255
+        assert bool((own[ink] >= 0).all()) and bool((own[~ink] == -1).all())
+        for k, (x0, x1) in enumerate(s.extents.tolist()):   # each digit's pixels lie in its own columns
+            cols = torch.nonzero((own == k).any(0)).flatten()
+            assert cols.numel() > 0 and int(cols.min()) >= x0 and int(cols.max()) < x1
+
+
+def test_slant_leans_the_tops_and_thickness_changes_the_ink():
+    bar = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    bar[0, 4:24, 12:15] = 255
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    kw = dict(shift=0, scale=(1.0, 1.0))
+
+    def centre(img, rows):
+        x = img[rows].float()
+        return float((x * torch.arange(x.shape[1])).sum() / x.sum())
+
+    for slant, sign in ((15.0, 1), (-15.0, -1)):
+        img, ext = render_string(bar, g(), slant=slant, **kw)
+        rows = torch.nonzero(img.amax(1) > 0).flatten()
+        top, bottom = rows[:4], rows[-4:]
+        assert sign * (centre(img, top) - centre(img, bottom)) > 3     # tan 15° × 20 rows ≈ 5 columns
+    plain, _ = render_string(bar, g(), **kw)
+    bold, _ = render_string(bar, g(), thickness=1.0, **kw)
+    thin, _ = render_string(bar, g(), thickness=-1.0, **kw)
+    mass = lambda im: float(im.float().sum())  # noqa: E731
+    assert mass(bold) > 1.3 * mass(plain) > 1.3 * mass(thin) > 0
+    for bad in (dict(thickness=1.5), dict(slant=50.0), dict(height=4)):
+        with pytest.raises(ValueError):
+            render_string(bar, g(), **bad)
+
+
+def test_height_scales_the_whole_string():
+    d = _digits()
+    small, es = render_string(d, torch.Generator().manual_seed(1), height=24)
+    big, eb = render_string(d, torch.Generator().manual_seed(1), height=40)
+    assert small.shape[0] == 24 and big.shape[0] == 40
+    ink_h = lambda im: int((im.amax(1) > 0).sum())  # noqa: E731
+    assert 1.4 < ink_h(big) / ink_h(small) < 1.9      # 40 / 24 = 1.67
+    assert 1.4 < big.shape[1] / small.shape[1] < 1.9
+
+
+def test_render_ranges_draw_within_their_ranges_and_are_recorded():
+    r = RenderRanges()
+    g = torch.Generator().manual_seed(0)
+    styles = [r.draw(g) for _ in range(300)]
+    for k in ("max_overlap", "touch", "height", "slant", "thickness", "shift"):
+        lo, hi = getattr(r, k)
+        vals = [s[k] for s in styles]
+        assert min(vals) >= lo and max(vals) <= hi
+        assert max(vals) - min(vals) > 0.8 * (hi - lo)          # the draws span the range
+    assert all(r.scale[0] <= s["scale"][0] <= s["scale"][1] <= r.scale[1] for s in styles)
+    a = make_strings(30, "test", seed=4, vary=r)
+    b = make_strings(30, "test", seed=4, vary=r)
+    assert all(torch.equal(x.image, y.image) and x.style == y.style for x, y in zip(a, b))
+    assert len({s.image.shape[0] for s in a}) > 5              # several heights
+    fixed = make_strings(5, "test", seed=4, vary=r, height=28)  # an explicit keyword wins over the draw
+    assert all(s.image.shape[0] == 28 and s.style["height"] == 28 for s in fixed)
+
+
+def test_grid_spans_the_settings():
+    assert len(GRID) == 33
+    assert {c["height"] for c in GRID} == {24, 32, 40}
+    assert {c["touch"] for c in GRID} == {0.0, 0.3, 0.6}
+    assert {c["max_overlap"] for c in GRID} == {0, 1, 2, 3, 4}
+    assert len({tuple(sorted(c.items())) for c in GRID}) == 33
+    for c in GRID:   # every cell renders
+        s = make_strings(2, "test", seed=1, **c)
+        assert s[0].image.shape[0] == c["height"]

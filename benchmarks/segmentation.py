@@ -1,0 +1,101 @@
+"""Coverage of the segmentation graph over the robustness grid: how often the true segmentation is a path.
+
+    python benchmarks/segmentation.py [--strings 200] [--tolerance 0.1 0.2] [--picture docs/img/cut_paths.png]
+
+For every cell of `lenet.strings.GRID` (heights 24/32/40; no touching pairs, or 30 % / 60 % touching with ink
+boxes overlapping by up to 0-4 columns) it renders ``--strings`` strings of 3-6 test digits and reports, for
+the straight vertical cuts (``SegmentParams(cut_paths=0)``, the previous default) and for the least-ink cut paths
+(``SegmentParams(cut_paths=0.3, max_pieces=10)``, the default reader's), the **coverage** — the share of strings
+whose true segmentation is a path of their graph (`lenet.segment.true_path`: each segment holds at least
+1 - tolerance of its digit's ink and at least 1 - tolerance of its ink is that digit's, judged on the renderer's
+owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
+thread). ``--picture`` draws both segmentations of a few strings with overlapping digits.
+"""
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this folder's lenet.py would shadow the package
+import lenet  # noqa: E402
+from lenet.segment import SegmentParams, segment, true_path  # noqa: E402
+from lenet.strings import GRID, make_strings  # noqa: E402
+
+CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10)}
+
+
+def picture(path, n=4, seed=5):
+    """Straight cuts (left) and cut paths (right) on strings whose neighbours all touch and overlap."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    strings = make_strings(40, "test", seed=seed, touch=1.0, max_overlap=3, lengths=(3, 4))
+    shown = []
+    for s in strings:   # strings the cut paths cover and the straight cuts do not
+        a, b = (segment(s.image, p) for p in CONFIGS.values())
+        if true_path(a, s.image, s.owner) is None and true_path(b, s.image, s.owner) is not None:
+            shown.append((s, a, b))
+        if len(shown) == n:
+            break
+    fig, axes = plt.subplots(len(shown), 2, figsize=(7, 1.25 * len(shown)), squeeze=False)
+    cm = plt.get_cmap("tab10")
+    for row, (s, *segs) in zip(axes, shown):
+        x = s.image.numpy() / 255.0
+        for ax, seg, name in zip(row, segs, CONFIGS):
+            pm = seg.piece_map.numpy()
+            rgb = np.array([cm(i % 10)[:3] for i in pm.ravel()]).reshape(*pm.shape, 3) * x[..., None]
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{name}: {s.label}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--strings", type=int, default=200, help="strings per grid cell")
+    ap.add_argument("--tolerance", type=float, nargs="+", default=[0.1, 0.2])
+    ap.add_argument("--picture", help="write a PNG of both segmentations of overlapping digits")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    digits = lenet.load_digits("test", raw=True)
+    cells = [(c, make_strings(a.strings, "test", seed=30_000 + i, digits=digits, **c)) for i, c in enumerate(GRID)]
+    res = {}
+    for name, params in CONFIGS.items():
+        rows = []
+        for cell, strings in cells:
+            t = time.perf_counter()
+            segs = [segment(s.image, params) for s in strings]
+            ms = 1000 * (time.perf_counter() - t) / len(strings)
+            cov = [np.mean([true_path(g, s.image, s.owner, tol) is not None for g, s in zip(segs, strings)])
+                   for tol in a.tolerance]
+            rows.append((cov, np.mean([g.num_segments for g in segs]), ms))
+        res[name] = rows
+    tols = " / ".join(f"{t:g}" for t in a.tolerance)
+    head = " | ".join(f"{n}: coverage at {tols}, arcs" for n in CONFIGS)
+    print(f"{a.strings} strings of 3-6 test digits per cell; tolerance {tols} of each digit's ink")
+    print(f"| height | touching | overlap ≤ | {head} |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " |")
+    for i, (cell, _) in enumerate(cells):
+        parts = [" / ".join(f"{100 * c:.1f} %" for c in res[n][i][0]) + f", {res[n][i][1]:.0f}" for n in CONFIGS]
+        print(f"| {cell['height']} | {100 * cell['touch']:.0f} % | {cell['max_overlap']} | " + " | ".join(parts) + " |")
+    for n in CONFIGS:
+        cov = np.array([r[0] for r in res[n]])          # [cells, tolerances]
+        ov = np.array([c["max_overlap"] for c, _ in cells])
+        summary = ", ".join(f"tolerance {t:g}: mean {100 * cov[:, k].mean():.1f} %, worst {100 * cov[:, k].min():.1f} %"
+                            f" (overlap ≤ 2: worst {100 * cov[ov <= 2, k].min():.1f} %)"
+                            for k, t in enumerate(a.tolerance))
+        print(f"{n}: {summary}; {np.mean([r[1] for r in res[n]]):.1f} arcs and "
+              f"{np.mean([r[2] for r in res[n]]):.1f} ms per string")
+    if a.picture:
+        picture(a.picture)
+        print(f"wrote {a.picture}")
+
+
+if __name__ == "__main__":
+    main()
