@@ -283,9 +283,16 @@ SIDEWAYS_COST = 0.02
 DEVIATION_COST = 0.1
 
 
-def _path_dp(through: np.ndarray, S: np.ndarray):
+def _path_dp(through: np.ndarray, S: np.ndarray, compiled: Optional[bool] = None):
     """Forward pass of the cut-path dynamic program over rows (see `_cut_paths`): ``acc [H, K, J]`` the least
-    cost of a path from the top row to each position of each row, and ``back [H, K, J]`` its predecessor."""
+    cost of a path from the top row to each position of each row, and ``back [H, K, J]`` its predecessor.
+    This numpy version is the reference; ``compiled`` (default: when numba imports and gtn's kernels are on)
+    runs its numba twin, `lenet.cutpath_numba.path_dp`, which gives the same tables."""
+    kernel = _compiled_dp() if compiled is None or compiled else None
+    if compiled and kernel is None:
+        raise RuntimeError("the compiled cut-path program needs numba (and GTN_NO_NUMBA unset)")
+    if kernel is not None:
+        return kernel(np.ascontiguousarray(through, dtype=np.float64), np.ascontiguousarray(S, dtype=np.float64))
     H, K, J = through.shape
     idx = np.broadcast_to(np.arange(J), (K, J))
     acc = np.empty_like(through)
@@ -304,6 +311,18 @@ def _path_dp(through: np.ndarray, S: np.ndarray):
         acc[y] = np.where(take_left, from_left, from_right) + through[y]
         back[y] = np.where(take_left, larg, rarg)
     return acc, back
+
+
+def _compiled_dp():
+    """`lenet.cutpath_numba.path_dp` when numba imports and gtn's kernels are enabled, else ``None``."""
+    import gtn.kernels
+    if not gtn.kernels.use_numba():
+        return None
+    try:
+        from .cutpath_numba import path_dp
+    except Exception:   # numba missing or broken: the numpy reference is always there
+        return None
+    return path_dp
 
 
 def _cut_paths(jobs, radius: int):
@@ -373,15 +392,17 @@ def _cut_paths(jobs, radius: int):
     paths = pos[ka[:, None], j]                                          # [A, H]
     job_of = np.asarray(owner)[ka]
     out = []
-    for n in range(len(jobs)):
+    for n in range(len(jobs)):   # a handful of components
         mine = np.flatnonzero(job_of == n)
-        taken = []   # the cheapest first; a path crossing one already taken is dropped
-        for i in mine[np.argsort(costs[mine], kind="stable")]:
-            p = paths[i]
-            if all(((p <= q).all() or (p >= q).all()) and not np.array_equal(p, q) for q in taken):
-                taken.append(p)
-        taken = np.stack(taken)
-        out.append(taken[np.argsort(taken.mean(1), kind="stable")])
+        mine = mine[np.argsort(costs[mine], kind="stable")]              # the cheapest first
+        P = paths[mine]
+        le = (P[:, None, :] <= P[None, :, :]).all(2)
+        fits = (le | le.T) & ~(le & le.T)        # ordered one way or the other, and not the same path
+        taken = np.zeros(len(mine), dtype=bool)
+        for i in range(len(mine)):               # a path crossing (or repeating) one already taken is dropped
+            taken[i] = bool(fits[i, taken].all())
+        kept = P[taken]
+        out.append(kept[np.argsort(kept.mean(1), kind="stable")])
     return out
 
 

@@ -336,3 +336,30 @@ def test_cut_paths_validated():
         SegmentParams(cut_paths=-0.1)
     with pytest.raises(ValueError):
         SegmentParams(cut_paths=2.5)
+
+
+def test_compiled_cut_path_program_equals_the_numpy_reference():
+    """The numba twin of the cut-path program gives the same tables as the numpy reference (ties included:
+    integer-valued costs make many), and segmentations through either are identical."""
+    pytest.importorskip("numba", reason="numba is a dependency of the project; without it only the reference runs")
+    rng = np.random.default_rng(1)
+    for trial in range(40):
+        H, K, J = int(rng.integers(2, 30)), int(rng.integers(1, 6)), int(rng.integers(1, 12))
+        through = rng.integers(0, 3, (H, K, J)).astype(np.float64)
+        through[rng.random((H, K, J)) < 0.15] = np.inf
+        S = np.concatenate([np.zeros((H - 1, K, 1)), np.cumsum(rng.integers(0, 2, (H - 1, K, J - 1)), 2)], 2)
+        a0, b0 = segment_module._path_dp(through, S.astype(np.float64), compiled=False)
+        a1, b1 = segment_module._path_dp(through, S.astype(np.float64), compiled=True)
+        np.testing.assert_array_equal(a0, a1)
+        np.testing.assert_array_equal(b0, b1)
+    strings = make_strings(15, "test", seed=3, touch=0.6, max_overlap=3)
+    maps = {}
+    for compiled in (False, True):
+        orig = segment_module._compiled_dp
+        if not compiled:
+            segment_module._compiled_dp = lambda: None
+        try:
+            maps[compiled] = [segment(s.image, PATHS).piece_map for s in strings]
+        finally:
+            segment_module._compiled_dp = orig
+    assert all(torch.equal(a, b) for a, b in zip(maps[False], maps[True]))

@@ -1,0 +1,45 @@
+"""The cut-path dynamic program of `lenet.segment` as a compiled loop (numba, CPU).
+
+`lenet.segment._path_dp` (numpy, vectorised over paths and positions, a Python loop over rows) is the
+reference; this twin runs the same recursion with the same tie rule and gives identical tables (tested). It is
+used when numba imports and gtn's kernels are enabled (``GTN_NO_NUMBA=1`` turns both off)."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True)
+def path_dp(through, S):   # pragma: no cover - compiled (tested against the numpy reference)
+    H, K, J = through.shape
+    acc = np.empty((H, K, J))
+    back = np.zeros((H, K, J), dtype=np.int64)
+    acc[0] = through[0]
+    from_left = np.empty(J)
+    left_arg = np.empty(J, dtype=np.int64)
+    for y in range(1, H):
+        for k in range(K):
+            best = np.inf
+            arg = 0
+            for q in range(J):      # from the left: the latest position with the least acc[p] - S[p]
+                a = acc[y - 1, k, q] - S[y - 1, k, q]
+                if a <= best:
+                    best = a
+                    arg = q
+                from_left[q] = S[y - 1, k, q] + best
+                left_arg[q] = arg
+            best = np.inf
+            arg = J - 1
+            for q in range(J - 1, -1, -1):   # from the right: the first position with the least acc[p] + S[p]
+                b = acc[y - 1, k, q] + S[y - 1, k, q]
+                if b <= best:
+                    best = b
+                    arg = q
+                from_right = best - S[y - 1, k, q]
+                if from_left[q] <= from_right:
+                    acc[y, k, q] = from_left[q] + through[y, k, q]
+                    back[y, k, q] = left_arg[q]
+                else:
+                    acc[y, k, q] = from_right + through[y, k, q]
+                    back[y, k, q] = arg
+    return acc, back
