@@ -1,0 +1,328 @@
+"""facebookresearch/gtn's functions on compat `Graph`s.
+
+Scoring (`forward_score`, `viterbi_score`, `viterbi_path`) and composition (`compose`, `intersect`) run on
+this library's core through `_bridge`; a list of graphs is scored as one ``FsaVec``. The structural
+operations (`clone`, the projections, `union`, `concat`, `closure`, `remove`) build facebookresearch/gtn's
+exact node and arc layout (its users index arcs and gradients by position) from an arc map, and the weights
+follow by ``index_select``/``cat`` so ``torch.autograd`` carries the gradients.
+"""
+from typing import List, Sequence
+
+import torch
+
+import gtn as _core
+
+from . import _bridge
+from .graph import Graph, epsilon
+
+
+def _is_list(x) -> bool:
+    return isinstance(x, (list, tuple))
+
+
+def _any_grad(graphs) -> bool:
+    return any(g.calc_grad for g in graphs)
+
+
+def _check_graph(g, what):
+    if not isinstance(g, Graph):
+        raise ValueError(f"{what}: expected a gtn.compat.Graph, got {type(g).__name__}")
+
+
+def _pairwise(fn, a, b, what):
+    if len(a) != len(b):
+        raise ValueError(f"{what}: the two lists have {len(a)} and {len(b)} graphs")
+    return [fn(x, y) for x, y in zip(a, b)]
+
+
+def _scalar(value: torch.Tensor, calc_grad: bool) -> Graph:
+    """A two-node, one-arc graph (label 0, as facebookresearch/gtn labels its score graphs)."""
+    return Graph._from_lists([True, False], [False, True], [0], [1], [0], [0], value.reshape(1), calc_grad)
+
+
+# ---- scalar arithmetic ---------------------------------------------------------------------------------
+def _one_arc(g, what):
+    _check_graph(g, what)
+    if g.num_arcs() != 1:
+        raise ValueError(f"{what}: inputs must have exactly one arc, got {g.num_arcs()}")
+    return g._weights()
+
+
+def negate(g):
+    """``-g`` for a one-arc graph."""
+    if _is_list(g):
+        return [negate(x) for x in g]
+    return _scalar(-_one_arc(g, "negate"), g.calc_grad)
+
+
+def add(g1, g2):
+    """``g1 + g2`` for one-arc graphs."""
+    if _is_list(g1):
+        return _pairwise(add, g1, g2, "add")
+    return _scalar(_one_arc(g1, "add") + _one_arc(g2, "add"), g1.calc_grad or g2.calc_grad)
+
+
+def subtract(g1, g2):
+    """``g1 - g2`` for one-arc graphs."""
+    if _is_list(g1):
+        return _pairwise(subtract, g1, g2, "subtract")
+    return _scalar(_one_arc(g1, "subtract") - _one_arc(g2, "subtract"), g1.calc_grad or g2.calc_grad)
+
+
+# ---- copies and projections ----------------------------------------------------------------------------
+def _clone(g, il, ol):
+    return Graph._from_lists(g._is_start, g._is_accept, g._src, g._dst, il, ol, g._weights().clone(), g.calc_grad)
+
+
+def clone(g):
+    """A copy (same nodes, arcs, weights); the gradient of the copy flows back to ``g``."""
+    if _is_list(g):
+        return [clone(x) for x in g]
+    _check_graph(g, "clone")
+    return _clone(g, g._il, g._ol)
+
+
+def project_input(g):
+    """The acceptor of input labels."""
+    if _is_list(g):
+        return [project_input(x) for x in g]
+    _check_graph(g, "project_input")
+    return _clone(g, g._il, g._il)
+
+
+def project_output(g):
+    """The acceptor of output labels."""
+    if _is_list(g):
+        return [project_output(x) for x in g]
+    _check_graph(g, "project_output")
+    return _clone(g, g._ol, g._ol)
+
+
+# ---- union, concat, closure ----------------------------------------------------------------------------
+def _weights_and_zeros(parts, like_dev):
+    ws = [p if isinstance(p, torch.Tensor) else torch.zeros(p, dtype=torch.float32, device=like_dev)
+          for p in parts]
+    return torch.cat(ws) if ws else torch.zeros(0, dtype=torch.float32, device=like_dev)
+
+
+def _device_of(graphs):
+    devs = {g._device for g in graphs}
+    if len(devs) > 1:
+        raise ValueError(f"graphs on different devices: {sorted(map(str, devs))}")
+    return devs.pop() if devs else torch.device("cpu")
+
+
+def union(graphs):
+    """The union of a list of graphs: their nodes and arcs side by side (start and accept nodes kept)."""
+    if graphs and _is_list(graphs[0]):
+        return [union(x) for x in graphs]
+    for g in graphs:
+        _check_graph(g, "union")
+    dev = _device_of(graphs)
+    st, ac, src, dst, il, ol, parts = [], [], [], [], [], [], []
+    off = 0
+    for g in graphs:
+        st += g._is_start
+        ac += g._is_accept
+        src += [s + off for s in g._src]
+        dst += [d + off for d in g._dst]
+        il += g._il
+        ol += g._ol
+        parts.append(g._weights())
+        off += g.num_nodes()
+    return Graph._from_lists(st, ac, src, dst, il, ol, _weights_and_zeros(parts, dev), _any_grad(graphs))
+
+
+def concat(*args):
+    """``concat(g1, g2)`` or ``concat([g1, g2, ...])``: the accept nodes of each graph joined to the start
+    nodes of the next by epsilon arcs (weight 0). ``concat([])`` accepts the empty string."""
+    if len(args) == 2:
+        if _is_list(args[0]):
+            return _pairwise(lambda a, b: concat([a, b]), args[0], args[1], "concat")
+        graphs = list(args)
+    elif len(args) == 1:
+        graphs = list(args[0])
+        if graphs and _is_list(graphs[0]):
+            return [concat(x) for x in graphs]
+    else:
+        raise ValueError("concat: give two graphs or one list of graphs")
+    for g in graphs:
+        _check_graph(g, "concat")
+    dev = _device_of(graphs)
+    if not graphs:
+        return Graph._from_lists([True], [True], [], [], [], [], torch.zeros(0, device=dev), False)
+    st, ac, src, dst, il, ol, parts = [], [], [], [], [], [], []
+    off = 0
+    last = len(graphs) - 1
+    for i, g in enumerate(graphs):
+        st += [s and i == 0 for s in g._is_start]
+        ac += [a and i == last for a in g._is_accept]
+        src += [s + off for s in g._src]
+        dst += [d + off for d in g._dst]
+        il += g._il
+        ol += g._ol
+        parts.append(g._weights())
+        if i > 0:
+            p = graphs[i - 1]
+            poff = off - p.num_nodes()
+            links = [(a + poff, s + off) for a in p._accepts for s in g._starts]
+            src += [x for x, _ in links]
+            dst += [y for _, y in links]
+            il += [epsilon] * len(links)
+            ol += [epsilon] * len(links)
+            parts.append(len(links))
+        off += g.num_nodes()
+    return Graph._from_lists(st, ac, src, dst, il, ol, _weights_and_zeros(parts, dev), _any_grad(graphs))
+
+
+def closure(g):
+    """The Kleene closure: a new start-and-accept node 0, epsilon arcs from it to the start nodes and from
+    the accept nodes back to it."""
+    if _is_list(g):
+        return [closure(x) for x in g]
+    _check_graph(g, "closure")
+    n = g.num_nodes()
+    st = [True] + [False] * n
+    ac = [True] + [False] * n
+    src = [s + 1 for s in g._src] + [0] * len(g._starts) + [a + 1 for a in g._accepts]
+    dst = [d + 1 for d in g._dst] + [s + 1 for s in g._starts] + [0] * len(g._accepts)
+    k = len(g._starts) + len(g._accepts)
+    il = g._il + [epsilon] * k
+    ol = g._ol + [epsilon] * k
+    w = _weights_and_zeros([g._weights(), k], g._device)
+    return Graph._from_lists(st, ac, src, dst, il, ol, w, g.calc_grad)
+
+
+def remove(g, ilabel=epsilon, olabel=None):
+    """``remove(g, label=epsilon)`` / ``remove(g, ilabel, olabel)``: drop the arcs with these labels, joining
+    across them (facebookresearch/gtn's layout: the kept nodes are the start nodes and those with an arc of
+    another label coming in). Kept arcs keep their weights (facebookresearch/gtn resets them to 0).
+
+    Raises:
+        ValueError: a removed arc has a nonzero weight (a graph has no final weights, so it could not be
+            carried), or a label is out of range.
+    """
+    if _is_list(g):
+        labels = ilabel if _is_list(ilabel) else [ilabel]
+        if len(labels) == 1:
+            labels = labels * len(g)
+        return _pairwise(lambda x, lab: remove(x, lab), g, labels, "remove")
+    _check_graph(g, "remove")
+    if olabel is None:
+        olabel = ilabel
+    il_, ol_, src_, dst_ = g._il, g._ol, g._src, g._dst
+    match = [il_[a] == ilabel and ol_[a] == olabel for a in range(g.num_arcs())]
+    w = g._weights()
+    if any(match):
+        mw = w.detach()[torch.tensor(match, device=w.device)]
+        if bool((mw != 0).any()):
+            raise ValueError(f"remove: the arcs labelled {ilabel}:{olabel} to remove carry nonzero weights; "
+                             "they cannot be folded into a graph without final weights (use gtn.remove_epsilon on "
+                             "the core's Fsa for a weighted epsilon removal)")
+    n = g.num_nodes()
+    nodes = [-1] * n
+    st = []
+    for v in range(n):
+        if g._is_start[v] or not all(match[a] for a in g._in[v]):
+            nodes[v] = len(st)
+            st.append(g._is_start[v])
+    ac = [False] * len(st)
+    src, dst, il, ol, keep = [], [], [], [], []
+    for v in range(n):
+        cur = nodes[v]
+        if cur < 0:
+            continue
+        seen = {v}
+        todo = [v]
+        k = 0
+        while k < len(todo):
+            u = todo[k]
+            k += 1
+            if g._is_accept[u]:
+                ac[cur] = True
+            for a in g._out[u]:
+                d = dst_[a]
+                if match[a]:
+                    if d not in seen:
+                        seen.add(d)
+                        todo.append(d)
+                else:
+                    src.append(cur)
+                    dst.append(nodes[d])
+                    il.append(il_[a])
+                    ol.append(ol_[a])
+                    keep.append(a)
+    idx = torch.tensor(keep, dtype=torch.int64, device=w.device)
+    return Graph._from_lists(st, ac, src, dst, il, ol, w[idx], g.calc_grad)
+
+
+# ---- composition ---------------------------------------------------------------------------------------
+def compose(g1, g2):
+    """The composition: ``g1``'s output labels matched with ``g2``'s input labels, epsilon (``gtn.epsilon``)
+    handled without duplicate paths (OpenFst's sequence filter, our core's `gtn.compose`). Only nodes on a
+    successful path are kept; a graph with no path comes back empty."""
+    if _is_list(g1):
+        return _pairwise(compose, g1, g2, "compose")
+    _check_graph(g1, "compose")
+    _check_graph(g2, "compose")
+    _device_of([g1, g2])
+    res = _core.compose(_bridge.to_fsa(g1, True), _bridge.to_fsa(g2, True))
+    return _bridge.from_fsa(res, g1.calc_grad or g2.calc_grad)
+
+
+def intersect(g1, g2):
+    """The intersection of acceptors (facebookresearch/gtn: the composition, matching ``g1``'s output and
+    ``g2``'s input labels)."""
+    if _is_list(g1):
+        return _pairwise(intersect, g1, g2, "intersect")
+    return compose(g1, g2)
+
+
+# ---- scores --------------------------------------------------------------------------------------------
+def _score(graphs: Sequence[Graph], fn, what) -> List[Graph]:
+    for g in graphs:
+        _check_graph(g, what)
+        _bridge.check_scorable(g, what)
+        w = g._weights()
+        if bool(torch.isnan(w.detach()).any()) or bool((w.detach() == float("inf")).any()):
+            raise ValueError(f"{what}: the graph has a NaN or +inf weight (our core refuses them: they make "
+                             "every gradient NaN)")
+    fsas = [_bridge.to_fsa(g) for g in graphs]
+    tot = fn(fsas[0]).reshape(1) if len(fsas) == 1 else fn(_core.FsaVec(fsas))
+    return [_scalar(tot[i], g.calc_grad) for i, g in enumerate(graphs)]
+
+
+def forward_score(g):
+    """The log-sum-exp of the path scores, as a one-arc graph (``-inf`` when no path succeeds). A list of
+    graphs is scored in one batched call. Raises ``ValueError`` where facebookresearch/gtn does (see
+    `_bridge.check_scorable`)."""
+    if _is_list(g):
+        return _score(list(g), _core.forward_score, "forward_score") if g else []
+    return _score([g], _core.forward_score, "forward_score")[0]
+
+
+def viterbi_score(g):
+    """The best path score, as a one-arc graph (its gradient: 1 on the best path's arcs)."""
+    if _is_list(g):
+        return _score(list(g), _core.viterbi_score, "viterbi_score") if g else []
+    return _score([g], _core.viterbi_score, "viterbi_score")[0]
+
+
+def viterbi_path(g):
+    """The best path as a linear graph (labels and weights of its arcs; gradients flow back to them). An
+    empty graph when no path succeeds."""
+    if _is_list(g):
+        return [viterbi_path(x) for x in g]
+    _check_graph(g, "viterbi_path")
+    _bridge.check_scorable(g, "viterbi_path")
+    w = g._weights()
+    if bool(torch.isnan(w.detach()).any()) or bool((w.detach() == float("inf")).any()):
+        raise ValueError("viterbi_path: the graph has a NaN or +inf weight")
+    p = _core.viterbi_path(_bridge.to_fsa(g, True))
+    if p.num_arcs < 2:
+        return Graph._from_lists([], [], [], [], [], [], w[:0], g.calc_grad)
+    r = p.num_arcs - 2
+    lab = _bridge.from_core_labels(p.labels[1:-1]).tolist()
+    aux = _bridge.from_core_labels(p.aux_labels[1:-1]).tolist()
+    return Graph._from_lists([True] + [False] * r, [False] * r + [True], list(range(r)), list(range(1, r + 1)),
+                             lab, aux, p.scores[1:-1], g.calc_grad)
