@@ -35,6 +35,17 @@ def _pairwise(fn, a, b, what):
     return [fn(x, y) for x, y in zip(a, b)]
 
 
+def _tie(value: torch.Tensor, inputs) -> torch.Tensor:
+    """Connect a result that does not depend on its inputs' weights (no path, no arc) to them with a zero
+    gradient, so that the inputs still receive a (zero) gradient as in facebookresearch/gtn."""
+    ws = [g._weights() for g in inputs if g.calc_grad]
+    if value.requires_grad or not ws:
+        return value
+    for w in ws:  # where(False, w, 0): a zero gradient even where w is infinite
+        value = value + torch.where(torch.zeros_like(w, dtype=torch.bool), w, 0.0).sum()
+    return value
+
+
 def _scalar(value: torch.Tensor, calc_grad: bool) -> Graph:
     """A two-node, one-arc graph (label 0, as facebookresearch/gtn labels its score graphs)."""
     return Graph._from_lists([True, False], [False, True], [0], [1], [0], [0], value.reshape(1), calc_grad)
@@ -289,7 +300,7 @@ def _score(graphs: Sequence[Graph], fn, what) -> List[Graph]:
                              "every gradient NaN)")
     fsas = [_bridge.to_fsa(g) for g in graphs]
     tot = fn(fsas[0]).reshape(1) if len(fsas) == 1 else fn(_core.FsaVec(fsas))
-    return [_scalar(tot[i], g.calc_grad) for i, g in enumerate(graphs)]
+    return [_scalar(_tie(tot[i], [g]), g.calc_grad) for i, g in enumerate(graphs)]
 
 
 def forward_score(g):
@@ -320,7 +331,7 @@ def viterbi_path(g):
         raise ValueError("viterbi_path: the graph has a NaN or +inf weight")
     p = _core.viterbi_path(_bridge.to_fsa(g, True))
     if p.num_arcs < 2:
-        return Graph._from_lists([], [], [], [], [], [], w[:0], g.calc_grad)
+        return Graph._from_lists([], [], [], [], [], [], _tie(w[:0], [g]), g.calc_grad)
     r = p.num_arcs - 2
     lab = _bridge.from_core_labels(p.labels[1:-1]).tolist()
     aux = _bridge.from_core_labels(p.aux_labels[1:-1]).tolist()

@@ -34,7 +34,7 @@ class Graph:
         self._in: List[List[int]] = []
         self._out: List[List[int]] = []
         self._pending: List[float] = []  # weights added since the tensor was last built
-        self._w = torch.zeros(0, dtype=torch.float32)
+        self._w = torch.zeros(0, dtype=torch.float32).requires_grad_(self._calc_grad)
         self._leaf = True  # False for the result of an operation (its tensor has a history)
         self._freed = False  # backward ran on it without retain_graph
         self._ilabel_sorted = False
@@ -57,12 +57,16 @@ class Graph:
         self._touch()
         return idx
 
-    def add_arc(self, src_node: int, dst_node: int, ilabel: int, olabel: Optional[int] = None,
+    def add_arc(self, src_node: int, dst_node: int, ilabel: Optional[int] = None, olabel: Optional[int] = None,
                 weight: float = 0.0, *, label: Optional[int] = None) -> int:
         """``add_arc(src_node, dst_node, label)`` (an acceptor arc, weight 0) or
         ``add_arc(src_node, dst_node, ilabel, olabel, weight=0.0)``; returns the arc's index."""
         if label is not None:
+            if ilabel is not None:
+                raise ValueError("add_arc: give label, or ilabel (and olabel), not both")
             ilabel = olabel = label
+        elif ilabel is None:
+            raise ValueError("add_arc: a label is needed: add_arc(src, dst, label) or add_arc(src, dst, ilabel, olabel)")
         elif olabel is None:
             olabel = ilabel
         n = len(self._is_start)

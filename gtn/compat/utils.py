@@ -96,7 +96,8 @@ def linear_graph(M: int, N: int, calc_grad: bool = True) -> Graph:
 
 # ---- text ----------------------------------------------------------------------------------------------
 def _fmt(x: float) -> str:
-    return repr(float(np.float32(x))) if np.isfinite(x) else ("inf" if x > 0 else ("-inf" if x < 0 else "nan"))
+    """The shortest text that reads back to the same float32 (``2.1``, not ``2.0999999046325684``)."""
+    return str(np.float32(x)) if np.isfinite(x) else ("inf" if x > 0 else ("-inf" if x < 0 else "nan"))
 
 
 def _text(g: Graph) -> str:
