@@ -5,35 +5,51 @@ from .graph import Graph
 
 
 def _backward_one(g: Graph, grad, retain_graph: bool) -> None:
+    _backward_many([g], [grad], retain_graph)
+
+
+def _seed(g: Graph, grad):
     if not isinstance(g, Graph):
         raise ValueError(f"backward: expected a gtn.compat.Graph, got {type(g).__name__}")
     if g._freed:
         raise ValueError("[autograd::backward] Cannot Backward twice without retaining the graph.")
     w = g._weights()
     if grad is None:
-        seed = torch.ones_like(w.detach())
-    else:
-        if not isinstance(grad, Graph):
-            raise ValueError(f"backward: grad must be a Graph, got {type(grad).__name__}")
-        if grad.num_arcs() != g.num_arcs():
-            raise ValueError(f"backward: grad has {grad.num_arcs()} arcs, the graph {g.num_arcs()}")
-        seed = grad._weights().detach().to(w.device, w.dtype)
-    if not g.calc_grad:
-        return  # facebookresearch/gtn: nothing to do for a graph that computes no gradient
-    if not w.requires_grad:
-        # a constant result (no input needs a gradient): only its own grad is set
-        w.requires_grad_(True)
-    if g._leaf:
-        w.grad = seed.clone() if w.grad is None else w.grad + seed
+        return w, torch.ones_like(w.detach())
+    if not isinstance(grad, Graph):
+        raise ValueError(f"backward: grad must be a Graph, got {type(grad).__name__}")
+    if grad.num_arcs() != g.num_arcs():
+        raise ValueError(f"backward: grad has {grad.num_arcs()} arcs, the graph {g.num_arcs()}")
+    return w, grad._weights().detach().to(w.device, w.dtype)
+
+
+def _backward_many(graphs, grads, retain_graph: bool) -> None:
+    """One ``torch.autograd.backward`` for all the roots (graphs scored together share one autograd graph)."""
+    roots, seeds, done = [], [], []
+    for g, d in zip(graphs, grads):
+        w, seed = _seed(g, d)
+        if not g.calc_grad:
+            continue  # facebookresearch/gtn: nothing to do for a graph that computes no gradient
+        if not w.requires_grad:
+            w.requires_grad_(True)  # a constant result (no input needs a gradient): only its own grad is set
+        if g._leaf:
+            w.grad = seed.clone() if w.grad is None else w.grad + seed
+            continue
+        roots.append(w)
+        seeds.append(seed)
+        done.append(g)
+    if not roots:
         return
     try:
-        torch.autograd.backward(w, grad_tensors=seed, retain_graph=retain_graph)
+        with torch.enable_grad():
+            torch.autograd.backward(roots, grad_tensors=seeds, retain_graph=retain_graph)
     except RuntimeError as e:
         if "second time" in str(e) or "freed" in str(e):
             raise ValueError("[autograd::backward] Cannot Backward twice without retaining the graph.") from e
         raise
     if not retain_graph:
-        g._freed = True
+        for g in done:
+            g._freed = True
 
 
 def backward(graph, grad=None, retain_graph=False):
@@ -54,7 +70,9 @@ def backward(graph, grad=None, retain_graph=False):
                 raise ValueError(f"backward: {len(xs)} {what} for {n} graphs")
             return xs
 
-        for g, d, r in zip(graph, spread(grad, "grads"), spread(retain_graph, "retain_graph flags")):
-            _backward_one(g, d, bool(r))
+        flags = spread(retain_graph, "retain_graph flags")
+        if len(set(map(bool, flags))) > 1:
+            raise ValueError("backward: give one retain_graph flag for the whole list")
+        _backward_many(list(graph), spread(grad, "grads"), bool(flags[0]) if flags else False)
         return
     _backward_one(graph, grad, bool(retain_graph))

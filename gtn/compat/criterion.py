@@ -25,6 +25,7 @@ def _emissions(g: Graph, what: str):
     return g._weights().view(T, C), T, C
 
 
+@torch.enable_grad()
 def ctc_loss(log_probs: Graph, target: Sequence[int], blank_idx: int) -> Graph:
     """The CTC loss of one sequence: ``log_probs`` a `linear_graph(T, C)` holding per-frame scores,
     ``target`` the label sequence, ``blank_idx`` the blank. Returns a one-arc graph with

@@ -337,3 +337,20 @@ def viterbi_path(g):
     aux = _bridge.from_core_labels(p.aux_labels[1:-1]).tolist()
     return Graph._from_lists([True] + [False] * r, [False] * r + [True], list(range(r)), list(range(1, r + 1)),
                              lab, aux, p.scores[1:-1], g.calc_grad)
+
+
+def _grad_enabled(fn):
+    """Run with autograd on: facebookresearch/gtn's users build graphs inside a ``torch.autograd.Function``'s
+    forward (where torch turns autograd off) and call `backward` in its backward."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.enable_grad():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+for _name in ("negate", "add", "subtract", "clone", "project_input", "project_output", "union", "concat", "closure",
+              "remove", "compose", "intersect", "forward_score", "viterbi_score", "viterbi_path"):
+    globals()[_name] = _grad_enabled(globals()[_name])

@@ -358,7 +358,8 @@ class Graph:
         out = self._structure_copy(self._calc_grad)
         out._device = dev
         out._cache = {}
-        out._set_tensor(self._weights().to(dev))
+        with torch.enable_grad():
+            out._set_tensor(self._weights().to(dev))
         return out
 
     def cpu(self) -> "Graph":

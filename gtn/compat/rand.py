@@ -10,6 +10,7 @@ def _empty(calc_grad=False, device=None) -> Graph:
     return Graph._from_lists([], [], [], [], [], [], torch.zeros(0, device=device), calc_grad)
 
 
+@torch.enable_grad()
 def sample(g: Graph, max_length: int = 1000) -> Graph:
     """A random path: from a random start node, an outgoing arc (or stopping, at an accept node) chosen
     uniformly at each step, for at most ``max_length`` arcs; the path is cut back to the last accept node
