@@ -262,9 +262,20 @@ def test_scoring_raises_where_facebookresearch_gtn_raises(arcs):
             fn(g)
 
 
-def test_scoring_refuses_nan_and_plus_inf():
+def test_plus_inf_and_nan_weights():
+    # +inf on a successful path: +inf (our core refuses +inf scores, compat handles it), zero gradients
     g = build(2, [(0, 1, 0, 0, math.inf), (0, 1, 1, 1, 0.0)])
-    with pytest.raises(ValueError, match="inf"):
+    f = gtn.forward_score(g)
+    gtn.backward(f)
+    assert f.item() == math.inf and gtn.viterbi_score(g).item() == math.inf
+    assert g.grad().weights_to_list() == [0.0, 0.0]
+    p = gtn.viterbi_path(g)
+    assert p.labels_to_list() == [0] and p.weights_to_list() == [math.inf]
+    # +inf on a dead end changes nothing
+    g = build(3, [(0, 2, 0, 0, math.inf), (0, 1, 1, 1, 0.5)], accepts=(1,))
+    assert gtn.forward_score(g).item() == 0.5 and gtn.viterbi_path(g).weights_to_list() == [0.5]
+    g = build(2, [(0, 1, 0, 0, math.nan)])
+    with pytest.raises(ValueError, match="NaN"):
         gtn.forward_score(g)
 
 

@@ -50,12 +50,17 @@ def _structure(g: Graph):
     return c
 
 
-def to_fsa(g: Graph, transducer: bool = False) -> "_core.Fsa":
-    """The graph as an ``Fsa`` whose scores are (an index_select of) the graph's weights tensor."""
+def to_fsa(g: Graph, transducer: bool = False, weights=None, arc_ids: bool = False) -> "_core.Fsa":
+    """The graph as an ``Fsa`` whose scores are (an index_select of) the graph's weights tensor (or of
+    ``weights``). With ``arc_ids`` the Fsa carries ``arc_id``: the graph arc of each Fsa arc (-1 for the
+    added ones), a per-arc attribute that follows the core's operations."""
     arcs, aux, idx, num_states = _structure(g)
-    w = g._weights()
+    w = g._weights() if weights is None else weights
     scores = torch.cat([w, w.new_zeros(1)])[idx]
-    return _core.Fsa(arcs, scores, aux_labels=aux if transducer else None, num_states=num_states)
+    fsa = _core.Fsa(arcs, scores, aux_labels=aux if transducer else None, num_states=num_states)
+    if arc_ids:
+        fsa.arc_id = torch.where(idx == g.num_arcs(), torch.full_like(idx, -1), idx)
+    return fsa
 
 
 def from_fsa(fsa, calc_grad: bool) -> Graph:

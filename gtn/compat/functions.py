@@ -290,17 +290,44 @@ def intersect(g1, g2):
 
 
 # ---- scores --------------------------------------------------------------------------------------------
+def _checked_weights(g: Graph, what: str) -> torch.Tensor:
+    _check_graph(g, what)
+    _bridge.check_scorable(g, what)
+    w = g._weights()
+    if bool(torch.isnan(w.detach()).any()):
+        raise ValueError(f"{what}: the graph has a NaN weight (arc {int(torch.isnan(w.detach()).nonzero()[0])})")
+    return w
+
+
+def _inf_on_a_path(g: Graph, w: torch.Tensor) -> bool:
+    """Whether a successful path (one with no -inf arc) goes through a +inf arc. Our core refuses +inf scores,
+    so such graphs are scored here: +inf, as facebookresearch/gtn gives."""
+    pos = w.detach() == float("inf")
+    if not bool(pos.any()):
+        return False
+    reach = torch.where(w.detach() == float("-inf"), w.detach(), torch.zeros_like(w.detach()))
+    fsa = _bridge.to_fsa(g, weights=reach, arc_ids=True)
+    post = _core.arc_posteriors(fsa)
+    ids = fsa.arc_id
+    on_path = torch.zeros_like(pos)
+    on_path[ids[ids >= 0]] = post[ids >= 0] > 0
+    return bool((on_path & pos).any())
+
+
 def _score(graphs: Sequence[Graph], fn, what) -> List[Graph]:
-    for g in graphs:
-        _check_graph(g, what)
-        _bridge.check_scorable(g, what)
-        w = g._weights()
-        if bool(torch.isnan(w.detach()).any()) or bool((w.detach() == float("inf")).any()):
-            raise ValueError(f"{what}: the graph has a NaN or +inf weight (our core refuses them: they make "
-                             "every gradient NaN)")
-    fsas = [_bridge.to_fsa(g) for g in graphs]
+    ws = [_checked_weights(g, what) for g in graphs]
+    inf = [_inf_on_a_path(g, w) for g, w in zip(graphs, ws)]
+    # +inf arcs on no successful path change nothing: score them as -inf (zero gradient) for the core
+    ws = [torch.where(w == float("inf"), torch.full_like(w, float("-inf")), w) for w in ws]
+    fsas = [_bridge.to_fsa(g, weights=w) for g, w in zip(graphs, ws)]
     tot = fn(fsas[0]).reshape(1) if len(fsas) == 1 else fn(_core.FsaVec(fsas))
-    return [_scalar(_tie(tot[i], [g]), g.calc_grad) for i, g in enumerate(graphs)]
+    out = []
+    for i, g in enumerate(graphs):
+        t = tot[i]
+        if inf[i]:  # +inf with zero gradients (facebookresearch/gtn: NaN gradients)
+            t = torch.where(torch.ones((), dtype=torch.bool), torch.full_like(t.detach(), float("inf")), t)
+        out.append(_scalar(_tie(t, [g]), g.calc_grad))
+    return out
 
 
 def forward_score(g):
@@ -324,19 +351,19 @@ def viterbi_path(g):
     empty graph when no path succeeds."""
     if _is_list(g):
         return [viterbi_path(x) for x in g]
-    _check_graph(g, "viterbi_path")
-    _bridge.check_scorable(g, "viterbi_path")
-    w = g._weights()
-    if bool(torch.isnan(w.detach()).any()) or bool((w.detach() == float("inf")).any()):
-        raise ValueError("viterbi_path: the graph has a NaN or +inf weight")
-    p = _core.viterbi_path(_bridge.to_fsa(g, True))
+    w = _checked_weights(g, "viterbi_path")
+    # +inf arcs are the best of all: a large finite stand-in lets the core find the path, whose weights are
+    # then taken from the graph (so they are exact, +inf included, and differentiable)
+    big = torch.where(w.detach() == float("inf"), torch.full_like(w.detach(), 1e30), w.detach())
+    p = _core.viterbi_path(_bridge.to_fsa(g, True, weights=big, arc_ids=True))
     if p.num_arcs < 2:
         return Graph._from_lists([], [], [], [], [], [], _tie(w[:0], [g]), g.calc_grad)
-    r = p.num_arcs - 2
-    lab = _bridge.from_core_labels(p.labels[1:-1]).tolist()
-    aux = _bridge.from_core_labels(p.aux_labels[1:-1]).tolist()
+    ids = p.arc_id[1:-1]
+    r = ids.numel()
+    lab = [g._il[a] for a in ids.tolist()]
+    aux = [g._ol[a] for a in ids.tolist()]
     return Graph._from_lists([True] + [False] * r, [False] * r + [True], list(range(r)), list(range(1, r + 1)),
-                             lab, aux, p.scores[1:-1], g.calc_grad)
+                             lab, aux, _tie(w[ids], [g]), g.calc_grad)
 
 
 def _grad_enabled(fn):

@@ -278,13 +278,15 @@ class Graph:
             vals = torch.as_tensor(np.asarray(weights, dtype=np.float32)).flatten()
         if vals.numel() != n:
             raise ValueError(f"Graph.set_weights: got {vals.numel()} weights for {n} arcs")
-        grad = self._w.grad if (self._leaf and not self._pending and self._w.numel() == n) else None
-        vals = vals.to(self._device).clone()
-        self._pending = []
-        self._w = vals.requires_grad_(self._calc_grad)
+        vals = vals.to(self._device)
+        w = self._weights()
+        if self._leaf and w.numel() == n:
+            # in place, as facebookresearch/gtn does: the address from weights() stays valid, grad is kept
+            with torch.no_grad():
+                w.copy_(vals)
+            return
+        self._w = vals.clone().requires_grad_(self._calc_grad)
         self._leaf = True
-        if grad is not None and self._calc_grad:
-            self._w.grad = grad
 
     def labels_to_list(self, ilabel: bool = True) -> List[int]:
         return list(self._il if ilabel else self._ol)
