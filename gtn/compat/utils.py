@@ -82,15 +82,25 @@ def scalar_graph(weight: float, calc_grad: bool = True) -> Graph:
     return g
 
 
+_LINEAR = {}  # (M, N) -> a template: its structure (and cached core translation) is shared by the copies
+
+
 def linear_graph(M: int, N: int, calc_grad: bool = True) -> Graph:
     """``M + 1`` nodes in a chain, ``N`` arcs (labels ``0..N-1``, weight 0) between consecutive nodes; arc
     ``i * N + j`` goes from node ``i`` with label ``j`` (so ``set_weights`` takes a row-major ``[M, N]``)."""
     if M < 0 or N < 0:
         raise ValueError(f"linear_graph: M and N must be >= 0, got {M}, {N}")
-    src = [i for i in range(M) for _ in range(N)]
-    lab = [j for _ in range(M) for j in range(N)]
-    g = Graph._from_lists([True] + [False] * M, [False] * M + [True], src, [s + 1 for s in src], lab, lab,
-                          torch.zeros(M * N, dtype=torch.float32), calc_grad)
+    t = _LINEAR.get((M, N))
+    if t is None:
+        src = [i for i in range(M) for _ in range(N)]
+        lab = [j for _ in range(M) for j in range(N)]
+        t = Graph._from_lists([True] + [False] * M, [False] * M + [True], src, [s + 1 for s in src], lab, lab,
+                              torch.zeros(M * N, dtype=torch.float32), False)
+        if len(_LINEAR) > 64:
+            _LINEAR.clear()
+        _LINEAR[(M, N)] = t
+    g = t._structure_copy(calc_grad)
+    g._w = torch.zeros(M * N, dtype=torch.float32).requires_grad_(bool(calc_grad))
     return g
 
 
