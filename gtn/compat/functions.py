@@ -294,6 +294,8 @@ def _checked_weights(g: Graph, what: str) -> torch.Tensor:
     _check_graph(g, what)
     _bridge.check_scorable(g, what)
     w = g._weights()
+    if bool(torch.isfinite(w.detach()).all()):
+        return w
     if bool(torch.isnan(w.detach()).any()):
         raise ValueError(f"{what}: the graph has a NaN weight (arc {int(torch.isnan(w.detach()).nonzero()[0])})")
     return w
@@ -318,7 +320,8 @@ def _score(graphs: Sequence[Graph], fn, what) -> List[Graph]:
     ws = [_checked_weights(g, what) for g in graphs]
     inf = [_inf_on_a_path(g, w) for g, w in zip(graphs, ws)]
     # +inf arcs on no successful path change nothing: score them as -inf (zero gradient) for the core
-    ws = [torch.where(w == float("inf"), torch.full_like(w, float("-inf")), w) for w in ws]
+    ws = [torch.where(w == float("inf"), torch.full_like(w, float("-inf")), w)
+          if bool((w.detach() == float("inf")).any()) else w for w in ws]
     fsas = [_bridge.to_fsa(g, weights=w) for g, w in zip(graphs, ws)]
     tot = fn(fsas[0]).reshape(1) if len(fsas) == 1 else fn(_core.FsaVec(fsas))
     out = []
