@@ -85,16 +85,19 @@ def dags(draw, max_nodes=6, max_arcs=10, labels=3, transducer=True, eps=True):
     return build(n, arcs, starts, accepts)
 
 
-def core_fsa(g):
+def core_fsa(g, transducer=False):
     """An independent translation to a core Fsa (k2 text with a super-start and a super-final), for
-    checking compat against the core."""
+    checking compat against the core. Transducer labels: epsilon -> 0, l -> l + 2, super-start arcs 1:1."""
     n = g.num_nodes()
     w = g.weights_to_list()
-    lines = [f"0 {s + 1} 0 0.0" for s in g.start()]
-    lines += [f"{g.src_node(a) + 1} {g.dst_node(a) + 1} 1 {w[a]!r}" for a in range(g.num_arcs())]
-    lines += [f"{a + 1} {n + 1} -1 0.0" for a in g.accept()]
+    lab = (lambda x: 0 if x == gtn.epsilon else x + 2) if transducer else (lambda x: 1)
+    aux = (lambda x: f" {0 if x == gtn.epsilon else x + 2}") if transducer else (lambda x: "")
+    lines = [f"0 {s + 1} 1{' 1' if transducer else ''} 0.0" for s in g.start()]
+    lines += [f"{g.src_node(a) + 1} {g.dst_node(a) + 1} {lab(g.ilabel(a))}{aux(g.olabel(a))} {w[a]!r}"
+              for a in range(g.num_arcs())]
+    lines += [f"{a + 1} {n + 1} -1{' -1' if transducer else ''} 0.0" for a in g.accept()]
     lines.sort(key=lambda s: int(s.split()[0]))
-    return core.Fsa.from_str("\n".join(lines + [str(n + 1)]) + "\n")
+    return core.Fsa.from_str("\n".join(lines + [str(n + 1)]) + "\n", acceptor=not transducer)
 
 
 # ---------------------------------------------------------------------------------------------- Graph
@@ -198,6 +201,7 @@ def test_viterbi_score_and_path_brute_force(g):
     best = max((s for _, s in ps), default=-math.inf)
     v = gtn.viterbi_score(g)
     assert v.item() == pytest.approx(best, abs=1e-4)
+    assert v.item() == pytest.approx(float(core.viterbi_score(core_fsa(g))), abs=1e-5)
     p = gtn.viterbi_path(g)
     if not ps:
         assert p.num_nodes() == 0
@@ -314,9 +318,14 @@ def test_compose_relation_brute_force(g1, g2):
     assert set(got) == set(expected)
     for k in expected:
         assert got[k] == pytest.approx(expected[k], abs=1e-4)
-    if expected:  # the forward score agrees with the core's composition of the same FSAs
-        f = gtn.forward_score(c)
-        assert f.item() == pytest.approx(logsumexp(expected.values()), abs=1e-4)
+    # the forward score agrees with the core's composition of the same FSAs
+    ref = float(core.forward_score(core.compose(core_fsa(g1, True), core_fsa(g2, True))))
+    got_f = gtn.forward_score(c).item()
+    if expected:
+        assert got_f == pytest.approx(logsumexp(expected.values()), abs=1e-4)
+        assert got_f == pytest.approx(ref, abs=1e-4)
+    else:
+        assert got_f == ref == -math.inf and c.num_nodes() == 0
 
 
 @settings(max_examples=60, deadline=None)
@@ -473,6 +482,34 @@ def test_closure():
                                           [f"{a + 1} 5 -1 0.0" for a in g.accept()] + ["5"]) + "\n")
         ref = core.forward_score(core.compose(core.linear_fsa([x + 2 for x in word]), core.closure(lab)))
         assert got == pytest.approx(float(ref), abs=1e-4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(dags(max_nodes=6, max_arcs=8, labels=2), st.data())
+def test_remove_keeps_the_relation(g, data):
+    """With weightless epsilon:epsilon arcs, remove keeps every (input, output) string pair and its best
+    score (paths through several epsilon routes may merge, so log-sums may shrink, never the maxima)."""
+    eps = gtn.epsilon
+    w = g.weights_to_list()
+    for a in range(g.num_arcs()):
+        if g.ilabel(a) == eps and g.olabel(a) == eps:  # (eps:x and x:eps arcs are kept as they are)
+            w[a] = 0.0
+    g.set_weights(w)
+    r = gtn.remove(g)
+    assert all(not (r.ilabel(a) == eps and r.olabel(a) == eps) for a in range(r.num_arcs()))
+    best = {}
+    for arcs, sc in paths(g):
+        key = (tuple(g.ilabel(a) for a in arcs if g.ilabel(a) != eps),
+               tuple(g.olabel(a) for a in arcs if g.olabel(a) != eps))
+        best[key] = max(best.get(key, -math.inf), sc)
+    got = {}
+    for arcs, sc in paths(r):
+        key = (tuple(r.ilabel(a) for a in arcs if r.ilabel(a) != eps),
+               tuple(r.olabel(a) for a in arcs if r.olabel(a) != eps))
+        got[key] = max(got.get(key, -math.inf), sc)
+    assert set(got) == set(best)
+    for k in best:
+        assert got[k] == pytest.approx(best[k], abs=1e-5)
 
 
 def test_remove():
