@@ -213,10 +213,28 @@ def test_viterbi_score_and_path_brute_force(g):
     assert any([g.ilabel(a) for a in arcs] == p.labels_to_list() and
                [g.olabel(a) for a in arcs] == p.labels_to_list(False) and
                np.allclose([w[a] for a in arcs], p.weights_to_list(), atol=1e-6) for arcs in cands)
-    # gradients: 1 on the arcs of the chosen path
+    # gradients: 1 on the arcs of the path viterbi_path chose (both break ties the same way)
     gtn.backward(gtn.viterbi_score(g))
     grad = g.grad().weights_to_list()
     assert sum(grad) == p.num_arcs() and set(grad) <= {0.0, 1.0}
+    assert sorted(g.labels_to_list()[a] for a in range(g.num_arcs()) if grad[a]) == sorted(p.labels_to_list())
+
+
+def test_viterbi_ties_broken_as_facebookresearch_gtn():
+    """The first best accept node (in accept order), then at each node the first best arc of its in-list."""
+    g = build(4, [(0, 1, 0, 0, 1.0), (0, 1, 1, 1, 1.0), (1, 3, 2, 2, 1.0), (0, 2, 3, 3, 1.0), (2, 3, 4, 4, 1.0),
+                  (1, 2, 5, 5, 0.0)], accepts=(3,))
+    gtn.backward(gtn.viterbi_score(g))
+    assert g.grad().weights_to_list() == [1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    assert gtn.viterbi_path(g).labels_to_list() == [0, 2]
+    h = build(2, [(0, 1, 1, 1, 0.0), (0, 1, 0, 0, 0.0)], accepts=(1,))
+    assert gtn.viterbi_path(h).labels_to_list() == [1]
+    h.arc_sort()  # the in-list changes order, and so does the choice
+    assert gtn.viterbi_path(h).labels_to_list() == [0]
+    a = build(3, [(0, 1, 0, 0, 2.0), (0, 2, 1, 1, 2.0)], accepts=())
+    a.make_accept(2)
+    a.make_accept(1)  # accept order [2, 1]: node 2 comes first
+    assert a.accept() == [2, 1] and gtn.viterbi_path(a).labels_to_list() == [1]
 
 
 def test_forward_score_cases():

@@ -342,31 +342,96 @@ def forward_score(g):
     return _score([g], _core.forward_score, "forward_score")[0]
 
 
+def _in_positions(g: Graph) -> torch.Tensor:
+    """Each arc's position in its destination's in-arc list (cached per structure; arc_sort reorders)."""
+    key = ("inpos", tuple(map(tuple, g._in)) if g._ilabel_sorted or g._olabel_sorted else None)
+    c = g._cache.get(key)
+    if c is None:
+        pos = [0] * g.num_arcs()
+        for lst in g._in:
+            for k, a in enumerate(lst):
+                pos[a] = k
+        c = torch.tensor(pos, dtype=torch.int64, device=g._device)
+        g._cache[key] = c
+    return c
+
+
+def _best_path_arcs(g: Graph, w: torch.Tensor):
+    """The best path with facebookresearch/gtn's tie-breaking, on the core's tropical forward scores: from
+    the first accept node (in accept order) with the best score, back through, at each node, the first arc of
+    its in-arc list that achieves the node's score (a start node stops there when its own 0 is strictly
+    better). Vectorized over arcs; the Python loop walks the path only. Returns (arcs in order, best score
+    as a float) or (None, -inf) when no path succeeds."""
+    n, A = g.num_nodes(), g.num_arcs()
+    if not g.num_start() or not g.num_accept():
+        return None, float("-inf")
+    wd = w.detach()
+    big = torch.where(wd == float("inf"), torch.full_like(wd, 1e30), wd)  # the core refuses +inf
+    alpha = _core.forward_scores(_bridge.to_fsa(g, weights=big), log_semiring=False)[1:n + 1].to(wd.dtype)
+    acc = torch.tensor(g._accepts, dtype=torch.int64, device=wd.device)
+    k = int(torch.argmax(alpha[acc]))  # the first of the best
+    best = float(alpha[acc[k]])
+    if best == float("-inf"):
+        return None, best
+    back = [-1] * n
+    if A:
+        src = torch.tensor(g._src, dtype=torch.int64, device=wd.device)
+        dst = torch.tensor(g._dst, dtype=torch.int64, device=wd.device)
+        val = alpha[src] + big
+        nmax = torch.full((n,), float("-inf"), dtype=val.dtype, device=val.device)
+        nmax = nmax.scatter_reduce(0, dst, val, "amax")
+        cand = (val == nmax[dst]) & (val > float("-inf"))
+        pos = _in_positions(g)
+        huge = A + 1
+        first = torch.full((n,), huge, dtype=torch.int64, device=val.device)
+        first = first.scatter_reduce(0, dst, torch.where(cand, pos, torch.full_like(pos, huge)), "amin")
+        win = cand & (pos == first[dst])
+        is_start = torch.tensor(g._is_start, dtype=torch.bool, device=val.device)
+        keep = win & ~(is_start[dst] & (nmax[dst] < 0))  # a start node's own 0 strictly better: stop
+        back_t = torch.full((n,), -1, dtype=torch.int64, device=val.device)
+        back_t[dst[keep]] = torch.arange(A, device=val.device)[keep]
+        back = back_t.tolist()
+    arcs, node = [], g._accepts[k]
+    while back[node] >= 0 and len(arcs) <= A:
+        a = back[node]
+        arcs.append(a)
+        node = g._src[a]
+    return arcs[::-1], best
+
+
+def _viterbi(g: Graph, what: str):
+    w = _checked_weights(g, what)
+    arcs, best = _best_path_arcs(g, w)
+    return w, arcs, best
+
+
 def viterbi_score(g):
-    """The best path score, as a one-arc graph (its gradient: 1 on the best path's arcs)."""
+    """The best path score, as a one-arc graph; its gradient is 1 on the arcs of the best path, ties broken as
+    facebookresearch/gtn breaks them (the first best accept node, the first best in-arc of each node)."""
     if _is_list(g):
-        return _score(list(g), _core.viterbi_score, "viterbi_score") if g else []
-    return _score([g], _core.viterbi_score, "viterbi_score")[0]
+        return [viterbi_score(x) for x in g]
+    w, arcs, best = _viterbi(g, "viterbi_score")
+    if arcs is None:
+        return _scalar(_tie(w.new_full((), float("-inf")), [g]), g.calc_grad)
+    if _inf_on_a_path(g, w):  # +inf with zero gradients (facebookresearch/gtn: NaN gradients)
+        return _scalar(_tie(w.new_full((), float("inf")), [g]), g.calc_grad)
+    wp = w[torch.tensor(arcs, dtype=torch.int64, device=w.device)].sum()
+    value = wp - wp.detach() + best  # the core's value, the path's gradient (1 on each of its arcs)
+    return _scalar(_tie(value, [g]), g.calc_grad)
 
 
 def viterbi_path(g):
-    """The best path as a linear graph (labels and weights of its arcs; gradients flow back to them). An
-    empty graph when no path succeeds."""
+    """The best path as a linear graph (labels and weights of its arcs; gradients flow back to them), ties
+    broken as `viterbi_score` breaks them. An empty graph when no path succeeds."""
     if _is_list(g):
         return [viterbi_path(x) for x in g]
-    w = _checked_weights(g, "viterbi_path")
-    # +inf arcs are the best of all: a large finite stand-in lets the core find the path, whose weights are
-    # then taken from the graph (so they are exact, +inf included, and differentiable)
-    big = torch.where(w.detach() == float("inf"), torch.full_like(w.detach(), 1e30), w.detach())
-    p = _core.viterbi_path(_bridge.to_fsa(g, True, weights=big, arc_ids=True))
-    if p.num_arcs < 2:
+    w, arcs, _ = _viterbi(g, "viterbi_path")
+    if arcs is None:
         return Graph._from_lists([], [], [], [], [], [], _tie(w[:0], [g]), g.calc_grad)
-    ids = p.arc_id[1:-1]
-    r = ids.numel()
-    lab = [g._il[a] for a in ids.tolist()]
-    aux = [g._ol[a] for a in ids.tolist()]
+    r = len(arcs)
+    idx = torch.tensor(arcs, dtype=torch.int64, device=w.device)
     return Graph._from_lists([True] + [False] * r, [False] * r + [True], list(range(r)), list(range(1, r + 1)),
-                             lab, aux, _tie(w[ids], [g]), g.calc_grad)
+                             [g._il[a] for a in arcs], [g._ol[a] for a in arcs], _tie(w[idx], [g]), g.calc_grad)
 
 
 def _grad_enabled(fn):
