@@ -1,7 +1,7 @@
 """facebookresearch/gtn's functions on compat `Graph`s.
 
 Scoring (`forward_score`, `viterbi_score`, `viterbi_path`) and composition (`compose`, `intersect`) run on
-this library's core through `_bridge`; a list of graphs is scored as one ``FsaVec``. The structural
+this library's core through `_bridge` (a list of graphs given to `forward_score` is scored as one ``FsaVec``). The structural
 operations (`clone`, the projections, `union`, `concat`, `closure`, `remove`) build facebookresearch/gtn's
 exact node and arc layout (its users index arcs and gradients by position) from an arc map, and the weights
 follow by ``index_select``/``cat`` so ``torch.autograd`` carries the gradients.
