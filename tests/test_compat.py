@@ -729,6 +729,8 @@ def test_devices():
     assert g.is_grad_available()
     with pytest.raises(ValueError):
         gtn.Device(7)
+    assert gtn.linear_graph(2, 3, cpu).calc_grad and gtn.linear_graph(2, 3, False, device=cpu).device() == cpu
+    assert not gtn.scalar_graph(1.0, False, cpu).calc_grad
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="not available"):
             g.to(gtn.Device(gtn.CUDA, 0))

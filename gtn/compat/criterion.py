@@ -43,7 +43,9 @@ def ctc_loss(log_probs: Graph, target: Sequence[int], blank_idx: int) -> Graph:
     where = {c: i for i, c in enumerate(perm)}
     xp = x[:, torch.tensor(perm, device=x.device)]
     lp = torch.log_softmax(xp, dim=1).unsqueeze(1)  # [T, 1, C]
-    tg = torch.tensor([[where[t] for t in target]], dtype=torch.int64)
-    loss = _core.ctc_loss(lp, tg, torch.tensor([T]), torch.tensor([len(target)]), reduction="none")
+    dev = x.device
+    tg = torch.tensor([[where[t] for t in target]], dtype=torch.int64, device=dev)
+    loss = _core.ctc_loss(lp, tg, torch.tensor([T], device=dev), torch.tensor([len(target)], device=dev),
+                          reduction="none")
     loss = loss.reshape(1).to(torch.float32)
     return Graph._from_lists([True, False], [False, True], [0], [1], [0], [0], loss, log_probs.calc_grad)

@@ -73,23 +73,33 @@ def isomorphic(first: Graph, second: Graph) -> bool:
 
 
 # ---- creations -----------------------------------------------------------------------------------------
-def scalar_graph(weight: float, calc_grad: bool = True) -> Graph:
+def _device_arg(calc_grad, device):
+    """facebookresearch/gtn's later creations take a device too; accept it in either place."""
+    from .device import Device, DeviceType, as_torch_device
+    if isinstance(calc_grad, (Device, DeviceType)):
+        calc_grad, device = True, calc_grad
+    return bool(calc_grad), (None if device is None else as_torch_device(device))
+
+
+def scalar_graph(weight: float, calc_grad: bool = True, device=None) -> Graph:
     """Two nodes (start, accept) and one epsilon arc of weight ``weight``."""
+    calc_grad, device = _device_arg(calc_grad, device)
     g = Graph(calc_grad)
     g.add_node(True)
     g.add_node(False, True)
     g.add_arc(0, 1, epsilon, epsilon, float(weight))
-    return g
+    return g if device is None else g.to(device)
 
 
 _LINEAR = {}  # (M, N) -> a template: its structure (and cached core translation) is shared by the copies
 
 
-def linear_graph(M: int, N: int, calc_grad: bool = True) -> Graph:
+def linear_graph(M: int, N: int, calc_grad: bool = True, device=None) -> Graph:
     """``M + 1`` nodes in a chain, ``N`` arcs (labels ``0..N-1``, weight 0) between consecutive nodes; arc
     ``i * N + j`` goes from node ``i`` with label ``j`` (so ``set_weights`` takes a row-major ``[M, N]``)."""
     if M < 0 or N < 0:
         raise ValueError(f"linear_graph: M and N must be >= 0, got {M}, {N}")
+    calc_grad, device = _device_arg(calc_grad, device)
     t = _LINEAR.get((M, N))
     if t is None:
         src = [i for i in range(M) for _ in range(N)]
@@ -100,7 +110,9 @@ def linear_graph(M: int, N: int, calc_grad: bool = True) -> Graph:
             _LINEAR.clear()
         _LINEAR[(M, N)] = t
     g = t._structure_copy(calc_grad)
-    g._w = torch.zeros(M * N, dtype=torch.float32).requires_grad_(bool(calc_grad))
+    if device is not None and device.type != "cpu":
+        g._device, g._cache = device, {}
+    g._w = torch.zeros(M * N, dtype=torch.float32, device=g._device).requires_grad_(calc_grad)
     return g
 
 
