@@ -59,6 +59,16 @@ def test_forward_reports_fresh_and_cached_graphs(capsys):
     assert set(_table(out)) == {"project fresh", "project cached", "openfst"}
 
 
+def test_fresh_copy_has_nothing_cached():
+    mod = _module()
+    x = mod.gtn.FsaVec([mod.gtn_fsa(*mod.lattice_arcs(i, 3, 2, 2)) for i in range(2)])
+    mod.gtn.forward_score(x)
+    assert x._cache  # scoring caches the plan on the graph ...
+    y = mod.fresh_copy(x)
+    assert y is not x and y._cache == {}  # ... and the fresh copy starts without it
+    assert mod.torch.equal(mod.gtn.forward_score(y), mod.gtn.forward_score(x))
+
+
 def test_bad_arguments():
     mod = _module()
     for argv in (["forward", "--rounds", "0"], ["ctc", "--size", "2", "10", "5", "11"], ["nope"]):
