@@ -118,7 +118,7 @@ def letter_lattice(spellings, n_words, r, alts=3):
 
 
 def shared_workload(L=60, W=20, K=5, V=30):
-    """The word lattice and bigram grammar of ../shared/bench/compose_bench.py (same seeded generator)."""
+    """The word lattice and bigram grammar of `benchmarks/reference.py compose` (same seeded generator)."""
     r = random.Random(0)
     F = 1 + L * W
     lat = [(0, 1 + j, r.randint(1, V), r.uniform(-1, 1)) for j in range(W)]

@@ -1,7 +1,7 @@
 """Forward score + backward on lattice-shaped FsaVecs from ~1e3 to ~1e6 total arcs.
 
 Each lattice: a start state, LEVELS levels of WIDTH states, FANOUT random arcs from each state to the next
-level, and a final state (the shape of ../shared/bench/forward_bench.py, shorter). The batch grows from 1 to
+level, and a final state (the shape of `benchmarks/reference.py forward`, shorter). The batch grows from 1 to
 1024 lattices, so the depth stays fixed and the time should grow linearly with the arcs (log-log slope ~1).
 
 Prints, for the numba kernels (CPU default when numba imports) and for the pure-torch level DP: the best time

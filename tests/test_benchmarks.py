@@ -1,0 +1,77 @@
+"""benchmarks/reference.py: each reference workload runs, and the project agrees with its baseline (OpenFst or
+torch) on the workload's published checksum, at the default sizes with one or two timed rounds."""
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reference.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("benchmarks_reference", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _checksums(out):
+    line = next(x for x in out.splitlines() if x.startswith("checksum: "))
+    return dict(re.fullmatch(r"(.+) (-?[0-9.]+)", part).groups() for part in line[len("checksum: "):].split(", "))
+
+
+def _table(out):
+    """implementation -> (median ms, min ms, ratio) from the printed table."""
+    rows = {}
+    for x in out.splitlines():
+        m = re.fullmatch(r"(\S+(?: \S+)?)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)", x)
+        if m:
+            rows[m.group(1)] = tuple(float(v) for v in m.groups()[1:])
+    return rows
+
+
+def test_ctc_script_prints_the_reference_checksum():
+    # as a user runs it (a subprocess from elsewhere than the repository root: the script finds its own gtn)
+    out = subprocess.run([sys.executable, str(SCRIPT), "ctc", "--rounds", "1"], capture_output=True, text=True,
+                         check=True, cwd=SCRIPT.parents[2]).stdout
+    assert _checksums(out) == {"project": "8757.6367", "torch": "8757.6367"}
+    assert "torch threads: 1; rounds: 1; load average before " in out
+    rows = _table(out)
+    assert set(rows) == {"project", "torch"} and rows["torch"][2] == 1.0 and rows["project"][0] > 0
+
+
+def test_compose_prints_the_reference_checksum(capsys):
+    _module().main(["compose", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert _checksums(out) == {"project": "56.2737", "openfst": "56.2737"}
+    assert "result arcs: project 26,963, openfst 26,991 " in out
+    assert set(_table(out)) == {"project", "openfst"}
+
+
+def test_forward_reports_fresh_and_cached_graphs(capsys):
+    _module().main(["forward", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert _checksums(out) == {"project fresh": "5760.213", "project cached": "5760.213", "openfst": "5760.213"}
+    assert "316,160 arcs" in out
+    assert set(_table(out)) == {"project fresh", "project cached", "openfst"}
+
+
+def test_fresh_copy_has_nothing_cached():
+    mod = _module()
+    x = mod.gtn.FsaVec([mod.gtn_fsa(*mod.lattice_arcs(i, 3, 2, 2)) for i in range(2)])
+    mod.gtn.forward_score(x)
+    assert x._cache  # scoring caches the plan on the graph ...
+    y = mod.fresh_copy(x)
+    assert y is not x and y._cache == {}  # ... and the fresh copy starts without it
+    assert mod.torch.equal(mod.gtn.forward_score(y), mod.gtn.forward_score(x))
+
+
+def test_bad_arguments():
+    mod = _module()
+    for argv in (["forward", "--rounds", "0"], ["ctc", "--size", "2", "10", "5", "11"], ["nope"]):
+        with pytest.raises(SystemExit) as e:
+            mod.main(argv)
+        assert e.value.code == 2, argv
