@@ -20,9 +20,13 @@ def one_thread():
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    monkeypatch.setenv("GTN_DENSE_BACKEND", "torch" if request.param == "torch" else "")
-    return request.param
+def backend(request):
+    """Run a test with the numba kernels and with the pure-torch frame loop (``backend="auto"`` either way)."""
+    from gtn import kernels
+    old = kernels.use_numba()
+    kernels.use_numba(request.param == "numba")
+    yield request.param
+    kernels.use_numba(old)
 
 
 # ------------------------------------------------------------------------------------------------ graphs

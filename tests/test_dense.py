@@ -262,16 +262,20 @@ def test_long_sequences_numba_matches_torch_float32():
 
 def test_env_var_forces_torch(monkeypatch):
     from gtn import kernels
-    assert D._numba(force=True) is not None  # numba is a dependency: the "numba" tests above really ran it
+    cpu = torch.device("cpu")
+    assert D._select("numba", cpu, torch.float32) is not None  # numba is a dependency: the "numba" tests ran it
     old = kernels.use_numba()
     kernels.use_numba(False)
     try:
-        assert D._numba() is None
+        assert D._select("auto", cpu, torch.float32) is None
     finally:
         kernels.use_numba(old)
+    # the old variable still works for "auto", and says once that it is deprecated
     monkeypatch.setenv("GTN_DENSE_BACKEND", "torch")
-    assert D._numba() is None
-    assert D._numba(force=True) is not None  # an explicit backend="numba" still runs the kernels
+    monkeypatch.setattr(kernels, "_WARNED", set())
+    with pytest.warns(DeprecationWarning, match="GTN_DENSE_BACKEND is deprecated"):
+        assert D._select("auto", cpu, torch.float32) is None
+    assert D._select("numba", cpu, torch.float32) is not None  # an explicit backend="numba" still runs the kernels
 
 
 # ------------------------------------------------------------------------------------------------ the lattice

@@ -10,7 +10,7 @@ import gtn
 from gtn import scoring
 from strategies import (NEG_INF, arc_posteriors_oracle, best_paths_oracle, enumerate_paths, find_cycle_oracle,
                         forward_oracle, fsa_vecs, fsas, logsumexp, members, openfst_shortest_distance,
-                        viterbi_oracle)
+                        tie_rule_oracle, viterbi_oracle)
 
 LAW = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 SMALL = dict(max_states=10, max_paths=60, max_fsas=3)
@@ -117,12 +117,27 @@ def test_viterbi_path_is_a_best_path(v):
 
 
 @LAW
-@given(fsas(integer_scores=True, neg_inf=False, max_states=10))
-def test_viterbi_ties_broken_deterministically(f):
-    p1, p2 = gtn.viterbi_path(f), gtn.viterbi_path(f.clone())
-    assert torch.equal(p1.arcs, p2.arcs) and torch.equal(p1.scores, p2.scores)
-    if p1.num_arcs:
-        assert close(p1.scores.sum(), viterbi_oracle(f), 1e-12)
+@given(fsa_vecs(integer_scores=True, neg_inf=True, max_states=10, top_sorted=None, transducer=None),
+       st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_viterbi_ties_follow_the_documented_rule(v, dtype):
+    """Law with integer scores (ties everywhere): viterbi_path and the Viterbi gradient pick, on both
+    backends, the best path whose arcs read backwards from the final state come first in arc order."""
+    v = v.to(dtype)
+    v.set_attr("k", torch.arange(v.num_arcs))  # follows the arc map: the input arc of each path arc
+    for backend in ("numba", "torch"):
+        x = v.detach().requires_grad_()
+        p = gtn.viterbi_path(x, backend=backend)
+        gtn.viterbi_score(x, backend=backend).sum().backward()
+        for i, f in enumerate(v):
+            want = tie_rule_oracle(best_paths_oracle(f))
+            o = int(v.arc_splits[i])
+            ind = torch.zeros(f.num_arcs, dtype=dtype)
+            if want is not None:
+                ind[want] = 1
+                assert (p[i].k - o).tolist() == want, (backend, i)
+            else:
+                assert p[i].num_arcs == 0
+            assert torch.equal(x.scores.grad[o:o + f.num_arcs], ind), (backend, i)
 
 
 # ------------------------------------------------------------------------------------------ OpenFst cross-check
@@ -221,12 +236,7 @@ def _assert_same_plan(pk, pt):
 
 
 def _kernel_plan(x):
-    old = scoring.use_numba()
-    scoring.use_numba(True)
-    try:
-        p = scoring._Plan(x)
-    finally:
-        scoring.use_numba(old)
+    p = scoring._Plan(x, scoring._kernels(backend="numba"))
     assert p._numba is not None  # built by the kernel (the torch builder leaves the sweep arrays for later)
     return p
 
@@ -238,7 +248,7 @@ def test_plan_kernel_equals_torch_builder(v):
     _require_numba()
     x = v.detach()  # a graph with its own cache
     pk = _kernel_plan(x)
-    pt = scoring._Plan(v.detach(), use_kernel=False)
+    pt = scoring._Plan(v.detach(), None)
     assert pt._numba is None
     _assert_same_plan(pk, pt)
     from gtn.topology import _kahn_torch
@@ -256,7 +266,7 @@ def test_plan_builders_agree_on_corner_cases():
     back = gtn.Fsa([(0, 2, 1, 0.5), (1, 4, -1, 0.0), (2, 1, 3, -1.0), (2, 4, -1, 0.25), (3, 0, 2, 1.0)])
     lin = gtn.linear_fsa([1, 2, 3])
     for x in (one, empty, back, lin, gtn.FsaVec([one, back, empty, lin, one]), gtn.FsaVec([empty, empty])):
-        _assert_same_plan(_kernel_plan(x.detach()), scoring._Plan(x.detach(), use_kernel=False))
+        _assert_same_plan(_kernel_plan(x.detach()), scoring._Plan(x.detach(), None))
     for flag in (True, False):  # and the scores through either builder
         old = scoring.use_numba()
         scoring.use_numba(flag)
