@@ -398,3 +398,56 @@ def test_output_beam():
     # every kept path with beam 0 is a best path: its forward score is log(#best paths) + best
     fw = gtn.forward_score(narrow)
     assert bool((fw >= best - 1e-9).all())
+
+
+@settings(**SETTINGS)
+@given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans())
+def test_viterbi_ties_follow_the_documented_rule(seed, shared):
+    """Law with integer scores and emissions (ties everywhere): the dense Viterbi gradient, on both backends, is
+    the one of viterbi_score on the lattice from intersect_dense (whose arcs come in (frame, graph arc) order):
+    the library's one tie rule (each (frame, state) keeps its best entering arc with the lowest graph arc)."""
+    g, lp, lengths = random_case(seed, shared=shared, B=3, T=4, C=3)
+    g.scores = g.scores.detach().round()
+    lp = lp.round()
+    grads = []
+    for route in ("lattice", "numba", "torch"):
+        sc = g.scores.detach().clone().requires_grad_(True)
+        x = lp.clone().requires_grad_(True)
+        gg = g.clone()
+        gg.scores = sc
+        d = gtn.DenseFsaVec(x, lengths)
+        z = (gtn.viterbi_score(gtn.intersect_dense(gg, d)) if route == "lattice"
+             else gtn.dense_forward_score(gg, d, log_semiring=False, backend=route))
+        torch.where(torch.isfinite(z), z, torch.zeros_like(z)).sum().backward()
+        grads.append((z.detach(), sc.grad, x.grad))
+    for z, s, x in grads[1:]:
+        assert torch.equal(z, grads[0][0]) and torch.equal(s, grads[0][1]) and torch.equal(x, grads[0][2])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float32(backend, dtype):
+    """Half-precision emissions and scores: the float32 results of the same values, in the input dtype."""
+    for seed in range(6):
+        g, lp, lengths = random_case(seed, B=3, T=5, C=3, dtype=torch.float32)
+        g = g.to(dtype)
+        lp = lp.to(dtype)
+        for log in (True, False):
+            res = []
+            for dt in (dtype, torch.float32):
+                sc = g.scores.detach().to(dt).requires_grad_(True)
+                x = lp.detach().to(dt).requires_grad_(True)
+                gg = g.to(dt)
+                gg.scores = sc
+                z = gtn.dense_forward_score(gg, gtn.DenseFsaVec(x, lengths), log_semiring=log, backend=backend)
+                torch.where(torch.isfinite(z), z, torch.zeros_like(z)).sum().backward()
+                res.append((z.detach(), sc.grad, x.grad))
+            (z, s, x), (z32, s32, x32) = res
+            assert z.dtype == s.dtype == x.dtype == dtype
+            assert torch.equal(z, z32.to(dtype)) and torch.equal(s, s32.to(dtype)) and torch.equal(x, x32.to(dtype))
+    # and ctc_loss, which runs on the same frame loop
+    lp = torch.randn(6, 2, 4).log_softmax(-1)
+    got = gtn.ctc_loss(lp.to(dtype), torch.tensor([[1, 2], [3, 3]]), [6, 5], [2, 2], reduction="none", backend=backend)
+    want = gtn.ctc_loss(lp.to(dtype).float(),
+                        torch.tensor([[1, 2], [3, 3]]), [6, 5], [2, 2], reduction="none", backend=backend)
+    assert got.dtype == dtype and torch.equal(got, want.to(dtype))

@@ -481,3 +481,27 @@ def test_linear_fsa_accepts_exactly_its_labels(labels):
     assert [int(f.labels[i]) for i in paths[0][0]] == labels + [-1]
     p = gtn.viterbi_path(f)
     assert torch.equal(p.arcs, f.arcs)
+
+
+# ------------------------------------------------------------------------------------------ half precision
+@LAW
+@given(fsa_vecs(top_sorted=None, transducer=None, dtype=torch.float32, **SMALL),
+       st.sampled_from([torch.float16, torch.bfloat16]))
+def test_half_precision_accumulates_in_float32(v, dtype):
+    """Law: half-precision scores give, on both backends, the float32 results of the same (rounded) scores,
+    cast to the input dtype: totals, gradients, per-state scores, posteriors and the best path."""
+    h = v.to(dtype)
+    ref = h.to(torch.float32)
+    for backend in ("numba", "torch"):
+        x, r = h.detach().requires_grad_(), ref.detach().requires_grad_()
+        for fn in (gtn.forward_score, gtn.viterbi_score):
+            got, want = fn(x, backend=backend), fn(r, backend=backend)
+            assert got.dtype == dtype and torch.equal(got, want.to(dtype)), (backend, fn)
+            got.sum().backward(), want.sum().backward()
+            assert x.scores.grad.dtype == dtype and torch.equal(x.scores.grad, r.scores.grad.to(dtype))
+            x.scores.grad = r.scores.grad = None
+        for fn in (gtn.forward_scores, gtn.backward_scores, gtn.arc_posteriors):
+            got, want = fn(x, backend=backend), fn(r, backend=backend)
+            assert got.dtype == dtype and torch.equal(got, want.to(dtype)), (backend, fn)
+        assert torch.equal(gtn.viterbi_path(x, backend=backend).arcs, gtn.viterbi_path(r, backend=backend).arcs)
+        assert gtn.forward_score(x, use_double_scores=True, backend=backend).dtype == torch.float64
