@@ -431,6 +431,10 @@ def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: 
     """``forward_score(compose(a, b))`` (or ``viterbi_score`` with ``log_semiring=False``), computed without
     building the composition when that is possible; the same results and gradients either way.
 
+    Viterbi ties follow the library's one rule (`gtn.viterbi_path`) with the composed arcs ordered by the pair
+    (arc of ``a``, arc of ``b``): of the equally good paths, the one whose pairs read from the final arc backwards
+    come first. Both routes (the kernel, and composing then scoring) give that path and its gradient.
+
     The fused path (numba kernels, `gtn.kernels.product_numba`) runs a dynamic program over ``a``'s states in
     order, with one score per state of ``b``, pairing each arc of ``a`` only with ``b``'s arcs of the same label. It
     needs: ``a`` an `Fsa`/`FsaVec` of acceptors without epsilon arcs whose every arc goes from a lower to a
@@ -446,7 +450,8 @@ def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: 
         return_path: (``log_semiring=False`` only) also return the best path, as `viterbi_path` of the
             composition would: a linear `Fsa`/`FsaVec` with ``a``'s labels and attributes (and ``b``'s that ``a``
             lacks), each arc scoring ``a``'s arc plus ``b``'s; a member without a path is the empty FSA.
-        backend: ``"auto"``, ``"numba"`` (the kernels; `FsaError` if the conditions do not hold) or ``"torch"``.
+        backend: ``"auto"``, ``"numba"`` (the kernels; `FsaError` if the conditions do not hold) or ``"torch"``
+            (the library's one policy, `gtn.kernels.select`).
 
     Returns ``[num_fsas]`` scores for an `FsaVec` input (``[]`` for two `Fsa`), ``-inf`` where the composition
     has no path (with zero gradients there); with ``return_path``, ``(scores, path)``.

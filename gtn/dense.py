@@ -16,9 +16,9 @@ from ``log_probs``, so autograd reaches both with no custom code.
 one frame loop over all graph arcs of the whole batch, alpha kept per frame, and a custom backward (beta run
 backwards, arc posteriors scattered onto graph arcs and emissions; for Viterbi the best path traced back).
 On CPU it runs a numba kernel (`gtn.kernels.dense_numba`) when numba imports; the pure-torch frame loop here
-is the reference, the GPU path and the fallback. Set ``GTN_DENSE_BACKEND=torch`` (or pass
-``backend="torch"``; or disable every kernel of the library with ``GTN_NO_NUMBA=1`` /
-`gtn.kernels.use_numba(False)`) to force it.
+is the reference, the GPU path and the fallback; the choice is the library's one policy (`gtn.kernels.select`):
+pass ``backend="torch"``, or disable every kernel of the library with ``GTN_NO_NUMBA=1`` /
+`gtn.kernels.use_numba(False)`, to force it (the old ``GTN_DENSE_BACKEND=torch`` still works and warns).
 """
 from __future__ import annotations
 

@@ -61,7 +61,10 @@ class _Plan:
     the torch DP, the posteriors or the Viterbi backtrack read (``f_src`` ... ``b_dst``, ``levels()``) are
     derived on first use, so that scoring a fresh graph once (compose, then score) pays for none of them."""
 
-    def __init__(self, x, k=None):
+    def __init__(self, x, use_kernel: Optional[bool] = None, kernel=None):
+        # ``kernel``: the module to build with; else ``use_kernel`` False builds with tensor operations and
+        # None / True with the kernel that backend="auto" selects
+        k = kernel if kernel is not None or use_kernel is False else _kernels(x.device)
         self._lazy = {}
         self._levels = None  # per-depth slices for the torch DP, built on first use
         self._numba = None  # arrays for the numba kernels (the kernel builder fills them at once)
@@ -205,7 +208,7 @@ def _plan(x, k=None) -> _Plan:
     c = x._cache
     p = c.get("score_plan")
     if p is None:
-        p = _Plan(x, k)
+        p = _Plan(x, use_kernel=k is not None, kernel=k)
         c["score_plan"] = p
     return p
 

@@ -236,7 +236,7 @@ def _assert_same_plan(pk, pt):
 
 
 def _kernel_plan(x):
-    p = scoring._Plan(x, scoring._kernels(backend="numba"))
+    p = scoring._Plan(x, kernel=scoring._kernels(backend="numba"))
     assert p._numba is not None  # built by the kernel (the torch builder leaves the sweep arrays for later)
     return p
 
@@ -248,7 +248,7 @@ def test_plan_kernel_equals_torch_builder(v):
     _require_numba()
     x = v.detach()  # a graph with its own cache
     pk = _kernel_plan(x)
-    pt = scoring._Plan(v.detach(), None)
+    pt = scoring._Plan(v.detach(), use_kernel=False)
     assert pt._numba is None
     _assert_same_plan(pk, pt)
     from gtn.topology import _kahn_torch
@@ -266,7 +266,7 @@ def test_plan_builders_agree_on_corner_cases():
     back = gtn.Fsa([(0, 2, 1, 0.5), (1, 4, -1, 0.0), (2, 1, 3, -1.0), (2, 4, -1, 0.25), (3, 0, 2, 1.0)])
     lin = gtn.linear_fsa([1, 2, 3])
     for x in (one, empty, back, lin, gtn.FsaVec([one, back, empty, lin, one]), gtn.FsaVec([empty, empty])):
-        _assert_same_plan(_kernel_plan(x.detach()), scoring._Plan(x.detach(), None))
+        _assert_same_plan(_kernel_plan(x.detach()), scoring._Plan(x.detach(), use_kernel=False))
     for flag in (True, False):  # and the scores through either builder
         old = scoring.use_numba()
         scoring.use_numba(flag)
