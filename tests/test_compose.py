@@ -158,6 +158,7 @@ transducers = fsas(transducer=None, epsilon=True, **small)
 
 
 # ---------------------------------------------------------------------------------------------------- laws
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(transducers, transducers)
 def test_matches_openfst_acyclic(a, b):
@@ -180,6 +181,7 @@ def test_matches_openfst_acyclic(a, b):
         assert bool(_coaccessible_torch(c.src_global, c.dst_global, c.final_states, c.num_states).all())
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(fsas(transducer=None, epsilon=True, acyclic=False, force_cycle=True, **small),
        fsas(transducer=None, epsilon=True, acyclic=False, **small))
@@ -261,6 +263,7 @@ def test_gradcheck(a, b):
     torch.autograd.gradcheck(f, (xa, xb), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(fsa_vecs(transducer=None, epsilon=True, acyclic=False, attr=True, min_fsas=2, max_fsas=3, **small),
        st.data())
@@ -280,6 +283,7 @@ def test_batched_equals_per_member(va, data):
     assert len(r) == k and all(r[i] == gtn.compose(va[i], one) for i in range(k))
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(fsas(transducer=None, epsilon=True, acyclic=False, attr=True, **small),
        fsas(transducer=None, epsilon=True, acyclic=False, attr=True, **small))
@@ -306,6 +310,7 @@ def test_arc_maps_and_attributes(a, b):
     assert bool(((am >= 0) | (bm >= 0)).all())
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(fsa_vecs(transducer=None, epsilon=True, acyclic=False, min_fsas=1, max_fsas=3, **small),
        fsas(transducer=None, epsilon=True, acyclic=False, **small))
@@ -336,6 +341,7 @@ def test_coaccessible_kernel_matches_torch(g):
 
 
 # ---------------------------------------------------------------------------------------------------- examples
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_epsilon_no_duplicate_paths():
     """a: x:eps then eps:y ; b: eps then y. OpenFst's filter gives exactly one path per pair of paths."""
     a = gtn.Fsa.from_str("0 1 1 0 0.5\n1 2 0 2 0.25\n2 3 -1 -1 0\n3", acceptor=False)
@@ -347,6 +353,7 @@ def test_epsilon_no_duplicate_paths():
         assert c.to_str() == gtn.compose(a, b, backend="numba").to_str()
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_empty_result():
     for impl in ("torch", "numba"):
         c = gtn.intersect(gtn.linear_fsa([1, 2]), gtn.linear_fsa([1, 3]), backend=impl)
@@ -371,6 +378,7 @@ def test_empty_gradient_is_zero():
     assert torch.equal(a.scores.grad, torch.zeros(3, dtype=torch.float64))
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_cyclic_grammar_lattice():
     """An acyclic lattice against a cyclic bigram-like grammar (the benchmark's shape), with a known total."""
     lat = gtn.Fsa.from_str("0 1 1 0.0\n0 1 2 0.0\n1 2 1 0.0\n1 2 2 0.0\n2 3 -1 0.0\n3")
@@ -402,6 +410,7 @@ def test_bad_input():
         gtn.compose(t, t, backend="cuda")
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_impl_is_a_deprecated_alias_of_backend():
     a, b = gtn.linear_fsa([1, 2]), gtn.linear_fsa([1, 2])
     with pytest.warns(DeprecationWarning, match="impl= is deprecated, use backend="):
@@ -425,6 +434,7 @@ def test_dtype_promotion_and_grad_flow():
     assert b.scores.grad.tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_bigger_lattice_all_paths_agree():
     """A lattice (20 levels x 20 states, fan-out 3) against a cyclic bigram grammar: the torch reference, the
     kernel with its dense pair table, and the kernel with a growing hash table (rehashed several times) and
@@ -465,6 +475,7 @@ def _same(x: torch.Tensor, y: torch.Tensor, tol: float = 1e-9) -> bool:
     return torch.equal(torch.isfinite(x), fin) and bool(((x - y)[fin].abs() <= tol * (1 + y[fin].abs())).all())
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fsa_vecs(max_fsas=4, max_states=9, top_sorted=True, epsilon=False, attr=True),
        fsas(max_states=7, acyclic=False, epsilon=False), st.booleans())
@@ -504,6 +515,7 @@ def test_compose_score_fused_equals_composing_then_scoring(a, b, b_attr):
         assert torch.allclose(ga, ra, atol=1e-9) and torch.allclose(gb, rb, atol=1e-9), log_semiring
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_compose_score_falls_back_where_the_kernel_does_not_apply():
     """Outside the kernel's conditions the default backend composes (same results as composing by hand), and
     backend='numba' refuses with the reason."""
@@ -545,6 +557,7 @@ def test_compose_score_errors():
         gtn.compose_score(lin, [1, 2])
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fsa_vecs(max_fsas=3, max_states=8, top_sorted=True, epsilon=False, integer_scores=True, num_labels=2),
        fsas(max_states=6, epsilon=False, integer_scores=True, num_labels=2))

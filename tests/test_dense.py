@@ -124,6 +124,7 @@ def test_label_out_of_range_and_batch_mismatch():
 
 
 # ------------------------------------------------------------------------------------------------ fused scores
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans(), neg_inf=st.booleans())
 def test_fused_score_equals_brute_force(seed, shared, neg_inf):
@@ -140,6 +141,7 @@ def test_fused_score_equals_brute_force(seed, shared, neg_inf):
             assert torch.allclose(vi[b], torch.tensor(v, dtype=vi.dtype), rtol=1e-9, atol=1e-9), (backend, b)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans(), log=st.booleans(), neg_inf=st.booleans())
 def test_numba_equals_torch(seed, shared, log, neg_inf):
@@ -162,6 +164,7 @@ def test_numba_equals_torch(seed, shared, log, neg_inf):
         assert not torch.isnan(t).any()
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("log", [True, False])
 def test_gradcheck(backend, log):
@@ -179,6 +182,7 @@ def test_gradcheck(backend, log):
         assert torch.autograd.gradcheck(f, (sc, x), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_path_gives_minus_inf_and_zero_grads(backend):
     # the graph needs at least 3 frames; the second sequence has 2
@@ -194,6 +198,7 @@ def test_no_path_gives_minus_inf_and_zero_grads(backend):
         g.scores.grad = None
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_extreme_scores_fall_back_to_log_domain(backend):
     """Emissions spanning far more than exp(-700) (unnormalised, x1000): the scaled kernel must hand the
@@ -242,6 +247,7 @@ def test_scaled_kernel_fallbacks(monkeypatch, fwd, bwd):
     _numba_vs_torch(gtn.ctc_graph(targets.tolist(), dtype=torch.float64), lp, torch.tensor([20, 17, 12]))
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_long_sequences_numba_matches_torch_float32():
     """CTC-sized problem in float32 (exercises the scaled kernel and float32 gradient output)."""
     torch.manual_seed(0)
@@ -260,6 +266,7 @@ def test_long_sequences_numba_matches_torch_float32():
     assert res[0][1].dtype == torch.float32
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_env_var_forces_torch(monkeypatch):
     from gtn import kernels
     cpu = torch.device("cpu")
@@ -400,6 +407,7 @@ def test_output_beam():
     assert bool((fw >= best - 1e-9).all())
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans())
 def test_viterbi_ties_follow_the_documented_rule(seed, shared):
@@ -424,6 +432,7 @@ def test_viterbi_ties_follow_the_documented_rule(seed, shared):
         assert torch.equal(z, grads[0][0]) and torch.equal(s, grads[0][1]) and torch.equal(x, grads[0][2])
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_accumulates_in_float32(backend, dtype):

@@ -116,6 +116,7 @@ def test_viterbi_path_is_a_best_path(v):
     assert torch.equal(v.scores.grad, grad)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @LAW
 @given(fsa_vecs(integer_scores=True, neg_inf=True, max_states=10, top_sorted=None, transducer=None),
        st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
@@ -185,6 +186,7 @@ def test_gradcheck_forward_and_viterbi(v):
 
 
 # ------------------------------------------------------------------------------------------ numba vs torch
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @LAW
 @given(fsa_vecs(top_sorted=None, transducer=None, **SMALL), st.sampled_from([torch.float32, torch.float64]))
 def test_numba_and_torch_paths_agree(v, dtype):
@@ -241,6 +243,7 @@ def _kernel_plan(x):
     return p
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @LAW
 @given(fsa_vecs(top_sorted=None, transducer=None, max_states=12, max_fsas=4))
 def test_plan_kernel_equals_torch_builder(v):
@@ -257,6 +260,7 @@ def test_plan_kernel_equals_torch_builder(v):
     assert torch.equal(level, want) and L == (int(want.max()) + 1 if want.numel() else 0)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_plan_builders_agree_on_corner_cases():
     """One-state and empty members, arcs into the start state, a permuted numbering, an all-empty batch."""
     _require_numba()
@@ -348,6 +352,7 @@ def test_no_path_gives_minus_inf_and_zero_grads():
     assert gtn.arc_posteriors(v)[:5].tolist() == [0.0] * 5
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_extreme_scores(both_paths):
     # +-1e30 and -inf arcs: exact results, no NaN, no overflow to inf
     for dtype in (torch.float32, torch.float64):
@@ -372,6 +377,7 @@ def test_extreme_scores(both_paths):
         assert h.scores.grad.tolist() == [1.0, 0.0, 1.0]  # tie: the lowest-numbered arc
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_cyclic_input_raises_naming_a_cycle_state(both_paths):
     f = gtn.Fsa([(0, 1, 1), (1, 2, 2), (2, 3, 3), (3, 1, 4), (3, 4, -1)])
     for fn in (gtn.forward_score, gtn.viterbi_score, gtn.viterbi_path, gtn.forward_scores, gtn.arc_posteriors):
@@ -398,6 +404,7 @@ def test_cyclic_random_raises(v):
     assert s in dict(cyc)[i]
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_device_and_double_scores(dtype, both_paths):
     f = gtn.Fsa([(0, 1, 1, 0.1), (0, 1, 2, 0.7), (1, 2, 3, -0.2), (0, 2, 4, 0.3), (2, 3, -1, 0.05)],
@@ -484,6 +491,7 @@ def test_linear_fsa_accepts_exactly_its_labels(labels):
 
 
 # ------------------------------------------------------------------------------------------ half precision
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @LAW
 @given(fsa_vecs(top_sorted=None, transducer=None, dtype=torch.float32, **SMALL),
        st.sampled_from([torch.float16, torch.bfloat16]))
