@@ -33,9 +33,9 @@ graphs against a big lexicon); elsewhere it composes and scores.
 """
 from __future__ import annotations
 
-import importlib
 import threading
-from typing import Union
+import warnings
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -52,15 +52,16 @@ _workspace = threading.local()
 _WORKSPACE_KEEP = 256 << 20  # bytes
 
 
-def _load_forced(device, kernel: str = "compose_numba", what: str = "compose: impl='numba'"):
-    """The kernel module ``gtn.kernels.<kernel>`` when it is asked for by name (even when kernels are disabled
-    globally), or FsaError saying why it cannot run."""
-    if device.type != "cpu":
-        raise FsaError(f"{what} needs CPU tensors, got {device}")
-    try:
-        return importlib.import_module(f".kernels.{kernel}", __package__)
-    except Exception as e:  # pragma: no cover - only where numba is missing
-        raise FsaError(f"{what} needs numba ({e})") from None
+def _backend(backend: str, impl: Optional[str], what: str) -> str:
+    """The ``backend`` keyword, or the deprecated ``impl`` alias (same values), which warns."""
+    if impl is not None:
+        warnings.warn(f"{what}: impl= is deprecated, use backend= (the same values)", DeprecationWarning,
+                      stacklevel=3)
+        if backend != "auto" and backend != impl:
+            raise FsaError(f"{what}: impl={impl!r} and backend={backend!r} disagree; pass backend= only")
+        backend = impl
+    return _kernels.check_backend(backend, what)
+
 
 _TABLE_MAX = 1 << 21  # b's (state, label) table for the numba kernel: at most this many entries (16 MiB)
 _DENSE_MAX = 1 << 25  # pair keys below this use the kernel's dense (lazily paged, never initialised) table
@@ -323,7 +324,8 @@ def _pairing(a: Graphs, b: Graphs, A: FsaVec, B: FsaVec):
     return ia, ib
 
 
-def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = False):
+def compose(a: Graphs, b: Graphs, backend: str = "auto", return_arc_maps: bool = False, *,
+            impl: Optional[str] = None):
     """Composition of ``a`` and ``b`` (acceptors or transducers): ``a``'s output labels (``aux_labels``, or
     ``labels`` for an acceptor) matched with ``b``'s input labels.
 
@@ -341,9 +343,10 @@ def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = Fa
     ``FsaVec`` (either side); the whole batch is expanded together. Cycles are allowed in both inputs.
 
     Args:
-        impl: ``"auto"`` (the numba kernel on CPU when numba imports and `gtn.kernels.use_numba` allows it,
+        backend: ``"auto"`` (the numba kernel on CPU when numba imports and `gtn.kernels.use_numba` allows it,
             i.e. unless ``GTN_NO_NUMBA=1``; else torch), ``"torch"`` (the vectorized reference, any device) or
-            ``"numba"``. All give identical results.
+            ``"numba"`` (CPU only): the library's one policy, `gtn.kernels.select`. All give identical results.
+        impl: the old name of ``backend`` (deprecated: it warns).
         return_arc_maps: also return ``(a_map, b_map)``, int64 ``[num_arcs]`` (-1 where that side did not move).
 
     Raises:
@@ -354,11 +357,8 @@ def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = Fa
             raise FsaError(f"compose: {name} must be an Fsa or FsaVec, got {type(x).__name__}")
     if a.device != b.device:
         raise FsaError(f"compose: a is on {a.device} and b on {b.device}; move them to one device")
-    if impl not in ("auto", "torch", "numba"):
-        raise FsaError(f"compose: impl must be 'auto', 'torch' or 'numba', got {impl!r}")
-    nb_mod = None  # the compiled kernel: CPU, numba importable, not disabled (GTN_NO_NUMBA=1)
-    if impl != "torch":
-        nb_mod = _kernels.load("compose_numba", a.device) if impl == "auto" else _load_forced(a.device)
+    backend = _backend(backend, impl, "compose")
+    nb_mod = _kernels.select("compose_numba", a.device, None, backend, "compose")
     A, B = as_vec(a), as_vec(b)
     ia, ib = _pairing(a, b, A, B)
     # prepared per graph and cached on the object the caller holds (as_vec makes a fresh view each call)
@@ -385,7 +385,7 @@ def compose(a: Graphs, b: Graphs, impl: str = "auto", return_arc_maps: bool = Fa
     return (res, a_map, b_map) if return_arc_maps else res
 
 
-def intersect(a: Graphs, b: Graphs, impl: str = "auto") -> Graphs:
+def intersect(a: Graphs, b: Graphs, backend: str = "auto", *, impl: Optional[str] = None) -> Graphs:
     """Intersection of two acceptors (their composition): the paths whose label strings both accept, with the
     scores added. Label 0 is epsilon (no duplicate paths). Batched as `compose`.
 
@@ -396,7 +396,7 @@ def intersect(a: Graphs, b: Graphs, impl: str = "auto") -> Graphs:
         if isinstance(x, (Fsa, FsaVec)) and x.aux_labels is not None:
             raise FsaError(f"intersect: {name} is a transducer; intersect takes acceptors (use compose, or "
                            "project first)")
-    return compose(a, b, impl=impl)
+    return compose(a, b, backend=_backend(backend, impl, "intersect"))
 
 
 def constrained_forward_score(fsa: Graphs, constraint: Graphs) -> torch.Tensor:
@@ -431,6 +431,10 @@ def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: 
     """``forward_score(compose(a, b))`` (or ``viterbi_score`` with ``log_semiring=False``), computed without
     building the composition when that is possible; the same results and gradients either way.
 
+    Viterbi ties follow the library's one rule (`gtn.viterbi_path`) with the composed arcs ordered by the pair
+    (arc of ``a``, arc of ``b``): of the equally good paths, the one whose pairs read from the final arc backwards
+    come first. Both routes (the kernel, and composing then scoring) give that path and its gradient.
+
     The fused path (numba kernels, `gtn.kernels.product_numba`) runs a dynamic program over ``a``'s states in
     order, with one score per state of ``b``, pairing each arc of ``a`` only with ``b``'s arcs of the same label. It
     needs: ``a`` an `Fsa`/`FsaVec` of acceptors without epsilon arcs whose every arc goes from a lower to a
@@ -446,24 +450,23 @@ def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: 
         return_path: (``log_semiring=False`` only) also return the best path, as `viterbi_path` of the
             composition would: a linear `Fsa`/`FsaVec` with ``a``'s labels and attributes (and ``b``'s that ``a``
             lacks), each arc scoring ``a``'s arc plus ``b``'s; a member without a path is the empty FSA.
-        backend: ``"auto"``, ``"numba"`` (the kernels; `FsaError` if the conditions do not hold) or ``"torch"``.
+        backend: ``"auto"``, ``"numba"`` (the kernels; `FsaError` if the conditions do not hold) or ``"torch"``
+            (the library's one policy, `gtn.kernels.select`).
 
     Returns ``[num_fsas]`` scores for an `FsaVec` input (``[]`` for two `Fsa`), ``-inf`` where the composition
     has no path (with zero gradients there); with ``return_path``, ``(scores, path)``.
     """
-    from .scoring import forward_score, viterbi_score, viterbi_path
+    from .scoring import forward_score
     if return_path and log_semiring:
         raise FsaError("compose_score: return_path needs log_semiring=False (the best path is a Viterbi path)")
-    if backend not in ("auto", "numba", "torch"):
-        raise FsaError(f"compose_score: backend must be 'auto', 'numba' or 'torch', got {backend!r}")
+    backend = _kernels.check_backend(backend, "compose_score")
     for name, x in (("a", a), ("b", b)):
         if not isinstance(x, (Fsa, FsaVec)):
             raise FsaError(f"compose_score: {name} must be an Fsa or FsaVec, got {type(x).__name__}")
     A, B = as_vec(a), as_vec(b)
     mod = None
     if backend != "torch":
-        mod = (_kernels.load("product_numba", A.device) if backend == "auto"
-               else _load_forced(A.device, "product_numba", "compose_score: backend='numba'"))
+        mod = _kernels.select("product_numba", A.device, None, backend, "compose_score")
         if not _product_ready(A, B):
             if backend == "numba":
                 raise FsaError("compose_score: the fused kernel needs acceptors without epsilon arcs, a's arcs "
@@ -471,10 +474,17 @@ def compose_score(a: Graphs, b: Graphs, log_semiring: bool = True, return_path: 
                                f"({PRODUCT_CELLS:.0e} pairs)")
             mod = None
     if mod is None:
-        c = compose(a, b)
+        c, a_map, b_map = compose(a, b, backend=backend, return_arc_maps=True)
+        if log_semiring:
+            return forward_score(c, backend=backend)
+        # the tie rule of the fused kernel, which relaxes the pairs in (a arc, b arc) order and keeps the
+        # first best: each composed state's back-pointer is its best entering arc with the lowest pair
+        from .scoring import _total, _viterbi_path
+        key = a_map * (B.num_arcs + 1) + (b_map + 1)
+        score = _total(c, False, False, backend, "compose_score", key)
         if not return_path:
-            return forward_score(c) if log_semiring else viterbi_score(c)
-        return viterbi_score(c), viterbi_path(c)
+            return score
+        return score, _viterbi_path(c, False, backend, "compose_score", key)
     plan = _ProductPlan(mod, A, B)
     dtype = torch.promote_types(A.scores.dtype, B.scores.dtype)
     scores = _ProductScore.apply(A.scores, B.scores, plan, bool(log_semiring)).to(dtype)

@@ -172,7 +172,7 @@ def ctc_graph(targets, modified: bool = False, blank: int = 0, dtype: torch.dtyp
 
 
 def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, target_lengths, blank: int = 0,
-             reduction: str = "mean", zero_infinity: bool = False) -> torch.Tensor:
+             reduction: str = "mean", zero_infinity: bool = False, backend: str = "auto") -> torch.Tensor:
     """The CTC loss, with `torch.nn.functional.ctc_loss`'s signature and results, on the generic machinery.
 
     Args:
@@ -185,6 +185,7 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, targ
             target length, clamped to at least 1, then the mean over the batch) -- as torch.
         zero_infinity: replace infinite losses (no alignment fits: the input is too short for the target) and
             their gradients by zero. Without it such a loss is ``+inf`` and its gradient zero (never NaN).
+        backend: ``"auto"``, ``"numba"`` or ``"torch"`` (`gtn.kernels.select`, as everywhere in the library).
 
     Computed as ``-dense_forward_score(ctc_graph(targets, blank=blank), DenseFsaVec(log_probs))``: the forward
     score of each target's CTC graph against the frames, through the fused frame loop of `gtn.dense`.
@@ -196,6 +197,8 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, targ
     Through ``log_softmax`` both give the same gradient with respect to the logits; on unnormalised inputs
     only this one passes ``torch.autograd.gradcheck``.
     """
+    from . import kernels
+    backend = kernels.check_backend(backend, "ctc_loss")
     if not isinstance(log_probs, torch.Tensor) or not log_probs.dtype.is_floating_point:
         raise FsaError("log_probs must be a floating tensor [T, N, C] or [T, C]")
     if reduction not in ("none", "sum", "mean"):
@@ -239,7 +242,7 @@ def ctc_loss(log_probs: torch.Tensor, targets: torch.Tensor, input_lengths, targ
     _check_targets(y, tl, int(blank), C)
     graphs = _ctc_graphs_padded(y, tl, int(blank), False, log_probs.dtype, log_probs.device)
     dense = DenseFsaVec(log_probs.transpose(0, 1), il)
-    loss = -dense_forward_score(graphs, dense)
+    loss = -dense_forward_score(graphs, dense, backend=backend)
     if zero_infinity:
         loss = torch.where(torch.isinf(loss), torch.zeros_like(loss), loss)
     if reduction == "none":

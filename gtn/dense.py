@@ -16,13 +16,14 @@ from ``log_probs``, so autograd reaches both with no custom code.
 one frame loop over all graph arcs of the whole batch, alpha kept per frame, and a custom backward (beta run
 backwards, arc posteriors scattered onto graph arcs and emissions; for Viterbi the best path traced back).
 On CPU it runs a numba kernel (`gtn.kernels.dense_numba`) when numba imports; the pure-torch frame loop here
-is the reference, the GPU path and the fallback. Set ``GTN_DENSE_BACKEND=torch`` (or pass
-``backend="torch"``; or disable every kernel of the library with ``GTN_NO_NUMBA=1`` /
-`gtn.kernels.use_numba(False)`) to force it.
+is the reference, the GPU path and the fallback; the choice is the library's one policy (`gtn.kernels.select`):
+pass ``backend="torch"``, or disable every kernel of the library with ``GTN_NO_NUMBA=1`` /
+`gtn.kernels.use_numba(False)`, to force it (the old ``GTN_DENSE_BACKEND=torch`` still works and warns).
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Optional, Union
 
 import numpy as np
@@ -33,20 +34,20 @@ from .fsa import Fsa, FsaError, FsaVec, as_vec, index_arcs, ragged_range
 __all__ = ["DenseFsaVec", "intersect_dense", "dense_forward_score"]
 
 _NEG_INF = float("-inf")
-def _numba(force: bool = False):
-    """The numba kernel module, or None when numba is unavailable or disabled (``GTN_DENSE_BACKEND=torch``, or
-    the library-wide ``GTN_NO_NUMBA=1`` / `gtn.kernels.use_numba(False)`). ``force``: an explicit
-    ``backend="numba"`` request, which only needs numba to import."""
-    if force:
-        try:
-            from .kernels import dense_numba
-            return dense_numba
-        except Exception:
-            return None
-    if os.environ.get("GTN_DENSE_BACKEND", "").lower() == "torch":
-        return None
+def _select(backend: str, device, dtype):
+    """The dense kernels or None (the torch frame loop), by the library's one policy (`gtn.kernels.select`).
+
+    The old variable ``GTN_DENSE_BACKEND=torch`` is deprecated (it warns once): it still makes ``"auto"`` mean
+    torch here; use ``GTN_NO_NUMBA=1`` (every kernel) or ``backend="torch"`` instead."""
     from . import kernels
-    return kernels.load("dense_numba")
+    backend = kernels.check_backend(backend, "dense_forward_score")
+    if backend == "auto" and os.environ.get("GTN_DENSE_BACKEND", "").lower() == "torch":
+        if "dense_env" not in kernels._WARNED:
+            kernels._WARNED.add("dense_env")
+            warnings.warn("GTN_DENSE_BACKEND is deprecated: use GTN_NO_NUMBA=1 or backend='torch'",
+                          DeprecationWarning, stacklevel=4)
+        return None
+    return kernels.select("dense_numba", device, dtype, backend, "dense_forward_score")
 
 
 class DenseFsaVec:
@@ -304,7 +305,8 @@ def _torch_backward(plan, saved, Z, gz, log_semiring, scores, lp):
             v = torch.where(ok, v, torch.full_like(v, _NEG_INF))
             pad = torch.full((plan.B, max(ex["amax"], 1)), _NEG_INF, dtype=dtype, device=dev)
             pad[seq, local] = v
-            best, arg = pad.max(1)
+            arg = torch.argmax(pad, 1)  # the first maximum: the lowest arc index (the library's tie rule)
+            best = pad.gather(1, arg[:, None]).squeeze(1)
             hit = best > _NEG_INF
             chosen = (ex["arc_start"] + arg)[hit]
             post[t, chosen] = gzd[hit]
@@ -423,11 +425,8 @@ class _DenseScore(torch.autograd.Function):
     """Total scores ``[batch]`` of the (implicit) lattice; backward = arc/emission posteriors (or best path)."""
 
     @staticmethod
-    def forward(ctx, scores, lp, plan, log_semiring, backend):
-        k = _numba(force=backend == "numba") if backend in (None, "numba") else None
-        if backend == "numba" and k is None:
-            raise RuntimeError("the numba backend was requested but numba does not import")
-        if k is None or lp.device.type != "cpu" or lp.dtype not in (torch.float32, torch.float64):
+    def forward(ctx, scores, lp, plan, log_semiring, k):
+        if k is None:
             Z, saved = _torch_forward(plan, scores.detach(), lp.detach(), log_semiring)
             ctx.kernel = None
         else:
@@ -450,7 +449,7 @@ class _DenseScore(torch.autograd.Function):
 
 
 def dense_forward_score(graphs: Union[Fsa, FsaVec], dense: DenseFsaVec, log_semiring: bool = True,
-                        backend: Optional[str] = None) -> torch.Tensor:
+                        backend: Optional[str] = "auto") -> torch.Tensor:
     """Total score of ``intersect_dense(graphs, dense)`` per sequence, without building the lattice.
 
     ``log_semiring=True`` gives the forward score (log-sum-exp over all alignments), ``False`` the Viterbi
@@ -460,15 +459,19 @@ def dense_forward_score(graphs: Union[Fsa, FsaVec], dense: DenseFsaVec, log_semi
     ties broken towards the lowest arc index) onto the graph arcs and the emission entries. Equal to
     ``gtn.forward_score(gtn.intersect_dense(graphs, dense))`` (``viterbi_score`` for ``log_semiring=False``).
 
-    ``backend``: ``None`` (numba on CPU when available and enabled, else torch), ``"numba"`` (CPU inputs; even
-    when kernels are disabled globally) or ``"torch"`` (the reference frame loop, also the GPU path). The
-    environment variable ``GTN_DENSE_BACKEND=torch`` (or ``GTN_NO_NUMBA=1``) makes ``None`` mean torch.
+    ``backend``: ``"auto"`` (``None`` is the same; numba on CPU when available and enabled, else torch),
+    ``"numba"`` (CPU inputs; even when kernels are disabled for ``"auto"``) or ``"torch"`` (the reference frame
+    loop, also the GPU path): the library's one policy, `gtn.kernels.select`. ``GTN_NO_NUMBA=1`` makes
+    ``"auto"`` mean torch. Half precision (float16 / bfloat16) is computed in float32 on either path; the
+    result has the promoted dtype of the inputs.
     """
-    if backend not in (None, "numba", "torch"):
-        raise ValueError(f"backend must be None, 'numba' or 'torch', got {backend!r}")
+    from . import kernels
     plan = _Plan(graphs, dense)
-    return _DenseScore.apply(plan.gvec.scores, dense.log_probs, plan, bool(log_semiring),
-                             backend or None)
+    sc, lp = plan.gvec.scores, dense.log_probs
+    out = torch.promote_types(sc.dtype, lp.dtype)
+    cd = kernels.compute_dtype(out)
+    k = _select(backend, lp.device, cd)
+    return _DenseScore.apply(sc.to(cd), lp.to(cd), plan, bool(log_semiring), k).to(out)
 
 
 # ---------------------------------------------------------------------------------------------- the lattice

@@ -232,11 +232,12 @@ class _Graphs:
 
     @property
     def is_arc_sorted(self) -> bool:
-        """Arcs of each state are sorted by (label, dst), as k2's arc_sort leaves them."""
+        """Arcs of each state are sorted by (label, dst) in k2's order, as `gtn.arc_sort` (and k2's) leaves them:
+        labels compared as unsigned 32-bit integers, so ``-1`` arcs come last."""
         def check():
             if self.num_arcs < 2:
                 return True
-            s, lab, d = self.src_global, self.labels, self.arcs[:, 1]
+            s, lab, d = self.src_global, self.labels & 0xFFFFFFFF, self.arcs[:, 1]
             same = s[1:] == s[:-1]
             ok = (lab[1:] > lab[:-1]) | ((lab[1:] == lab[:-1]) & (d[1:] >= d[:-1]))
             return bool((~same | ok).all())

@@ -517,14 +517,22 @@ def _import_k2():
 def to_k2(fsa: Union[Fsa, FsaVec]):
     """A ``k2.Fsa`` with the same arcs, scores (float32, k2's only score type; connected for autograd),
     ``aux_labels`` (int32) and extra per-arc attributes. An `FsaVec` gives a k2 FsaVec (``create_fsa_vec``).
-    Needs k2 (raises ImportError otherwise)."""
+    Needs k2 (raises ImportError otherwise).
+
+    Any valid FSA converts, also one whose final state no arc enters (no successful path): k2's tensor
+    constructor infers the number of states from the arcs and guesses such a final state wrongly (or
+    fails), so those go through k2's text reader with the final state's line, as ``k2.Fsa.from_str`` would
+    build them."""
     k2 = _import_k2()
     if isinstance(fsa, FsaVec):
         return k2.create_fsa_vec([to_k2(m) for m in fsa])
     scores = fsa.scores.to(torch.float32)
-    arcs = torch.cat([fsa.arcs.to(torch.int32), scores.detach().contiguous().view(torch.int32).view(-1, 1)], 1)
     aux = None if fsa.aux_labels is None else fsa.aux_labels.to(torch.int32)
-    out = k2.Fsa(arcs.contiguous(), aux)
+    if fsa.num_states and not bool((fsa.labels == -1).any()):
+        out = k2.Fsa.from_str(to_str(fsa.detach().cpu()), acceptor=fsa.aux_labels is None).to(fsa.device)
+    else:
+        arcs = torch.cat([fsa.arcs.to(torch.int32), scores.detach().contiguous().view(torch.int32).view(-1, 1)], 1)
+        out = k2.Fsa(arcs.contiguous(), aux)
     out.scores = scores  # keeps the autograd graph (k2 stores the tensor as the scores attribute)
     for k, v in fsa.attrs.items():
         setattr(out, k, v)

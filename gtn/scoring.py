@@ -47,8 +47,9 @@ def use_numba(flag: Optional[bool] = None) -> bool:
     return kernels.use_numba(flag)
 
 
-def _kernels(device=None):
-    return kernels.load("scoring_numba", device)
+def _kernels(device=None, backend: str = "auto", what: str = "scoring", dtype=None):
+    """The scoring kernels or None (the torch DP), by the library's one policy (`gtn.kernels.select`)."""
+    return kernels.select("scoring_numba", device, dtype, backend, what)
 
 
 # ---------------------------------------------------------------------------------------------------- the plan
@@ -60,8 +61,10 @@ class _Plan:
     the torch DP, the posteriors or the Viterbi backtrack read (``f_src`` ... ``b_dst``, ``levels()``) are
     derived on first use, so that scoring a fresh graph once (compose, then score) pays for none of them."""
 
-    def __init__(self, x, use_kernel: Optional[bool] = None):
-        k = _kernels(x.device) if use_kernel is None or use_kernel else None
+    def __init__(self, x, use_kernel: Optional[bool] = None, kernel=None):
+        # ``kernel``: the module to build with; else ``use_kernel`` False builds with tensor operations and
+        # None / True with the kernel that backend="auto" selects
+        k = kernel if kernel is not None or use_kernel is False else _kernels(x.device)
         self._lazy = {}
         self._levels = None  # per-depth slices for the torch DP, built on first use
         self._numba = None  # arrays for the numba kernels (the kernel builder fills them at once)
@@ -93,8 +96,8 @@ class _Plan:
         self._numba = (frow, fsrc, brow, bdst, is_start, is_final)
 
     def _build_torch(self, x):
+        level, L = _kahn(x, backend="torch")
         _raise_if_cyclic(x, "forward/Viterbi scoring")
-        level, L = _kahn(x)
         v = as_vec(x)
         dev = v.device
         S, A, N = v.total_states, v.num_arcs, v.num_fsas
@@ -199,19 +202,21 @@ class _Plan:
         return self._numba
 
 
-def _plan(x) -> _Plan:
+def _plan(x, k=None) -> _Plan:
+    """The cached plan of ``x``, built by the kernel ``k`` (or by tensor operations when ``k`` is None; the
+    two builders give identical plans, so a cached plan serves either backend)."""
     c = x._cache
     p = c.get("score_plan")
     if p is None:
-        p = _Plan(x)
+        p = _Plan(x, use_kernel=k is not None, kernel=k)
         c["score_plan"] = p
     return p
 
 
 # ---------------------------------------------------------------------------------------------------- the DP
-def _alpha(plan: _Plan, sc: torch.Tensor, sr: _sr.Semiring) -> torch.Tensor:
-    """Forward scores in level order: alpha[p] = semiring sum over paths from the start to position p."""
-    k = _kernels(sc.device)
+def _alpha(plan: _Plan, sc: torch.Tensor, sr: _sr.Semiring, k=None) -> torch.Tensor:
+    """Forward scores in level order: alpha[p] = semiring sum over paths from the start to position p.
+    ``k``: the kernel module (None: the torch DP, the reference)."""
     if k is not None:
         return k.alpha(plan, sc, sr.name == "log")
     alpha = torch.full((plan.S,), NEG_INF, dtype=sc.dtype, device=sc.device)
@@ -223,9 +228,8 @@ def _alpha(plan: _Plan, sc: torch.Tensor, sr: _sr.Semiring) -> torch.Tensor:
     return alpha
 
 
-def _beta(plan: _Plan, sc: torch.Tensor, sr: _sr.Semiring) -> torch.Tensor:
+def _beta(plan: _Plan, sc: torch.Tensor, sr: _sr.Semiring, k=None) -> torch.Tensor:
     """Backward scores in level order: beta[p] = semiring sum over paths from position p to the final."""
-    k = _kernels(sc.device)
     if k is not None:
         return k.beta(plan, sc, sr.name == "log")
     beta = torch.full((plan.S,), NEG_INF, dtype=sc.dtype, device=sc.device)
@@ -256,21 +260,36 @@ def _posteriors(plan: _Plan, sc, alpha, beta, tot) -> torch.Tensor:
     return torch.where(ok, lp.exp_(), 0.0)
 
 
-def _best_arcs(plan: _Plan, sc, alpha, tot) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _tie_rank(key: Optional[torch.Tensor], A: int, device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(rank, order)`` of the arcs by ``key`` (ties by arc index): the tie-break order of `_best_arcs`."""
+    if key is None:
+        return None
+    order = torch.sort(key, stable=True).indices
+    rank = torch.empty(A, dtype=torch.int64, device=device)
+    rank[order] = torch.arange(A, device=device)
+    return rank, order
+
+
+def _best_arcs(plan: _Plan, sc, alpha, tot, key=None) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backtrack the best path of each member with a finite Viterbi score.
 
-    Each state's back-pointer is the lowest-numbered entering arc that attains its alpha (alpha[src] + score
-    == alpha[dst] exactly: the same floating sums the max was taken over). Returns ``(members, arcs, step)``:
-    the path arcs of all members, ``step`` counted from the final state backwards (one loop step per arc of
-    the longest best path, vectorized over members)."""
+    The tie rule (the library's one, see `viterbi_path`): each state's back-pointer is, among the entering arcs
+    that attain its alpha (alpha[src] + score == alpha[dst] exactly: the same floating sums the max was taken
+    over), the one with the smallest ``key`` (default: the arc index; ``key`` is an int64 per arc, ties by
+    index). Returns ``(members, arcs, step)``: the path arcs of all members, ``step`` counted from the final
+    state backwards (one loop step per arc of the longest best path, vectorized over members)."""
     dev = sc.device
     A = plan.A
     fperm = plan.fperm
     vals = alpha.index_select(0, plan.f_src) + sc.index_select(0, fperm)
     tgt = alpha.index_select(0, plan.f_dst)
     hit = (vals == tgt) & (tgt > NEG_INF)
+    ranked = _tie_rank(key, A, dev)
+    cand = fperm[hit] if ranked is None else ranked[0].index_select(0, fperm[hit])
     bp = torch.full((plan.S,), A, dtype=torch.int64, device=dev)
-    bp.scatter_reduce_(0, plan.f_dst[hit], fperm[hit], "amin")
+    bp.scatter_reduce_(0, plan.f_dst[hit], cand, "amin")
+    if ranked is not None:  # ranks back to arcs (A, "no arc", never read: only states on a best path are)
+        bp = torch.cat([ranked[1], bp.new_full((1,), A)]).index_select(0, bp)
     members = torch.nonzero(tot > NEG_INF).squeeze(1)
     cur = plan.final_pos[members]
     ms, arcs, steps = [], [], []
@@ -291,49 +310,50 @@ def _best_arcs(plan: _Plan, sc, alpha, tot) -> Tuple[torch.Tensor, torch.Tensor,
 
 
 class _TotalScore(torch.autograd.Function):
-    """Total score of every member; backward = posteriors (log) or best-path indicator (tropical)."""
+    """Total score of every member; backward = posteriors (log) or best-path indicator (tropical).
+
+    Half-precision scores are computed in float32 (``dp_dtype``) and the totals cast back to the input dtype
+    (float64 with ``use_double_scores``); gradients come back in the scores' dtype."""
 
     @staticmethod
-    def forward(ctx, scores, plan, log_semiring, use_double):
-        sc = scores.detach()
-        if use_double:
-            sc = sc.to(torch.float64)
+    def forward(ctx, scores, plan, log_semiring, dp_dtype, k, key):
+        sc = scores.detach().to(dp_dtype)
         sr = _sr.get(log_semiring)
         ctx.w = None
-        k = _kernels(sc.device)
         if k is not None and log_semiring and scores.requires_grad:
             # numba: keep each arc's share of its destination's alpha; the backward is then one reverse
             # sweep of multiply-adds (the same posteriors as alpha/beta, without a second pass of exps)
             alpha, ctx.w = k.alpha_and_weights(plan, sc)
         else:
-            alpha = _alpha(plan, sc, sr)
+            alpha = _alpha(plan, sc, sr, k)
         tot = _totals(plan, alpha)
-        ctx.plan, ctx.log = plan, log_semiring
+        ctx.plan, ctx.log, ctx.k, ctx.key = plan, log_semiring, k, key
         ctx.in_dtype = scores.dtype
         ctx.save_for_backward(sc, alpha, tot)
-        return tot
+        out_dtype = torch.float64 if dp_dtype == torch.float64 else scores.dtype
+        return tot.to(out_dtype)
 
     @staticmethod
     def backward(ctx, g):
+        none = (None,) * 5
         if not ctx.needs_input_grad[0]:
-            return None, None, None, None
+            return (None,) + none
         sc, alpha, tot = ctx.saved_tensors
         plan = ctx.plan
         g = g.to(sc.dtype)
         if ctx.log and ctx.w is not None:
-            from .kernels import scoring_numba
-            return scoring_numba.grad_from_weights(plan, ctx.w, tot, g, ctx.in_dtype), None, None, None
+            return (ctx.k.grad_from_weights(plan, ctx.w, tot, g, ctx.in_dtype),) + none
         if ctx.log:
-            beta = _beta(plan, sc, _sr.LOG)
+            beta = _beta(plan, sc, _sr.LOG, ctx.k)
             w = _posteriors(plan, sc, alpha, beta, tot)
         else:
-            _, arcs, _ = _best_arcs(plan, sc, alpha, tot)
+            _, arcs, _ = _best_arcs(plan, sc, alpha, tot, ctx.key)
             w = torch.zeros_like(sc)
             w[arcs] = 1.0
         grad = w * g.index_select(0, plan.arc_fsa) if plan.A else w
         # a zero weight times an infinite/NaN upstream gradient must stay zero (no path: zero gradients)
         grad = torch.where(w == 0, torch.zeros_like(grad), grad)
-        return grad.to(ctx.in_dtype), None, None, None
+        return (grad.to(ctx.in_dtype),) + none
 
 
 # ---------------------------------------------------------------------------------------------------- public API
@@ -342,88 +362,104 @@ def _check(x, what):
         raise FsaError(f"{what} expects an Fsa or FsaVec, got {type(x).__name__}")
 
 
-def _total(x, log_semiring: bool, use_double_scores: bool) -> torch.Tensor:
-    plan = _plan(x)
-    tot = _TotalScore.apply(x.scores, plan, log_semiring, bool(use_double_scores))
+def _setup(x, what: str, backend: str, use_double_scores: bool):
+    """Check ``x``, choose the kernel (`gtn.kernels.select`: by backend, device and dtype), get the plan and the
+    dtype the DP runs in (float64 with ``use_double_scores``; float32 for half precision)."""
+    _check(x, what)
+    k = _kernels(x.device, backend, what, x.scores.dtype)
+    dp = torch.float64 if use_double_scores else kernels.compute_dtype(x.scores.dtype)
+    return k, _plan(x, k), dp
+
+
+def _total(x, log_semiring: bool, use_double_scores: bool, backend: str, what: str, key=None) -> torch.Tensor:
+    k, plan, dp = _setup(x, what, backend, use_double_scores)
+    tot = _TotalScore.apply(x.scores, plan, log_semiring, dp, k, key)
     return per_fsa(tot, x)
 
 
-def forward_score(x: Union[Fsa, FsaVec], use_double_scores: bool = False) -> torch.Tensor:
+def forward_score(x: Union[Fsa, FsaVec], use_double_scores: bool = False, backend: str = "auto") -> torch.Tensor:
     """Log-sum-exp over all successful paths of the sum of the arc scores (the forward score).
 
     Args:
         x: an acyclic `Fsa` or `FsaVec` (any state numbering; cycles raise `FsaError` naming a state on one).
-        use_double_scores: accumulate in float64 (k2's option); the result is then float64.
+        use_double_scores: accumulate in float64 (k2's option); the result is then float64. Half-precision
+            scores (float16, bfloat16) are accumulated in float32 and the result is in their dtype.
+        backend: ``"auto"``, ``"numba"`` or ``"torch"`` (`gtn.kernels.select`: the library's one policy).
     Returns:
         shape ``[]`` for an `Fsa`, ``[num_fsas]`` for an `FsaVec`; ``-inf`` where there is no path.
         Differentiable: the gradient w.r.t. ``x.scores`` is the arc posteriors times the incoming gradient
         (zero for members without a path)."""
-    _check(x, "forward_score")
-    return _total(x, True, use_double_scores)
+    return _total(x, True, use_double_scores, backend, "forward_score")
 
 
-def viterbi_score(x: Union[Fsa, FsaVec], use_double_scores: bool = False) -> torch.Tensor:
+def viterbi_score(x: Union[Fsa, FsaVec], use_double_scores: bool = False, backend: str = "auto") -> torch.Tensor:
     """The best path's score (max over paths, tropical semiring); same shapes and options as `forward_score`.
 
-    Differentiable: the gradient is 1 on the arcs of the best path that `viterbi_path` returns (ties broken
-    deterministically: each state takes its lowest-numbered best entering arc), 0 elsewhere."""
-    _check(x, "viterbi_score")
-    return _total(x, False, use_double_scores)
+    Differentiable: the gradient is 1 on the arcs of the best path that `viterbi_path` returns (the library's
+    tie rule, see `viterbi_path`), 0 elsewhere."""
+    return _total(x, False, use_double_scores, backend, "viterbi_score")
 
 
-def _dp_dtype(x, use_double_scores):
-    sc = x.scores.detach()
-    return sc.to(torch.float64) if use_double_scores else sc
-
-
-def forward_scores(x: Union[Fsa, FsaVec], log_semiring: bool = True, use_double_scores: bool = False):
+def forward_scores(x: Union[Fsa, FsaVec], log_semiring: bool = True, use_double_scores: bool = False,
+                   backend: str = "auto"):
     """Per-state forward scores ``[total_states]`` (global numbering over the batch: member i's state s is
     ``x.state_splits[i] + s``): the semiring sum over paths from the member's start state to the state.
     Computed without autograd (use `forward_score` / `arc_posteriors` for gradients)."""
-    _check(x, "forward_scores")
-    plan = _plan(x)
+    k, plan, dp = _setup(x, "forward_scores", backend, use_double_scores)
     with torch.no_grad():
-        alpha = _alpha(plan, _dp_dtype(x, use_double_scores), _sr.get(log_semiring))
-        return alpha.index_select(0, plan.pos)
+        alpha = _alpha(plan, x.scores.detach().to(dp), _sr.get(log_semiring), k)
+        return _out(alpha.index_select(0, plan.pos), x, use_double_scores)
 
 
-def backward_scores(x: Union[Fsa, FsaVec], log_semiring: bool = True, use_double_scores: bool = False):
+def _out(t, x, use_double_scores):
+    """Results in the input dtype (float64 with ``use_double_scores``)."""
+    return t if use_double_scores else t.to(x.scores.dtype)
+
+
+def backward_scores(x: Union[Fsa, FsaVec], log_semiring: bool = True, use_double_scores: bool = False,
+                    backend: str = "auto"):
     """Per-state backward scores ``[total_states]`` (global numbering): the semiring sum over paths from the
     state to its member's final state. Computed without autograd."""
-    _check(x, "backward_scores")
-    plan = _plan(x)
+    k, plan, dp = _setup(x, "backward_scores", backend, use_double_scores)
     with torch.no_grad():
-        beta = _beta(plan, _dp_dtype(x, use_double_scores), _sr.get(log_semiring))
-        return beta.index_select(0, plan.pos)
+        beta = _beta(plan, x.scores.detach().to(dp), _sr.get(log_semiring), k)
+        return _out(beta.index_select(0, plan.pos), x, use_double_scores)
 
 
-def arc_posteriors(x: Union[Fsa, FsaVec], use_double_scores: bool = False) -> torch.Tensor:
+def arc_posteriors(x: Union[Fsa, FsaVec], use_double_scores: bool = False, backend: str = "auto") -> torch.Tensor:
     """``[num_arcs]`` the posterior probability of each arc (the total probability of the paths through it,
     normalised by the forward score); zeros for members without a path. Equal to the gradient of
     ``forward_score(x).sum()`` w.r.t. the scores. Computed without autograd."""
-    _check(x, "arc_posteriors")
-    plan = _plan(x)
+    k, plan, dp = _setup(x, "arc_posteriors", backend, use_double_scores)
     with torch.no_grad():
-        sc = _dp_dtype(x, use_double_scores)
-        alpha = _alpha(plan, sc, _sr.LOG)
-        beta = _beta(plan, sc, _sr.LOG)
-        return _posteriors(plan, sc, alpha, beta, _totals(plan, alpha))
+        sc = x.scores.detach().to(dp)
+        alpha = _alpha(plan, sc, _sr.LOG, k)
+        beta = _beta(plan, sc, _sr.LOG, k)
+        return _out(_posteriors(plan, sc, alpha, beta, _totals(plan, alpha)), x, use_double_scores)
 
 
-def viterbi_path(x: Union[Fsa, FsaVec], use_double_scores: bool = False):
+def viterbi_path(x: Union[Fsa, FsaVec], use_double_scores: bool = False, backend: str = "auto"):
     """The best path of each member as a linear `Fsa` / `FsaVec` (states 0..k, arcs j -> j+1).
 
     Arc j of the result came from an input arc (the arc map), so its score is an ``index_select`` of the input
-    scores (gradients flow back to them) and aux_labels and attributes follow. Ties are broken as in
-    `viterbi_score`'s gradient. A member without a path becomes the empty FSA (0 states)."""
-    _check(x, "viterbi_path")
-    plan = _plan(x)
+    scores (gradients flow back to them) and aux_labels and attributes follow. A member without a path
+    becomes the empty FSA (0 states).
+
+    Ties (the library's one rule, shared by `viterbi_score`'s gradient, `gtn.compose_score`'s path and
+    gradient and the dense Viterbi of `gtn.dense_forward_score`): among the best paths, the one whose arcs,
+    read from the final state backwards, come first in arc order: every state on the path takes, of its
+    entering arcs that attain its best score exactly, the lowest-numbered one."""
+    return _viterbi_path(x, use_double_scores, backend, "viterbi_path")
+
+
+def _viterbi_path(x, use_double_scores: bool, backend: str, what: str, key=None):
+    k, plan, dp = _setup(x, what, backend, use_double_scores)
     v = as_vec(x)
     dev = v.device
     with torch.no_grad():
-        sc = _dp_dtype(x, use_double_scores)
-        alpha = _alpha(plan, sc, _sr.TROPICAL)
-        members, arcs, steps = _best_arcs(plan, sc, alpha, _totals(plan, alpha))
+        sc = x.scores.detach().to(dp)
+        alpha = _alpha(plan, sc, _sr.TROPICAL, k)
+        members, arcs, steps = _best_arcs(plan, sc, alpha, _totals(plan, alpha), key)
     N = plan.N
     lens = torch.bincount(members, minlength=N) if members.numel() else torch.zeros(N, dtype=torch.int64,
                                                                                      device=dev)

@@ -370,11 +370,25 @@ def _seg_logsumexp(values: torch.Tensor, seg: torch.Tensor, nseg: int) -> torch.
     return torch.where(pos, torch.log(torch.where(pos, s, torch.ones_like(s))) + m, torch.full_like(s, float("-inf")))
 
 
-def _dedupe(p, q, w, num_states):
-    """Merge entries with the same (p, q) by log-sum-exp; the result is sorted by (p, q)."""
+def _seg_max(values: torch.Tensor, seg: torch.Tensor, nseg: int) -> torch.Tensor:
+    """Max of ``values`` per segment id (tropical plus), differentiable with one winner per segment: the first
+    entry that attains the max (the library's tie rule: the lowest index), so the gradient is 0 / 1."""
+    v = values.detach()
+    m = torch.full((nseg,), float("-inf"), dtype=v.dtype, device=v.device)
+    m = m.scatter_reduce(0, seg, v, reduce="amax", include_self=True)
+    hit = v == m.index_select(0, seg)
+    idx = torch.arange(v.numel(), device=v.device)
+    win = torch.full((nseg,), v.numel(), dtype=torch.int64, device=v.device)
+    win = win.scatter_reduce(0, seg[hit], idx[hit], reduce="amin", include_self=True)
+    return values.index_select(0, win)
+
+
+def _dedupe(p, q, w, num_states, tropical: bool = False):
+    """Merge entries with the same (p, q) by log-sum-exp (max when ``tropical``); sorted by (p, q)."""
     key = p * num_states + q
     uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
-    return uniq // num_states, uniq % num_states, _seg_logsumexp(w, inv, uniq.numel())
+    plus = _seg_max if tropical else _seg_logsumexp
+    return uniq // num_states, uniq % num_states, plus(w, inv, uniq.numel())
 
 
 def _epsilon_cycle_state(src, dst, num_states) -> int:
@@ -400,12 +414,18 @@ def _epsilon_cycle_state(src, dst, num_states) -> int:
     return int(succ[s])
 
 
-def remove_epsilon(fsa: Graph, connect: bool = True) -> Graph:
-    """Remove epsilon arcs, preserving the weighted language exactly in the log semiring.
+def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log") -> Graph:
+    """Remove epsilon arcs, preserving the weighted language exactly in the chosen semiring.
+
+    ``semiring="log"`` (the default) keeps every label string's forward score (and the total forward score);
+    ``semiring="tropical"`` keeps every label string's best-path (Viterbi) score (and `viterbi_score`). Each
+    is exact in its own semiring only: parallel epsilon paths are merged by log-sum-exp in the first, by max
+    in the second (whose gradient goes to one path: the first in closure order), so the log result can score
+    a string's best path higher than the input does, and the tropical result under-counts forward scores.
 
     Epsilon arcs are those with label 0 (and, for a transducer, ``aux_label`` 0 too, as OpenFst's
     ``rmepsilon``; transducer arcs with only one epsilon side are kept). For every state p, the epsilon closure
-    ``E(p) = {(q, w)}`` holds the log-sum-exp ``w`` of the scores of all epsilon paths p -> q (the empty path
+    ``E(p) = {(q, w)}`` holds the semiring sum ``w`` (log-sum-exp or max) of the scores of all epsilon paths p -> q (the empty path
     gives ``(p, 0)``). Each non-epsilon arc ``q -> r`` (label l, score s) and each ``(q, w)`` in ``E(p)`` give
     an output arc ``p -> r`` with label l and score ``w + s``; its arc map points at the non-epsilon arc (so
     ``aux_labels`` and attributes come from it; those of the epsilon arcs are dropped). States entered only
@@ -414,23 +434,27 @@ def remove_epsilon(fsa: Graph, connect: bool = True) -> Graph:
     ``connect=False`` the state numbering of the input is kept.
 
     Every successful path of the input corresponds to one output path with the same labels (its epsilon runs
-    folded into the next non-epsilon arc), and the output arc scores are log-sum-exps over the folded runs,
-    so the forward score of every label string (and the total forward score) is unchanged; the tropical
-    (Viterbi) score of a label string is not preserved in general (use the log result's max path with care).
-    Output scores are built with torch ops from the input scores (gathers, sums, a stable segmented
+    folded into the next non-epsilon arc), and the output arc scores are semiring sums over the folded runs,
+    so the semiring's score of every label string is unchanged. Half-precision scores are accumulated in
+    float32 and the result is cast back. Output scores are built with torch ops from the input scores (gathers, sums, a stable segmented
     log-sum-exp), so gradients flow to the input.
 
     Cycles: the non-epsilon part of the graph may be cyclic (the result is then exact as well). Cycles made of
-    epsilon arcs only would need infinite sums; they raise `FsaError` naming a state on such a cycle.
+    epsilon arcs only would need infinite sums (log) or a shortest-distance closure (tropical); they raise `FsaError` naming a state on such a cycle.
 
     Complexity: the closure is computed level by level (epsilon paths of length k from paths of length k-1,
     merging equal (p, q) pairs at each level), so it costs O(L * C * d) for L = the longest epsilon path, C =
     the number of (p, q) closure pairs and d = the epsilon out-degree, and the output has one arc per (closure
     pair, non-epsilon arc leaving q). A chain of k epsilon arcs gives O(k^2) pairs, as with any
     epsilon-removal algorithm."""
+    if semiring not in ("log", "tropical"):
+        raise FsaError(f"remove_epsilon: semiring must be 'log' or 'tropical', got {semiring!r}")
+    tropical = semiring == "tropical"
     v = as_vec(fsa)
     dev = v.device
     S = v.total_states
+    from .kernels import compute_dtype
+    cd = compute_dtype(v.dtype)  # half precision: accumulate in float32
     src, dst, lab = v.src_global, v.dst_global, v.labels
     eps = lab == 0
     if v.aux_labels is not None:
@@ -438,12 +462,12 @@ def remove_epsilon(fsa: Graph, connect: bool = True) -> Graph:
     ei = torch.nonzero(eps).view(-1)
     ni = torch.nonzero(~eps).view(-1)
     e_src, e_dst = src[ei], dst[ei]
-    e_sc = v.scores[ei]
+    e_sc = v.scores[ei].to(cd)
     e_splits = _splits(torch.bincount(e_src, minlength=S))
     # closure pairs, level by level: level 0 is the empty path (p, p, 0)
     p = torch.arange(S, device=dev)
     q = p
-    w = torch.zeros(S, dtype=v.dtype, device=dev)
+    w = torch.zeros(S, dtype=cd, device=dev)
     P, Q, W = [p], [q], [w]
     max_len = int(v.states_per_fsa.max()) if len(v) else 0
     level = 0
@@ -458,12 +482,13 @@ def remove_epsilon(fsa: Graph, connect: bool = True) -> Graph:
             m = int(torch.searchsorted(v.state_splits, torch.tensor(s, device=dev), right=True)) - 1
             where = f"FSA {m} of the batch: " if isinstance(fsa, FsaVec) else ""
             raise FsaError(f"remove_epsilon: {where}state {s - int(v.state_splits[m])} lies on a cycle of "
-                           "epsilon arcs; its log-semiring closure would be an infinite sum")
+                           f"epsilon arcs; its {semiring}-semiring closure is not computed (epsilon cycles "
+                           "are refused in both semirings)")
         pair = torch.repeat_interleave(torch.arange(p.numel(), device=dev), cnt, output_size=idx.numel())
-        p, q, w = _dedupe(p[pair], e_dst[idx], w[pair] + e_sc[idx], S)
+        p, q, w = _dedupe(p[pair], e_dst[idx], w[pair] + e_sc[idx], S, tropical)
         P.append(p), Q.append(q), W.append(w)
     if len(P) > 1:
-        p, q, w = _dedupe(torch.cat(P), torch.cat(Q), torch.cat(W), S)
+        p, q, w = _dedupe(torch.cat(P), torch.cat(Q), torch.cat(W), S, tropical)
     else:
         p, q, w = P[0], Q[0], W[0]
     # output arcs: each closure pair (p, q, w) times the non-epsilon arcs leaving q
@@ -477,7 +502,7 @@ def remove_epsilon(fsa: Graph, connect: bool = True) -> Graph:
     state_fsa = torch.repeat_interleave(torch.arange(len(v), device=dev), v.states_per_fsa, output_size=S)
     out_fsa = state_fsa[out_src_g]
     base = v.state_splits[:-1][out_fsa]
-    scores = w[pair] + v.scores[arc_map]
+    scores = (w[pair] + v.scores[arc_map].to(cd)).to(v.dtype)
     res = _build(v, out_src_g - base, v.arcs[arc_map, 1], lab[arc_map], arc_map, out_fsa, v.states_per_fsa,
                  scores=scores)
     if connect:

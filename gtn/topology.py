@@ -28,7 +28,7 @@ def _leaving_arcs(v: FsaVec, states: torch.Tensor) -> torch.Tensor:
     return ragged_range(starts, splits[states + 1] - starts)
 
 
-def _kahn(x: Union[Fsa, FsaVec]) -> Tuple[torch.Tensor, int]:
+def _kahn(x: Union[Fsa, FsaVec], backend: str = "auto") -> Tuple[torch.Tensor, int]:
     """Kahn's algorithm over the whole batch (cached on ``x``).
 
     Returns ``(level, num_levels)``: ``level[s]`` is the depth of global state s (the longest path from a
@@ -38,7 +38,7 @@ def _kahn(x: Union[Fsa, FsaVec]) -> Tuple[torch.Tensor, int]:
     if "kahn" in c:
         return c["kahn"]
     v = as_vec(x)
-    k = kernels.load("topology_numba", v.device)
+    k = kernels.select("topology_numba", v.device, None, backend, "top_sort")
     level = k.levels(v) if k is not None else _kahn_torch(v)
     res = (level, int(level.max()) + 1 if level.numel() else 0)
     c["kahn"] = res
@@ -137,7 +137,7 @@ def state_batches(x: Union[Fsa, FsaVec]) -> List[torch.Tensor]:
 def _reachable(v: FsaVec, seeds: torch.Tensor, forward: bool) -> torch.Tensor:
     """Bool mask of the global states reachable from ``seeds`` (along arcs, or against them). On CPU a numba
     twin (`gtn.kernels.topology_numba.reachable`) does one O(S + A) search."""
-    k = kernels.load("topology_numba", v.device)
+    k = kernels.select("topology_numba", v.device, None, "auto", "connect")
     if k is not None:
         return k.reachable(v, seeds, forward)
     return _reachable_torch(v, seeds, forward)
@@ -243,15 +243,23 @@ def top_sort(x: Union[Fsa, FsaVec]):
     return out
 
 
+def _k2_label_key(labels: torch.Tensor) -> torch.Tensor:
+    """Labels as k2 compares them in arc_sort: as unsigned 32-bit integers, so the final label -1 (0xFFFFFFFF)
+    sorts after every other label (epsilon 0 first)."""
+    return labels & 0xFFFFFFFF
+
+
 def arc_sort(x: Union[Fsa, FsaVec]):
-    """Sort the arcs of each state by (label, dst), as k2's arc_sort (stable: equal arcs keep their order).
+    """Sort the arcs of each state by (label, dst) in k2's order: labels compared as unsigned 32-bit integers,
+    so ``-1`` arcs come last (k2's ``intersect`` and ``arc_sort`` use this order; `Fsa.is_arc_sorted` checks
+    it). Stable: equal arcs keep their order.
 
     States are not renumbered; scores, aux_labels and attributes follow through the arc map."""
     v = as_vec(x)
     if v.num_arcs == 0:
         return x
     o = torch.sort(v.arcs[:, 1], stable=True).indices
-    o = o[torch.sort(v.arcs[o, 2], stable=True).indices]
+    o = o[torch.sort(_k2_label_key(v.arcs[o, 2]), stable=True).indices]
     o = o[torch.sort(v.src_global[o], stable=True).indices]
     out = v._derive(v.arcs[o], o, v.arc_splits, v.state_splits, kind=FsaVec)
     return like(out, x)

@@ -236,6 +236,12 @@ def best_paths_oracle(fsa: gtn.Fsa) -> List[List[int]]:
     return [p for p, s in paths if s == best]
 
 
+def tie_rule_oracle(paths):
+    """The library's one tie rule by brute force: of the best paths (lists of arc keys, from the start), the one
+    whose keys read from the final arc backwards are smallest in lexicographic order; None for no path."""
+    return min(paths, key=lambda p: list(reversed(p))) if paths else None
+
+
 def arc_posteriors_oracle(fsa: gtn.Fsa) -> List[float]:
     """Per arc: the total probability of the paths through it, ``sum_paths exp(score - forward)``.
 

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import gtn
 from gtn.compose import _coaccessible_torch
 from gtn.fsa import validate
-from strategies import NEG_INF, enumerate_paths, fsa_vecs, fsas, logsumexp, members
+from strategies import NEG_INF, enumerate_paths, fsa_vecs, fsas, logsumexp, members, tie_rule_oracle
 
 import pywrapfst as fst  # OpenFst, the oracle: from pynini, in the "test" extra
 
@@ -143,8 +143,8 @@ def lowered(f: gtn.Fsa, lo: float = -4.0, hi: float = -2.0) -> gtn.Fsa:
 
 def both_impls(a, b, **kw):
     """Compose with the torch reference and the numba kernel; they must agree exactly."""
-    c_t = gtn.compose(a, b, impl="torch", **kw)
-    c_n = gtn.compose(a, b, impl="numba", **kw)
+    c_t = gtn.compose(a, b, backend="torch", **kw)
+    c_n = gtn.compose(a, b, backend="numba", **kw)
     if kw.get("return_arc_maps"):
         assert torch.equal(c_t[1], c_n[1]) and torch.equal(c_t[2], c_n[2])
         assert c_t[0] == c_n[0]
@@ -158,6 +158,7 @@ transducers = fsas(transducer=None, epsilon=True, **small)
 
 
 # ---------------------------------------------------------------------------------------------------- laws
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(transducers, transducers)
 def test_matches_openfst_acyclic(a, b):
@@ -180,6 +181,7 @@ def test_matches_openfst_acyclic(a, b):
         assert bool(_coaccessible_torch(c.src_global, c.dst_global, c.final_states, c.num_states).all())
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(fsas(transducer=None, epsilon=True, acyclic=False, force_cycle=True, **small),
        fsas(transducer=None, epsilon=True, acyclic=False, **small))
@@ -261,6 +263,7 @@ def test_gradcheck(a, b):
     torch.autograd.gradcheck(f, (xa, xb), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(fsa_vecs(transducer=None, epsilon=True, acyclic=False, attr=True, min_fsas=2, max_fsas=3, **small),
        st.data())
@@ -276,10 +279,11 @@ def test_batched_equals_per_member(va, data):
         assert r[i] == gtn.compose(va[i], vb[i])
     r = gtn.compose(one, vb)
     assert len(r) == k and all(r[i] == gtn.compose(one, vb[i]) for i in range(k))
-    r = gtn.compose(va, one, impl="torch")
+    r = gtn.compose(va, one, backend="torch")
     assert len(r) == k and all(r[i] == gtn.compose(va[i], one) for i in range(k))
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(fsas(transducer=None, epsilon=True, acyclic=False, attr=True, **small),
        fsas(transducer=None, epsilon=True, acyclic=False, attr=True, **small))
@@ -306,6 +310,7 @@ def test_arc_maps_and_attributes(a, b):
     assert bool(((am >= 0) | (bm >= 0)).all())
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(fsa_vecs(transducer=None, epsilon=True, acyclic=False, min_fsas=1, max_fsas=3, **small),
        fsas(transducer=None, epsilon=True, acyclic=False, **small))
@@ -317,10 +322,10 @@ def test_kernel_hash_and_search_paths(va, b):
     old = mod._DENSE_MAX, mod._TABLE_MAX
     try:
         mod._DENSE_MAX, mod._TABLE_MAX = 0, 0
-        got = gtn.compose(va, b, impl="numba")
+        got = gtn.compose(va, b, backend="numba")
     finally:
         mod._DENSE_MAX, mod._TABLE_MAX = old
-    assert got == gtn.compose(va, b, impl="torch")
+    assert got == gtn.compose(va, b, backend="torch")
 
 
 @settings(**SETTINGS)
@@ -336,31 +341,33 @@ def test_coaccessible_kernel_matches_torch(g):
 
 
 # ---------------------------------------------------------------------------------------------------- examples
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_epsilon_no_duplicate_paths():
     """a: x:eps then eps:y ; b: eps then y. OpenFst's filter gives exactly one path per pair of paths."""
     a = gtn.Fsa.from_str("0 1 1 0 0.5\n1 2 0 2 0.25\n2 3 -1 -1 0\n3", acceptor=False)
     b = gtn.Fsa.from_str("0 1 0 1.0\n1 2 2 2.0\n2 3 -1 0\n3")
     for impl in ("torch", "numba"):
-        c = gtn.compose(a, b, impl=impl)
+        c = gtn.compose(a, b, backend=impl)
         assert count_paths(c) == 1
         assert float(gtn.forward_score(c)) == pytest.approx(3.75)
-        assert c.to_str() == gtn.compose(a, b, impl="numba").to_str()
+        assert c.to_str() == gtn.compose(a, b, backend="numba").to_str()
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_empty_result():
     for impl in ("torch", "numba"):
-        c = gtn.intersect(gtn.linear_fsa([1, 2]), gtn.linear_fsa([1, 3]), impl=impl)
+        c = gtn.intersect(gtn.linear_fsa([1, 2]), gtn.linear_fsa([1, 3]), backend=impl)
         assert c.num_states == 0 and c.num_arcs == 0
         validate(c)
         assert float(gtn.forward_score(c)) == NEG_INF
-        v = gtn.intersect(gtn.linear_fsa([[1], [2]]), gtn.linear_fsa([2]), impl=impl)
+        v = gtn.intersect(gtn.linear_fsa([[1], [2]]), gtn.linear_fsa([2]), backend=impl)
         assert v.num_states.tolist() == [0, 3]
         fs = gtn.forward_score(v)
         assert fs[0] == NEG_INF and fs[1] == 0
     # empty inputs
     e = gtn.Fsa(torch.zeros(0, 3, dtype=torch.int64), num_states=0)
     assert gtn.compose(e, gtn.linear_fsa([1])).num_states == 0
-    assert gtn.compose(gtn.linear_fsa([1]), e, impl="torch").num_states == 0
+    assert gtn.compose(gtn.linear_fsa([1]), e, backend="torch").num_states == 0
 
 
 def test_empty_gradient_is_zero():
@@ -371,12 +378,13 @@ def test_empty_gradient_is_zero():
     assert torch.equal(a.scores.grad, torch.zeros(3, dtype=torch.float64))
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_cyclic_grammar_lattice():
     """An acyclic lattice against a cyclic bigram-like grammar (the benchmark's shape), with a known total."""
     lat = gtn.Fsa.from_str("0 1 1 0.0\n0 1 2 0.0\n1 2 1 0.0\n1 2 2 0.0\n2 3 -1 0.0\n3")
     g = gtn.Fsa.from_str("0 0 1 0.0\n0 0 2 0.0\n0 1 -1 0.0\n1")
     for impl in ("torch", "numba"):
-        c = gtn.intersect(lat, g, impl=impl)
+        c = gtn.intersect(lat, g, backend=impl)
         assert count_paths(c) == 4
         assert float(gtn.forward_score(c)) == pytest.approx(math.log(4))
 
@@ -398,8 +406,22 @@ def test_bad_input():
         gtn.compose(gtn.linear_fsa([[1], [2]]), gtn.linear_fsa([[1], [2], [3]]))
     with pytest.raises(gtn.FsaError, match="Fsa or FsaVec"):
         gtn.compose("0 1 1 0", t)
-    with pytest.raises(gtn.FsaError, match="impl"):
-        gtn.compose(t, t, impl="cuda")
+    with pytest.raises(gtn.FsaError, match="compose: backend must be 'auto', 'numba' or 'torch', got 'cuda'"):
+        gtn.compose(t, t, backend="cuda")
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+def test_impl_is_a_deprecated_alias_of_backend():
+    a, b = gtn.linear_fsa([1, 2]), gtn.linear_fsa([1, 2])
+    with pytest.warns(DeprecationWarning, match="impl= is deprecated, use backend="):
+        c = gtn.compose(a, b, impl="torch")
+    assert c == gtn.compose(a, b, backend="torch")
+    with pytest.warns(DeprecationWarning):
+        assert gtn.intersect(a, b, impl="torch") == c
+    with pytest.warns(DeprecationWarning), pytest.raises(gtn.FsaError, match="disagree"):
+        gtn.compose(a, b, backend="numba", impl="torch")
+    with pytest.warns(DeprecationWarning), pytest.raises(gtn.FsaError, match="backend must be"):
+        gtn.compose(a, b, impl="cuda")
 
 
 def test_dtype_promotion_and_grad_flow():
@@ -412,6 +434,7 @@ def test_dtype_promotion_and_grad_flow():
     assert b.scores.grad.tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_bigger_lattice_all_paths_agree():
     """A lattice (20 levels x 20 states, fan-out 3) against a cyclic bigram grammar: the torch reference, the
     kernel with its dense pair table, and the kernel with a growing hash table (rehashed several times) and
@@ -432,13 +455,13 @@ def test_bigger_lattice_all_paths_agree():
     g += [(p, V + 1, -1, 0.0) for p in range(1, V + 1)]
     A = gtn.Fsa([t[:3] for t in lat], torch.tensor([t[3] for t in lat], dtype=torch.float64), num_states=F + 1)
     G = gtn.Fsa([t[:3] for t in g], torch.tensor([t[3] for t in g], dtype=torch.float64), num_states=V + 2)
-    ref = gtn.compose(A, G, impl="torch")
-    assert gtn.compose(A, G, impl="numba") == ref
+    ref = gtn.compose(A, G, backend="torch")
+    assert gtn.compose(A, G, backend="numba") == ref
     mod = sys.modules["gtn.compose"]
     old = mod._DENSE_MAX, mod._TABLE_MAX
     try:
         mod._DENSE_MAX, mod._TABLE_MAX = 0, 0
-        assert gtn.compose(A.clone(), G.clone(), impl="numba") == ref
+        assert gtn.compose(A.clone(), G.clone(), backend="numba") == ref
     finally:
         mod._DENSE_MAX, mod._TABLE_MAX = old
     assert ref.num_states > 1000  # enough pairs for the hash table to grow from 1024 slots (twice)
@@ -452,6 +475,7 @@ def _same(x: torch.Tensor, y: torch.Tensor, tol: float = 1e-9) -> bool:
     return torch.equal(torch.isfinite(x), fin) and bool(((x - y)[fin].abs() <= tol * (1 + y[fin].abs())).all())
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(fsa_vecs(max_fsas=4, max_states=9, top_sorted=True, epsilon=False, attr=True),
        fsas(max_states=7, acyclic=False, epsilon=False), st.booleans())
@@ -461,7 +485,7 @@ def test_compose_score_fused_equals_composing_then_scoring(a, b, b_attr):
     epsilon-free b (cycles included)."""
     if b_attr:
         b.set_attr("w", torch.arange(b.num_arcs, dtype=torch.int64))
-    c = gtn.compose(a, b, impl="torch")
+    c = gtn.compose(a, b, backend="torch")
     assert _same(gtn.compose_score(a, b, backend="numba"), gtn.forward_score(c))
     vit = gtn.viterbi_score(c)
     score, path = gtn.compose_score(a, b, log_semiring=False, return_path=True, backend="numba")
@@ -471,8 +495,8 @@ def test_compose_score_fused_equals_composing_then_scoring(a, b, b_attr):
     assert torch.equal(path.scores, ref.scores)
     for k in ("seg", "idx") + (("w",) if b_attr else ()):
         assert torch.equal(getattr(path, k), getattr(ref, k))
-    # the default backend takes the kernel here and agrees with it
-    assert torch.equal(gtn.compose_score(a, b, log_semiring=False), score)
+    # the default backend takes the kernel here (the torch route under GTN_NO_NUMBA=1) and agrees with it
+    assert _same(gtn.compose_score(a, b, log_semiring=False), score)
     # gradients (both inputs' scores): the forward score's are the composition's arc posteriors summed onto the
     # arcs that make each composed arc; the Viterbi score's are 1 on the best path's arcs
     w = torch.rand(len(a), dtype=torch.float64) + 0.5  # distinct weights per member: catches a mixed-up member
@@ -483,7 +507,7 @@ def test_compose_score_fused_equals_composing_then_scoring(a, b, b_attr):
             if fused:
                 z = gtn.compose_score(x, y, log_semiring=log_semiring, backend="numba")
             else:
-                c = gtn.compose(x, y, impl="torch")
+                c = gtn.compose(x, y, backend="torch")
                 z = gtn.forward_score(c) if log_semiring else gtn.viterbi_score(c)
             (torch.where(torch.isfinite(z), z, torch.zeros_like(z)) * w).sum().backward()
             grads.append((x.scores.grad, y.scores.grad))
@@ -491,6 +515,7 @@ def test_compose_score_fused_equals_composing_then_scoring(a, b, b_attr):
         assert torch.allclose(ga, ra, atol=1e-9) and torch.allclose(gb, rb, atol=1e-9), log_semiring
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_compose_score_falls_back_where_the_kernel_does_not_apply():
     """Outside the kernel's conditions the default backend composes (same results as composing by hand), and
     backend='numba' refuses with the reason."""
@@ -530,3 +555,38 @@ def test_compose_score_errors():
         gtn.compose_score(lin, lin, backend="cuda")
     with pytest.raises(gtn.FsaError, match="b must be an Fsa"):
         gtn.compose_score(lin, [1, 2])
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(fsa_vecs(max_fsas=3, max_states=8, top_sorted=True, epsilon=False, integer_scores=True, num_labels=2),
+       fsas(max_states=6, epsilon=False, integer_scores=True, num_labels=2))
+def test_compose_score_ties_follow_the_documented_rule(a, b):
+    """Law with integer scores (ties everywhere): the fused kernel and the composing route of compose_score
+    return the same best path and Viterbi gradient, the one the tie rule names by brute force: of the best
+    paths of the composition, as sequences of (a arc, b arc) pairs, the one whose pairs read backwards from
+    the final arc are smallest (each composed state keeps its best entering pair with the lowest a arc, then
+    the lowest b arc)."""
+    b_paths = enumerate_paths(b)
+    res = []
+    for backend in ("numba", "torch"):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        x.set_attr("ka", torch.arange(a.num_arcs))
+        y.set_attr("kb", torch.arange(b.num_arcs))
+        score, path = gtn.compose_score(x, y, log_semiring=False, return_path=True, backend=backend)
+        score.sum().backward()
+        res.append((score.detach(), path, x.scores.grad, y.scores.grad))
+        for i, f in enumerate(a):
+            o = int(a.arc_splits[i])
+            cands = []
+            for pa, sa in enumerate_paths(f):
+                for pb, sb in b_paths:
+                    if f.labels[pa].tolist() == b.labels[pb].tolist():
+                        cands.append(([(o + ka, kb) for ka, kb in zip(pa, pb)], sa + sb))
+            best = max((s for _, s in cands), default=NEG_INF)
+            want = tie_rule_oracle([p for p, s in cands if s == best]) if best > NEG_INF else None
+            got = list(zip(path[i].ka.tolist(), path[i].kb.tolist())) if path[i].num_arcs else None
+            assert got == want, (backend, i)
+    (s1, p1, ga1, gb1), (s2, p2, ga2, gb2) = res
+    assert torch.equal(s1, s2.to(s1.dtype)) and torch.equal(ga1, ga2) and torch.equal(gb1, gb2)
+    assert torch.equal(p1.arcs, p2.arcs) and torch.equal(p1.arc_splits, p2.arc_splits)

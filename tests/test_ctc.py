@@ -20,9 +20,13 @@ def one_thread():
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch):
-    monkeypatch.setenv("GTN_DENSE_BACKEND", "torch" if request.param == "torch" else "")
-    return request.param
+def backend(request):
+    """Run a test with the numba kernels and with the pure-torch frame loop (``backend="auto"`` either way)."""
+    from gtn import kernels
+    old = kernels.use_numba()
+    kernels.use_numba(request.param == "numba")
+    yield request.param
+    kernels.use_numba(old)
 
 
 # ------------------------------------------------------------------------------------------------ graphs
@@ -148,6 +152,7 @@ CASES = [
 ]
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("dtype,rtol,atol", [(torch.float64, 1e-9, 1e-12), (torch.float32, 1e-4, 1e-6)])
 @pytest.mark.parametrize("case", range(len(CASES)))
 @pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
@@ -168,6 +173,7 @@ def test_ctc_loss_matches_torch(backend, case, reduction, dtype, rtol, atol):
         compare(logits, cat, il, tl, rtol, atol, blank=blank, reduction=reduction, zero_infinity=zero_infinity)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_ctc_loss_impossible_is_inf_with_zero_grad(backend):
     lp = torch.randn(3, 2, 4, dtype=torch.float64).log_softmax(-1).requires_grad_(True)
     targets = torch.tensor([[1, 1, 2], [1, 2, 3]])
@@ -180,6 +186,7 @@ def test_ctc_loss_impossible_is_inf_with_zero_grad(backend):
     assert torch.allclose(z, ref[1])
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_ctc_loss_unbatched(backend):
     logits = torch.randn(9, 5, dtype=torch.float64)
     t = torch.tensor([1, 2, 2])
@@ -189,6 +196,7 @@ def test_ctc_loss_unbatched(backend):
         assert ours.shape == ref.shape == torch.Size([]) and torch.allclose(ours, ref)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_ctc_loss_true_gradient_gradcheck(backend):
     """Unnormalised inputs: ours is the true derivative (gradcheck passes); torch's is not."""
     g = torch.Generator().manual_seed(0)

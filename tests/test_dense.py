@@ -124,6 +124,7 @@ def test_label_out_of_range_and_batch_mismatch():
 
 
 # ------------------------------------------------------------------------------------------------ fused scores
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans(), neg_inf=st.booleans())
 def test_fused_score_equals_brute_force(seed, shared, neg_inf):
@@ -140,6 +141,7 @@ def test_fused_score_equals_brute_force(seed, shared, neg_inf):
             assert torch.allclose(vi[b], torch.tensor(v, dtype=vi.dtype), rtol=1e-9, atol=1e-9), (backend, b)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @settings(**SETTINGS)
 @given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans(), log=st.booleans(), neg_inf=st.booleans())
 def test_numba_equals_torch(seed, shared, log, neg_inf):
@@ -162,6 +164,7 @@ def test_numba_equals_torch(seed, shared, log, neg_inf):
         assert not torch.isnan(t).any()
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("log", [True, False])
 def test_gradcheck(backend, log):
@@ -179,6 +182,7 @@ def test_gradcheck(backend, log):
         assert torch.autograd.gradcheck(f, (sc, x), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_no_path_gives_minus_inf_and_zero_grads(backend):
     # the graph needs at least 3 frames; the second sequence has 2
@@ -194,6 +198,7 @@ def test_no_path_gives_minus_inf_and_zero_grads(backend):
         g.scores.grad = None
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_extreme_scores_fall_back_to_log_domain(backend):
     """Emissions spanning far more than exp(-700) (unnormalised, x1000): the scaled kernel must hand the
@@ -242,6 +247,7 @@ def test_scaled_kernel_fallbacks(monkeypatch, fwd, bwd):
     _numba_vs_torch(gtn.ctc_graph(targets.tolist(), dtype=torch.float64), lp, torch.tensor([20, 17, 12]))
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_long_sequences_numba_matches_torch_float32():
     """CTC-sized problem in float32 (exercises the scaled kernel and float32 gradient output)."""
     torch.manual_seed(0)
@@ -260,18 +266,23 @@ def test_long_sequences_numba_matches_torch_float32():
     assert res[0][1].dtype == torch.float32
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_env_var_forces_torch(monkeypatch):
     from gtn import kernels
-    assert D._numba(force=True) is not None  # numba is a dependency: the "numba" tests above really ran it
+    cpu = torch.device("cpu")
+    assert D._select("numba", cpu, torch.float32) is not None  # numba is a dependency: the "numba" tests ran it
     old = kernels.use_numba()
     kernels.use_numba(False)
     try:
-        assert D._numba() is None
+        assert D._select("auto", cpu, torch.float32) is None
     finally:
         kernels.use_numba(old)
+    # the old variable still works for "auto", and says once that it is deprecated
     monkeypatch.setenv("GTN_DENSE_BACKEND", "torch")
-    assert D._numba() is None
-    assert D._numba(force=True) is not None  # an explicit backend="numba" still runs the kernels
+    monkeypatch.setattr(kernels, "_WARNED", set())
+    with pytest.warns(DeprecationWarning, match="GTN_DENSE_BACKEND is deprecated"):
+        assert D._select("auto", cpu, torch.float32) is None
+    assert D._select("numba", cpu, torch.float32) is not None  # an explicit backend="numba" still runs the kernels
 
 
 # ------------------------------------------------------------------------------------------------ the lattice
@@ -394,3 +405,58 @@ def test_output_beam():
     # every kept path with beam 0 is a best path: its forward score is log(#best paths) + best
     fw = gtn.forward_score(narrow)
     assert bool((fw >= best - 1e-9).all())
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+@settings(**SETTINGS)
+@given(seed=st.integers(0, 2 ** 31 - 1), shared=st.booleans())
+def test_viterbi_ties_follow_the_documented_rule(seed, shared):
+    """Law with integer scores and emissions (ties everywhere): the dense Viterbi gradient, on both backends, is
+    the one of viterbi_score on the lattice from intersect_dense (whose arcs come in (frame, graph arc) order):
+    the library's one tie rule (each (frame, state) keeps its best entering arc with the lowest graph arc)."""
+    g, lp, lengths = random_case(seed, shared=shared, B=3, T=4, C=3)
+    g.scores = g.scores.detach().round()
+    lp = lp.round()
+    grads = []
+    for route in ("lattice", "numba", "torch"):
+        sc = g.scores.detach().clone().requires_grad_(True)
+        x = lp.clone().requires_grad_(True)
+        gg = g.clone()
+        gg.scores = sc
+        d = gtn.DenseFsaVec(x, lengths)
+        z = (gtn.viterbi_score(gtn.intersect_dense(gg, d)) if route == "lattice"
+             else gtn.dense_forward_score(gg, d, log_semiring=False, backend=route))
+        torch.where(torch.isfinite(z), z, torch.zeros_like(z)).sum().backward()
+        grads.append((z.detach(), sc.grad, x.grad))
+    for z, s, x in grads[1:]:
+        assert torch.equal(z, grads[0][0]) and torch.equal(s, grads[0][1]) and torch.equal(x, grads[0][2])
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_accumulates_in_float32(backend, dtype):
+    """Half-precision emissions and scores: the float32 results of the same values, in the input dtype."""
+    for seed in range(6):
+        g, lp, lengths = random_case(seed, B=3, T=5, C=3, dtype=torch.float32)
+        g = g.to(dtype)
+        lp = lp.to(dtype)
+        for log in (True, False):
+            res = []
+            for dt in (dtype, torch.float32):
+                sc = g.scores.detach().to(dt).requires_grad_(True)
+                x = lp.detach().to(dt).requires_grad_(True)
+                gg = g.to(dt)
+                gg.scores = sc
+                z = gtn.dense_forward_score(gg, gtn.DenseFsaVec(x, lengths), log_semiring=log, backend=backend)
+                torch.where(torch.isfinite(z), z, torch.zeros_like(z)).sum().backward()
+                res.append((z.detach(), sc.grad, x.grad))
+            (z, s, x), (z32, s32, x32) = res
+            assert z.dtype == s.dtype == x.dtype == dtype
+            assert torch.equal(z, z32.to(dtype)) and torch.equal(s, s32.to(dtype)) and torch.equal(x, x32.to(dtype))
+    # and ctc_loss, which runs on the same frame loop
+    lp = torch.randn(6, 2, 4).log_softmax(-1)
+    got = gtn.ctc_loss(lp.to(dtype), torch.tensor([[1, 2], [3, 3]]), [6, 5], [2, 2], reduction="none", backend=backend)
+    want = gtn.ctc_loss(lp.to(dtype).float(),
+                        torch.tensor([[1, 2], [3, 3]]), [6, 5], [2, 2], reduction="none", backend=backend)
+    assert got.dtype == dtype and torch.equal(got, want.to(dtype))

@@ -142,7 +142,9 @@ def test_properties():
     assert not h.is_top_sorted and h.is_acyclic
     c = gtn.Fsa([(0, 1, 1), (1, 0, 1), (1, 2, -1)])
     assert not c.is_acyclic and not c.is_top_sorted
-    assert c.properties == {"acyclic": False, "top_sorted": False, "arc_sorted": False, "acceptor": True}
+    # state 1: label 1 then -1, which is k2's order (labels compared as unsigned: -1 last)
+    assert c.properties == {"acyclic": False, "top_sorted": False, "arc_sorted": True, "acceptor": True}
+    assert not gtn.Fsa([(0, 2, -1), (0, 1, 1), (1, 2, -1)]).is_arc_sorted
     v = gtn.FsaVec([f, c, g])
     assert v.num_states.tolist() == [3, 3, 3] and v.num_arcs == 9 and len(v) == 3
     assert not v.is_acyclic and v.total_states == 9

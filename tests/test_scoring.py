@@ -10,7 +10,7 @@ import gtn
 from gtn import scoring
 from strategies import (NEG_INF, arc_posteriors_oracle, best_paths_oracle, enumerate_paths, find_cycle_oracle,
                         forward_oracle, fsa_vecs, fsas, logsumexp, members, openfst_shortest_distance,
-                        viterbi_oracle)
+                        tie_rule_oracle, viterbi_oracle)
 
 LAW = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 SMALL = dict(max_states=10, max_paths=60, max_fsas=3)
@@ -116,13 +116,29 @@ def test_viterbi_path_is_a_best_path(v):
     assert torch.equal(v.scores.grad, grad)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @LAW
-@given(fsas(integer_scores=True, neg_inf=False, max_states=10))
-def test_viterbi_ties_broken_deterministically(f):
-    p1, p2 = gtn.viterbi_path(f), gtn.viterbi_path(f.clone())
-    assert torch.equal(p1.arcs, p2.arcs) and torch.equal(p1.scores, p2.scores)
-    if p1.num_arcs:
-        assert close(p1.scores.sum(), viterbi_oracle(f), 1e-12)
+@given(fsa_vecs(integer_scores=True, neg_inf=True, max_states=10, top_sorted=None, transducer=None),
+       st.sampled_from([torch.float32, torch.float64, torch.bfloat16]))
+def test_viterbi_ties_follow_the_documented_rule(v, dtype):
+    """Law with integer scores (ties everywhere): viterbi_path and the Viterbi gradient pick, on both
+    backends, the best path whose arcs read backwards from the final state come first in arc order."""
+    v = v.to(dtype)
+    v.set_attr("k", torch.arange(v.num_arcs))  # follows the arc map: the input arc of each path arc
+    for backend in ("numba", "torch"):
+        x = v.detach().requires_grad_()
+        p = gtn.viterbi_path(x, backend=backend)
+        gtn.viterbi_score(x, backend=backend).sum().backward()
+        for i, f in enumerate(v):
+            want = tie_rule_oracle(best_paths_oracle(f))
+            o = int(v.arc_splits[i])
+            ind = torch.zeros(f.num_arcs, dtype=dtype)
+            if want is not None:
+                ind[want] = 1
+                assert (p[i].k - o).tolist() == want, (backend, i)
+            else:
+                assert p[i].num_arcs == 0
+            assert torch.equal(x.scores.grad[o:o + f.num_arcs], ind), (backend, i)
 
 
 # ------------------------------------------------------------------------------------------ OpenFst cross-check
@@ -170,6 +186,7 @@ def test_gradcheck_forward_and_viterbi(v):
 
 
 # ------------------------------------------------------------------------------------------ numba vs torch
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @LAW
 @given(fsa_vecs(top_sorted=None, transducer=None, **SMALL), st.sampled_from([torch.float32, torch.float64]))
 def test_numba_and_torch_paths_agree(v, dtype):
@@ -221,16 +238,12 @@ def _assert_same_plan(pk, pt):
 
 
 def _kernel_plan(x):
-    old = scoring.use_numba()
-    scoring.use_numba(True)
-    try:
-        p = scoring._Plan(x)
-    finally:
-        scoring.use_numba(old)
+    p = scoring._Plan(x, kernel=scoring._kernels(backend="numba"))
     assert p._numba is not None  # built by the kernel (the torch builder leaves the sweep arrays for later)
     return p
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @LAW
 @given(fsa_vecs(top_sorted=None, transducer=None, max_states=12, max_fsas=4))
 def test_plan_kernel_equals_torch_builder(v):
@@ -247,6 +260,7 @@ def test_plan_kernel_equals_torch_builder(v):
     assert torch.equal(level, want) and L == (int(want.max()) + 1 if want.numel() else 0)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_plan_builders_agree_on_corner_cases():
     """One-state and empty members, arcs into the start state, a permuted numbering, an all-empty batch."""
     _require_numba()
@@ -338,6 +352,7 @@ def test_no_path_gives_minus_inf_and_zero_grads():
     assert gtn.arc_posteriors(v)[:5].tolist() == [0.0] * 5
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_extreme_scores(both_paths):
     # +-1e30 and -inf arcs: exact results, no NaN, no overflow to inf
     for dtype in (torch.float32, torch.float64):
@@ -362,6 +377,7 @@ def test_extreme_scores(both_paths):
         assert h.scores.grad.tolist() == [1.0, 0.0, 1.0]  # tie: the lowest-numbered arc
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_cyclic_input_raises_naming_a_cycle_state(both_paths):
     f = gtn.Fsa([(0, 1, 1), (1, 2, 2), (2, 3, 3), (3, 1, 4), (3, 4, -1)])
     for fn in (gtn.forward_score, gtn.viterbi_score, gtn.viterbi_path, gtn.forward_scores, gtn.arc_posteriors):
@@ -388,6 +404,7 @@ def test_cyclic_random_raises(v):
     assert s in dict(cyc)[i]
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_device_and_double_scores(dtype, both_paths):
     f = gtn.Fsa([(0, 1, 1, 0.1), (0, 1, 2, 0.7), (1, 2, 3, -0.2), (0, 2, 4, 0.3), (2, 3, -1, 0.05)],
@@ -471,3 +488,28 @@ def test_linear_fsa_accepts_exactly_its_labels(labels):
     assert [int(f.labels[i]) for i in paths[0][0]] == labels + [-1]
     p = gtn.viterbi_path(f)
     assert torch.equal(p.arcs, f.arcs)
+
+
+# ------------------------------------------------------------------------------------------ half precision
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+@LAW
+@given(fsa_vecs(top_sorted=None, transducer=None, dtype=torch.float32, **SMALL),
+       st.sampled_from([torch.float16, torch.bfloat16]))
+def test_half_precision_accumulates_in_float32(v, dtype):
+    """Law: half-precision scores give, on both backends, the float32 results of the same (rounded) scores,
+    cast to the input dtype: totals, gradients, per-state scores, posteriors and the best path."""
+    h = v.to(dtype)
+    ref = h.to(torch.float32)
+    for backend in ("numba", "torch"):
+        x, r = h.detach().requires_grad_(), ref.detach().requires_grad_()
+        for fn in (gtn.forward_score, gtn.viterbi_score):
+            got, want = fn(x, backend=backend), fn(r, backend=backend)
+            assert got.dtype == dtype and torch.equal(got, want.to(dtype)), (backend, fn)
+            got.sum().backward(), want.sum().backward()
+            assert x.scores.grad.dtype == dtype and torch.equal(x.scores.grad, r.scores.grad.to(dtype))
+            x.scores.grad = r.scores.grad = None
+        for fn in (gtn.forward_scores, gtn.backward_scores, gtn.arc_posteriors):
+            got, want = fn(x, backend=backend), fn(r, backend=backend)
+            assert got.dtype == dtype and torch.equal(got, want.to(dtype)), (backend, fn)
+        assert torch.equal(gtn.viterbi_path(x, backend=backend).arcs, gtn.viterbi_path(r, backend=backend).arcs)
+        assert gtn.forward_score(x, use_double_scores=True, backend=backend).dtype == torch.float64

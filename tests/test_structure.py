@@ -49,9 +49,10 @@ def dense_total(f: gtn.Fsa) -> torch.Tensor:
     return torch.log(x[0])
 
 
-def language(f: gtn.Fsa):
-    """Weighted language of an acyclic graph: label string (epsilon symbols dropped) -> log-sum-exp score.
-    Transducer strings are sequences of (label, aux_label) pairs; (0, 0) is the epsilon pair."""
+def language(f: gtn.Fsa, semiring: str = "log"):
+    """Weighted language of an acyclic graph: label string (epsilon symbols dropped) -> log-sum-exp score
+    (``semiring="tropical"``: the best path's score). Transducer strings are sequences of (label, aux_label)
+    pairs; (0, 0) is the epsilon pair."""
     lab = f.labels.tolist()
     aux = None if f.aux_labels is None else f.aux_labels.tolist()
     out = defaultdict(list)
@@ -61,27 +62,52 @@ def language(f: gtn.Fsa):
         else:
             key = tuple((lab[i], aux[i]) for i in arcs if lab[i] != -1 and (lab[i], aux[i]) != (0, 0))
         out[key].append(s)
-    return {k: logsumexp(v) for k, v in out.items()}
+    plus = logsumexp if semiring == "log" else max
+    return {k: plus(v) for k, v in out.items()}
 
 
-def same_language(x, y):
-    return set(x) == set(y) and all(close(x[k], y[k], 1e-7) for k in x)
+def same_language(x, y, tol=1e-7):
+    return set(x) == set(y) and all(close(x[k], y[k], tol) for k in x)
 
 
-def to_openfst(f: gtn.Fsa):
-    """A pywrapfst log64 FST with the same weighted language (labels 0 and -1 are OpenFst's epsilon)."""
+def to_openfst(f: gtn.Fsa, arc_type: str = "log64"):
+    """A pywrapfst FST (``"log64"``, or ``"standard"``: tropical, float32 weights) with the same weighted
+    language (labels 0 and -1 are OpenFst's epsilon)."""
     import pywrapfst as fst
-    o = fst.VectorFst(arc_type="log64")
+    o = fst.VectorFst(arc_type=arc_type)
+    wt = o.weight_type()
     n = f.num_states
     o.add_states(max(n, 1))
     o.set_start(0)
     if n >= 2:
-        o.set_final(n - 1, fst.Weight.one("log64"))
+        o.set_final(n - 1, fst.Weight.one(wt))
     aux = f.labels if f.aux_labels is None else f.aux_labels
     for (s, d, l), a, w in zip(f.arcs.tolist(), aux.tolist(), f.scores.double().tolist()):
         if w != NEG_INF:
-            o.add_arc(s, fst.Arc(max(l, 0), max(a, 0), fst.Weight("log64", -w), d))
+            o.add_arc(s, fst.Arc(max(l, 0), max(a, 0), fst.Weight(wt, -w), d))
     return o
+
+
+def openfst_language(o, semiring: str, acceptor: bool):
+    """Weighted language of an acyclic OpenFst FST, enumerated path by path (as `language`): label string ->
+    semiring sum of the path scores (-cost), final weights included; epsilons (0, or the pair (0, 0)) dropped."""
+    import pywrapfst as fst
+    zero = fst.Weight.zero(o.weight_type())
+    out = defaultdict(list)
+    if o.start() < 0:
+        return {}
+    stack = [(o.start(), (), 0.0)]
+    while stack:
+        s, key, score = stack.pop()
+        fw = o.final(s)
+        if fw != zero:
+            out[key].append(score - float(str(fw)))
+        for arc in o.arcs(s):
+            sym = arc.ilabel if acceptor else (arc.ilabel, arc.olabel)
+            k = key if sym in (0, (0, 0)) else key + (sym,)
+            stack.append((arc.nextstate, k, score - float(str(arc.weight))))
+    plus = logsumexp if semiring == "log" else max
+    return {k: plus(v) for k, v in out.items()}
 
 
 def openfst_total(o) -> float:
@@ -238,6 +264,67 @@ def test_remove_epsilon_law(a):
     assert close(forward_oracle(r), forward_oracle(a), 1e-7)
     assert close(gtn.forward_score(r).item(), gtn.forward_score(a).item(), 1e-9)
     assert same_language(language(r), language(a))
+
+
+@LAW
+@given(fsas(max_states=10, max_paths=40, transducer=None, num_labels=3), st.sampled_from(["log", "tropical"]),
+       st.booleans())
+def test_remove_epsilon_exact_in_its_semiring(a, semiring, integer):
+    """Law, each semiring: every label string keeps its score (log-sum-exp, or the best path's) — brute force
+    on the input and the output — and the output agrees with OpenFst's ``rmepsilon`` in the same semiring
+    (arc type log64, or standard = tropical with float32 weights). Integer scores make ties common."""
+    if integer:
+        a = with_scores(a, torch.where(torch.isinf(a.scores), a.scores, a.scores.round()))
+    r = remove_epsilon(a, semiring=semiring)
+    validate(r)
+    want = language(a, semiring)
+    assert same_language(language(r, semiring), want)
+    tot = gtn.forward_score if semiring == "log" else gtn.viterbi_score
+    assert close(tot(r).item(), tot(a).item(), 1e-9)
+    arc_type, tol = ("log64", 1e-7) if semiring == "log" else ("standard", 1e-5)
+    o = to_openfst(a, arc_type)
+    o.rmepsilon()
+    finite = {k: w for k, w in want.items() if w > NEG_INF}  # OpenFst drops the arcs of cost +inf
+    assert same_language(openfst_language(o, semiring, a.aux_labels is None), finite, tol)
+
+
+def test_remove_epsilon_each_semiring_is_exact_only_in_its_own():
+    """Two parallel epsilon paths 0 -> 1 (scores 0 and 0) then a labelled arc: the log result merges them into
+    log 2, which raises the best path's score; the tropical result keeps 0, and under-counts the forward score."""
+    a = gtn.Fsa([(0, 1, 0, 0.0), (0, 2, 0, 0.0), (2, 1, 0, 0.0), (1, 3, 5, 0.0), (3, 4, -1, 0.0)],
+                dtype=torch.float64)
+    lg, tr = remove_epsilon(a), remove_epsilon(a, semiring="tropical")
+    assert gtn.viterbi_score(a).item() == 0.0 and gtn.viterbi_score(tr).item() == 0.0
+    assert close(gtn.viterbi_score(lg).item(), math.log(2))
+    assert close(gtn.forward_score(lg).item(), math.log(2)) and gtn.forward_score(tr).item() == 0.0
+    with pytest.raises(gtn.FsaError, match="semiring must be 'log' or 'tropical'"):
+        remove_epsilon(a, semiring="max")
+
+
+@LAW
+@given(fsas(max_states=10, max_paths=40, num_labels=3, neg_inf=False))
+def test_remove_epsilon_tropical_viterbi_gradient(a):
+    """Law (continuous scores, so one best path): the Viterbi gradient through the tropical removal is the
+    input's own Viterbi gradient (1 on the arcs of the best path, epsilon arcs included)."""
+    s1 = a.scores.clone().requires_grad_()
+    v1 = gtn.viterbi_score(remove_epsilon(with_scores(a, s1), semiring="tropical"))
+    s2 = a.scores.clone().requires_grad_()
+    v2 = gtn.viterbi_score(with_scores(a, s2))
+    assert close(v1.item(), v2.item())
+    if math.isfinite(v2.item()):
+        v1.backward(), v2.backward()
+        assert torch.equal(s1.grad, s2.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("semiring", ["log", "tropical"])
+def test_remove_epsilon_half_precision(dtype, semiring):
+    """Half precision: accumulated in float32, returned in the input dtype, equal to the float32 result rounded."""
+    a = gtn.Fsa([(0, 1, 0, 0.25), (0, 2, 0, 0.5), (1, 2, 0, -0.75), (2, 3, 4, 1.0), (1, 3, 7, 0.5),
+                 (3, 4, -1, 0.0)])
+    r = remove_epsilon(a.to(dtype), semiring=semiring)
+    assert r.dtype == dtype
+    assert torch.equal(r.scores, remove_epsilon(a, semiring=semiring).scores.to(dtype))
 
 
 @LAW

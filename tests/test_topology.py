@@ -113,6 +113,21 @@ def test_arc_sort(v):
     assert torch.equal(s.src_global, v.src_global[g])
     if v.aux_labels is not None:
         assert torch.equal(s.aux_labels, v.aux_labels[g])
+    # k2's order by brute force: per state, (label as unsigned 32-bit, dst), stable
+    u = lambda l: l % 2 ** 32  # noqa: E731
+    want = sorted(range(v.num_arcs), key=lambda i: (int(v.src_global[i]), u(int(v.labels[i])), int(v.arcs[i, 1]), i))
+    assert g.tolist() == want
+    # is_arc_sorted is the same order: sorted exactly when arc_sort changes nothing
+    assert v.is_arc_sorted == (want == list(range(v.num_arcs)))
+
+
+def test_arc_sort_puts_final_arcs_last_as_k2():
+    """k2 compares labels as unsigned 32-bit integers: epsilon 0 first, the final label -1 last (k2.intersect
+    refuses arcs sorted with -1 first)."""
+    f = gtn.Fsa([(0, 2, -1, 0.5), (0, 1, 3, 1.0), (0, 1, 0, 2.0), (1, 2, -1, 0.0)])
+    s = gtn.arc_sort(f)
+    assert s.arcs[:3, 2].tolist() == [0, 3, -1] and s.scores[:3].tolist() == [2.0, 1.0, 0.5]
+    assert s.is_arc_sorted and not f.is_arc_sorted
 
 
 @LAW

@@ -16,7 +16,7 @@ reallocates (the caller grows the buffers between chunks), and the scratch buffe
 (``gtn.compose`` keeps them per thread) so that they are not page-faulted in every time.
 """
 import numpy as np
-from numba import njit
+from . import njit
 
 from .topology_numba import _reach, _reverse_csr
 

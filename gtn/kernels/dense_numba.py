@@ -19,7 +19,7 @@ dtype of the arrays given.
 import math
 
 import numpy as np
-from numba import njit
+from . import njit
 
 NEG_INF = -np.inf
 

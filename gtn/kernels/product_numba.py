@@ -19,7 +19,7 @@ arithmetic is float64 whatever the input dtype.
 import math
 
 import numpy as np
-from numba import njit
+from . import njit
 
 NEG_INF = -np.inf
 

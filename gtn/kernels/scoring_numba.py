@@ -25,6 +25,7 @@ import torch
 
 try:
     import numba
+    from . import njit as _njit
     _OK = True
 except Exception:  # pragma: no cover - numba is a dependency, but the torch path must not need it
     numba = None
@@ -38,7 +39,7 @@ def available() -> bool:
 
 
 if _OK:
-    @numba.njit(cache=True, nogil=True)
+    @_njit(cache=True, nogil=True)
     def _sweep(row, gidx, vals, fixed, log, reverse, out, w, ninf, want_w):
         """out[p] = semiring sum over k in row[p]:row[p+1] of out[gidx[k]] + vals[k]; fixed states get 0.
 
@@ -81,7 +82,7 @@ if _OK:
                 for k in range(lo, hi):
                     w[k] *= r
 
-    @numba.njit(cache=True, nogil=True)
+    @_njit(cache=True, nogil=True)
     def _grad_local(row, gidx, w, ga, perm, out):
         """Reverse sweep of the forward recursion: ga[p] is the (scaled) posterior of state p; each entering
         arc k takes ga[p] * w[k] (w = its share of alpha[p]) and hands it on to its source state. ``out`` is
@@ -100,7 +101,7 @@ if _OK:
                     out[perm[k]] = c
                     ga[gidx[k]] += c
 
-    @numba.njit(cache=True, nogil=True)
+    @_njit(cache=True, nogil=True)
     def _plan(arcs, arc_splits, state_splits, proto):
         """The whole scoring plan of a graph in one O(states + arcs) pass (the twin of `gtn.scoring._Plan`'s
         torch builder, with identical results): Kahn's algorithm (FIFO; depth = longest path from a state

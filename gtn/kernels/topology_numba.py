@@ -11,6 +11,7 @@ import torch
 
 try:
     import numba
+    from . import njit as _njit
     _OK = True
 except Exception:  # pragma: no cover
     numba = None
@@ -22,7 +23,7 @@ def available() -> bool:
 
 
 if _OK:
-    @numba.njit(cache=True, nogil=True)
+    @_njit(cache=True, nogil=True)
     def _levels(sas, dst, indeg, level):
         """level[s] = longest path (in arcs) from a state without entering arcs to s; -1 if s is on or after
         a cycle (never reached by Kahn's algorithm)."""
@@ -54,7 +55,7 @@ if _OK:
             if not done[s]:
                 level[s] = -1
 
-    @numba.njit(cache=True, nogil=True)
+    @_njit(cache=True, nogil=True)
     def _reach(splits, nxt, seeds, seen):
         """Depth-first search from ``seeds`` over the CSR graph (``splits``, ``nxt``); marks ``seen``."""
         stack = np.empty(seen.shape[0], dtype=np.int64)
@@ -75,7 +76,7 @@ if _OK:
                     stack[top] = d
                     top += 1
 
-    @numba.njit(cache=True, nogil=True)
+    @_njit(cache=True, nogil=True)
     def _reverse_csr(src, dst, S, splits, prev):
         """CSR of the arcs by destination: ``prev[splits[d]:splits[d + 1]]`` are the sources of the arcs
         entering d (a counting sort, O(S + A))."""
