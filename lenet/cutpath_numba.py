@@ -5,11 +5,12 @@ reference; this twin runs the same recursion with the same tie rule and gives id
 used when numba imports and gtn's kernels are enabled (``GTN_NO_NUMBA=1`` turns both off)."""
 from __future__ import annotations
 
-import numba
 import numpy as np
 
+from gtn.kernels import njit
 
-@numba.njit(cache=True)
+
+@njit(cache=True)   # gtn's njit: compiles without the cache (and warns once) where no cache folder is writable
 def path_dp(through, S):   # pragma: no cover - compiled (tested against the numpy reference)
     H, K, J = through.shape
     acc = np.empty((H, K, J))
