@@ -132,7 +132,7 @@ def _children(pid):
         return []
 
 
-TRAIN_ARGS = ["-m", "lenet.train", "--limit", "1200", "--epochs", "10", "--batch-size", "32", "--no-distort",
+TRAIN_ARGS = ["-m", "lenet.train", "--limit", "640", "--epochs", "8", "--batch-size", "32", "--no-distort",
               "--no-plots", "--no-progress", "--resume", "auto"]
 
 
@@ -161,11 +161,11 @@ def test_a_killed_worker_ends_in_a_finished_run_resumed_from_the_last_state(tmp_
     assert proc.returncode == 0, log
     assert "resumed from" in log and "_isolated_pass" in log, log
     resumed_after = int(log.split("(after pass ")[1].split("/")[0])
-    assert 1 <= resumed_after < 10
+    assert 1 <= resumed_after < 8
     ckpt = lenet.checkpoint.read(out)
-    assert [h["epoch"] for h in ckpt["history"]] == list(range(1, 11))
-    assert ckpt["test_error"] < 0.5
-    assert [p.name for p in tmp_path.glob("*.state.pt")] == ["lenet5_isolated_pass0010.state.pt"]
+    assert [h["epoch"] for h in ckpt["history"]] == list(range(1, 9))
+    assert ckpt["test_error"] < 0.6
+    assert [p.name for p in tmp_path.glob("*.state.pt")] == ["lenet5_isolated_pass0008.state.pt"]
 
 
 @pytest.mark.slow
@@ -188,3 +188,21 @@ def test_two_nodes_on_the_loopback_address_train_like_one_process(tmp_path):
     a, b = lenet.checkpoint.read(tmp_path / "two.pt"), lenet.checkpoint.read(tmp_path / "one.pt")
     for k, v in b["state_dict"].items():
         assert torch.allclose(a["state_dict"][k], v, rtol=0, atol=1e-6), k
+
+
+@pytest.mark.slow
+def test_the_example_under_torchrun_writes_a_reader_that_reads_strings(tmp_path):
+    """The issue's 'done when': torchrun --standalone --nproc_per_node=2 examples/multi_digit.py --quick; rank 0
+    alone prints the report and writes the files; lenet.recognize reads strings with its checkpoint."""
+    out = tmp_path / "reader.pt"
+    run = subprocess.run(_torchrun("--standalone", "--nproc_per_node=2", str(ROOT / "examples" / "multi_digit.py"),
+                                   "--quick", "--no-progress", "--out", str(out)),
+                         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.count("global training lowered the loss") == 1  # one report: rank 0's
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["reader.pt", "reader_curves.png", "reader_example.png", "reader_reject.png", "reader_metrics.json",
+         "reader_global_pass0001.state.pt", "reader_isolated_pass0001.state.pt"])
+    strings = make_strings(4, "test", seed=9)
+    texts = lenet.recognize([s.image for s in strings], out)
+    assert len(texts) == 4 and all(t.isdigit() and 3 <= len(t) <= 6 for t in texts)
