@@ -278,7 +278,8 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     if progress:
         from .progress import progress_bar
         bar = progress_bar(total_steps, unit="step")
-        bar.update(first * steps)
+        if first:
+            bar.update(first * steps)
     model.train()
     for epoch in range(first, epochs):
         xe = distorter(x, generator=gen) if distorter is not None else x

@@ -144,3 +144,46 @@ def test_a_crashed_isolated_training_resumes_to_the_uninterrupted_result(tmp_pat
                           states=States(tmp_path / "b.pt", "isolated", resume=states.path(4)), **kw)
     assert all(torch.equal(again.state_dict()[k], v) for k, v in whole.state_dict().items())
     assert torch.load(tmp_path / "c.pt", weights_only=True)["test_error"] == hist[-1]["test_error"]
+
+
+@pytest.mark.slow
+def test_the_example_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path):
+    """examples/multi_digit.py --quick with 2 global passes, killed (SIGKILL) once the state of pass 1 exists,
+    rerun with --resume auto: the same checkpoint and figures as a run that was never interrupted."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, str(root / "examples" / "multi_digit.py"), "--quick", "--global-epochs", "2",
+            "--grid-strings", "0", "--no-progress"]
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    whole = subprocess.run(args + ["--out", str(tmp_path / "a" / "r.pt")], env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stderr
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "b" / "r.pt")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline and not (tmp_path / "b" / "r_global_pass0001.state.pt").exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "r.pt").exists()
+    resumed = subprocess.run(args + ["--out", str(tmp_path / "b" / "r.pt"), "--resume", "auto"], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stderr + resumed.stdout and "(after pass 1/2)" in resumed.stderr + resumed.stdout
+    a = torch.load(tmp_path / "a" / "r.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "r.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((tmp_path / d / "r_metrics.json").read_text()) for d in "ab")
+    for k in ("monitor_loss_before", "monitor_loss_after"):
+        assert ma[k] == mb[k]
+    for k in ("string_accuracy", "digit_error"):
+        assert ma["after"][k] == mb["after"][k] and ma["before"][k] == mb["before"][k]
