@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,8 @@ from lenet.report import budget_lines, plot_curves, plot_example, plot_reject, r
 from lenet.robustness import robustness, robustness_table
 from lenet.segment import SegmentParams
 from lenet.strings import RenderRanges, make_strings, touching_fraction
+from lenet.distributed import SINGLE, init, teardown  # torchrun: data-parallel training (README)
+from lenet.resume import States
 
 
 def machine() -> dict:
@@ -114,11 +117,25 @@ def parse(argv=None):
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: LeNet-5's small batches gain little from more)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--resume", metavar="PATH|auto",
+                   help="continue global training from a resume state (<stem>_global_pass<k>.state.pt, written "
+                        "beside --out after every pass; auto: the latest, or afresh if none); the isolated "
+                        "training resumes from its own latest state")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
+    ctx = init("cpu")  # under torchrun: join the job (lenet.distributed); alone: SINGLE, as ever
+    try:
+        return run(args, ctx)
+    finally:
+        teardown(ctx)
+
+
+def run(args, ctx=SINGLE):
+    if not ctx.is_main:  # the other ranks of a torchrun job train their shares and print nothing
+        sys.stdout = open(os.devnull, "w")
     t0 = time.perf_counter()
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # results appear as they come, even in a log file
@@ -132,7 +149,7 @@ def main(argv=None):
         v = getattr(args, k, None)
         if v is not None:
             cfg[k] = v
-    progress = not args.no_progress
+    progress = not args.no_progress and ctx.is_main
     torch.manual_seed(args.seed)
     out = Path(args.out)
     stem = out.with_suffix("")
@@ -164,7 +181,8 @@ def main(argv=None):
     else:
         from lenet.train import train
         model, iso_history = train(out=None, epochs=cfg["iso_epochs"], seed=args.seed, distort=cfg["distort"],
-                                   limit=cfg["iso_limit"], progress=progress, plots=False)
+                                   limit=cfg["iso_limit"], progress=progress, plots=False, ctx=ctx,
+                                   states=States(out, "isolated", args.resume and "auto", writer=ctx.is_main))
     timings["(a) isolated training"] = time.perf_counter() - t
     model = model.float()
 
@@ -190,21 +208,25 @@ def main(argv=None):
                                   [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0])
         print(f"blank offset (the best of a few on the {len(monitor)} monitor training strings): {blank:.1f}")
     reader.eval()
-    before, preds_a, conf_a = evaluate(reader, test_strings, progress, "evaluate (a)")
-    regime_a = "(a) isolated digits only" if args.system == "hos" else "(a) isolated digits + SDNN windows"
-    before.update(system=args.system, training=regime_a)
-    print(f"{regime_a}: string accuracy {100 * before['string_accuracy']:.1f} %, digit error "
-          f"{100 * before['digit_error']:.2f} %")
-    if args.system == "hos":
-        before["budget"] = error_budget(reader, test_strings, preds_a, test_digits)
-    reader_a = copy.deepcopy(reader)
+    if ctx.is_main:  # rank 0 alone evaluates
+        before, preds_a, conf_a = evaluate(reader, test_strings, progress, "evaluate (a)")
+        regime_a = "(a) isolated digits only" if args.system == "hos" else "(a) isolated digits + SDNN windows"
+        before.update(system=args.system, training=regime_a)
+        print(f"{regime_a}: string accuracy {100 * before['string_accuracy']:.1f} %, digit error "
+              f"{100 * before['digit_error']:.2f} %")
+        if args.system == "hos":
+            before["budget"] = error_budget(reader, test_strings, preds_a, test_digits)
+        reader_a = copy.deepcopy(reader)
 
     # ---- (b) global training through the graph
     t = time.perf_counter()
     hist = train_globally(reader, train_strings, GlobalRecipe.of(cfg), args.seed, progress, monitor,
                           render=lambda k: make_strings(cfg["train_strings"], "train", lengths,
-                                                        seed=args.seed + 100 + k, vary=vary))
+                                                        seed=args.seed + 100 + k, vary=vary),
+                          ctx=ctx, states=States(out, "global", args.resume, writer=ctx.is_main))
     timings["(b) global training"] = time.perf_counter() - t
+    if not ctx.is_main:  # rank 0 alone evaluates, reports and writes
+        return 0
     if hist.get("unreachable"):
         print(f"{hist['unreachable']} training strings had a label no path of their graph could spell "
               f"(digits no segmentation separates); left out of the loss")

@@ -48,7 +48,9 @@ def crop_segments(images: Sequence[torch.Tensor], segs: Sequence[Segmentation], 
     images go into one strip; per-piece sums (mass, moments, ink extent) are gathered once and combined per
     segment, and all crops come out of one ``grid_sample`` call (bilinear), masked by a nearest-neighbour
     sample of the piece map. ``segs`` may be any objects with ``piece_map`` and ``segments`` (e.g.
-    `lenet.segment.WholeImage`).
+    `lenet.segment.WholeImage`). ``dtype`` float64 also samples in float64: the sampling coordinates are
+    relative to the whole strip, so in float32 a crop's pixels depend on where its image sits in the batch
+    (by ~1e-5); in float64 they do not, to ~1e-12 (data-parallel shards then give one process's crops).
     """
     H = max(int(im.shape[0]) for im in images)
     widths = [int(im.shape[1]) for im in images]
@@ -103,8 +105,9 @@ def crop_segments(images: Sequence[torch.Tensor], segs: Sequence[Segmentation], 
     S = seg.shape[0]
     gx = (2 * sx / W - 1)[:, None, :].expand(S, size, size)
     gy = (2 * sy / H - 1)[:, :, None].expand(S, size, size)
-    grid = torch.stack([gx, gy], -1).reshape(1, S * size, size, 2).float()
-    out = F.grid_sample(strip[None, None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sample = torch.float64 if dtype == torch.float64 else torch.float32
+    grid = torch.stack([gx, gy], -1).reshape(1, S * size, size, 2).to(sample)
+    out = F.grid_sample(strip[None, None].to(sample), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     # the piece under each output pixel (nearest source pixel, from the float64 coordinates)
     ix = torch.floor(sx).long()[:, None, :].expand(S, size, size)
     iy = torch.floor(sy).long()[:, :, None].expand(S, size, size)

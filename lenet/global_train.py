@@ -14,12 +14,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 import torch
 
+from .distributed import SINGLE, Context
 from .metrics import error_reject, string_metrics
 from .progress import progress_bar
+from .resume import States, rng_states, set_rng_states
 
 __all__ = ["GlobalRecipe", "train_globally", "PassBatches", "evaluate", "mean_loss", "batches"]
 
@@ -100,12 +102,14 @@ class PassBatches(torch.utils.data.IterableDataset):
     """The batches of one pass of global training, as ``(prepared images, labels)``: pass ``k``'s strings
     (``strings`` for the first pass, ``render(k)`` for later ones when given), in a seeded random order, each
     batch run through ``prepare`` (the reader's network-independent work: segmentation and crops). Run in a
-    ``DataLoader`` worker process, this overlaps with training on the other core."""
+    ``DataLoader`` worker process, this overlaps with training on the other core. ``shard`` (data-parallel
+    training, `lenet.distributed.Context.shard`): each batch is cut to this process's share before
+    ``prepare``; an empty share yields ``(None, [])``."""
 
-    def __init__(self, k, strings, render, batch_size, seed, prepare):
+    def __init__(self, k, strings, render, batch_size, seed, prepare, shard=None):
         super().__init__()
         self.k, self.strings, self.render, self.batch_size = k, strings, render, batch_size
-        self.seed, self.prepare = seed, prepare
+        self.seed, self.prepare, self.shard = seed, prepare, shard
 
     def __iter__(self):
         if torch.utils.data.get_worker_info() is not None:
@@ -116,36 +120,61 @@ class PassBatches(torch.utils.data.IterableDataset):
         share, of = (info.id, info.num_workers) if info is not None else (0, 1)
         for j, b in enumerate(batches([strings[i] for i in order.tolist()], self.batch_size)):
             if j % of == share:  # each worker its share; the DataLoader interleaves them back in order
+                if self.shard is not None:
+                    b = self.shard(b)
+                    if not b:
+                        yield None, []
+                        continue
                 yield self.prepare([s.image for s in b]), [s.label for s in b]
 
 
 def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any]], seed: int, progress: bool,
-                   monitor, render=None):
+                   monitor, render=None, ctx: Context = SINGLE, states: Optional[States] = None):
     """Discriminative forward training through the graph; returns the history (per-step and per-epoch).
 
     ``strings`` are the first pass's training strings; with ``recipe.fresh`` every later pass trains on new
     strings ``render(pass)`` (new combinations of the same training digits, never a test digit). The rates
     decay from their peaks to zero along half a cosine over all steps. A string whose label no path of its
     graph can spell (its digits overlap so much that no segmentation separates them) has an infinite loss and
-    teaches nothing: it is left out of the batch's mean and counted. With ``recipe.workers`` > 0 the strings are rendered, segmented and cropped in that many
-    worker processes while the network trains (the run stays deterministic)."""
+    teaches nothing: it is left out of the batch's mean and counted. With ``recipe.workers`` > 0 the strings are
+    rendered, segmented and cropped in that many worker processes while the network trains (the run stays
+    deterministic).
+
+    ``ctx`` (`lenet.distributed.init` under torchrun): data-parallel training, each process segmenting and
+    training on its share of every batch, the gradient that of the mean over the whole batch; only rank 0
+    computes the monitor loss (``nan`` elsewhere) and writes resume states. ``states`` (`lenet.resume.States`):
+    write a resume state after every pass, and start from the one ``states.resume`` names."""
     cfg = GlobalRecipe.of(recipe)
     net_params = list(reader.model.parameters())
     net_ids = {id(p) for p in net_params}
     other = [p for p in reader.parameters() if id(p) not in net_ids]
     opt = torch.optim.Adam([{"params": net_params, "lr": cfg.lr}, {"params": other, "lr": cfg.seg_lr}])
     peaks = [g["lr"] for g in opt.param_groups]
+    params = net_params + other
     steps = math.ceil(len(strings) / cfg.batch_size)
     total_steps = cfg.global_epochs * steps
     prepare = getattr(reader, "prepare", None) or (lambda images: images)
     workers = cfg.workers
-    hist = {"step_loss": [], "epoch_loss": [], "monitor_loss": [mean_loss(reader, monitor)], "unreachable": 0}
-    reader.train()
+    ctx.broadcast_module(reader)  # every rank starts from rank 0's parameters (they should be equal anyway)
+    state = states.start(ctx) if states is not None else None
+    first = 0
     step = 0
+    if state is None:
+        hist = {"step_loss": [], "epoch_loss": [], "unreachable": 0,
+                "monitor_loss": [mean_loss(reader, monitor) if ctx.is_main else float("nan")]}
+    else:
+        reader.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        hist, first, step = state["history"], state["pass"], state["step"]
+        set_rng_states(state["rng"])
+    reader.train()
     with progress_bar(total_steps, "global training", "step", enabled=progress) as bar:
-        for epoch in range(cfg.global_epochs):
+        if state is not None and ctx.is_main:
+            bar.update(step)
+            bar.write(f"resumed from {states.resumed_from} (after pass {first}/{cfg.global_epochs})")
+        for epoch in range(first, cfg.global_epochs):
             data = PassBatches(epoch, strings, render if cfg.fresh else None, cfg.batch_size, seed,
-                               prepare)
+                               prepare, shard=ctx.shard if ctx.distributed else None)
             if workers > 0:
                 data = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4)
             total, counted = 0.0, 0
@@ -153,27 +182,56 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
                 factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
                 for group, peak in zip(opt.param_groups, peaks):
                     group["lr"] = peak * factor
-                losses = reader.loss(images, labels, reduction="none")
-                finite = torch.isfinite(losses.detach())
-                hist["unreachable"] += int((~finite).sum())
+                if ctx.distributed:
+                    loss, v, count, unreachable = _shared_loss(reader, images, labels, ctx)
+                else:
+                    losses = reader.loss(images, labels, reduction="none")
+                    finite = torch.isfinite(losses.detach())
+                    count, unreachable = int(finite.sum()), int((~finite).sum())
+                    loss = losses[finite].mean() if count else None
+                hist["unreachable"] += unreachable
                 step += 1
                 bar.update(1)
-                if not bool(finite.any()):
+                if not count:
                     continue
-                loss = losses[finite].mean()
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss is not None:
+                    loss.backward()
+                ctx.average_gradients(params)
                 opt.step()
-                v = float(loss.detach())
+                if not ctx.distributed:
+                    v = float(loss.detach())
                 if not math.isfinite(v):
                     raise FloatingPointError(f"the loss became {v}; lower --lr")
                 hist["step_loss"].append(v)
-                total += v * int(finite.sum())
-                counted += int(finite.sum())
+                total += v * count
+                counted += count
                 bar.set_postfix(loss=f"{v:.3f}", refresh=False)
             hist["epoch_loss"].append(total / max(counted, 1))
-            hist["monitor_loss"].append(mean_loss(reader, monitor))
-            bar.write(f"pass {epoch + 1}/{cfg.global_epochs}: mean training loss {hist['epoch_loss'][-1]:.4f}, "
-                      f"loss on the {len(monitor)} monitor strings {hist['monitor_loss'][-1]:.4f}")
+            hist["monitor_loss"].append(mean_loss(reader, monitor) if ctx.is_main else float("nan"))
+            if ctx.is_main:
+                bar.write(f"pass {epoch + 1}/{cfg.global_epochs}: mean training loss {hist['epoch_loss'][-1]:.4f}, "
+                          f"loss on the {len(monitor)} monitor strings {hist['monitor_loss'][-1]:.4f}")
+            if states is not None:
+                states.save(epoch + 1, {"model": reader.state_dict(), "optimizer": opt.state_dict(),
+                                        "history": hist, "step": step, "rng": rng_states()})
     reader.eval()
     return hist
+
+
+def _shared_loss(reader, images, labels, ctx: Context):
+    """One process's part of a data-parallel step: ``(loss to back-propagate or None, the global mean loss,
+    the global count of finite losses, the global count of unreachable strings)``. The local loss is the sum
+    of this share's finite losses over the *global* count, so the gradients summed over the ranks are those
+    of the global mean."""
+    if labels:
+        losses = reader.loss(images, labels, reduction="none")
+        finite = torch.isfinite(losses.detach())
+        local = losses[finite].sum() if bool(finite.any()) else None
+        stats = [int(finite.sum()), float(local.detach()) if local is not None else 0.0, int((~finite).sum())]
+    else:
+        local, stats = None, [0, 0.0, 0]
+    count, total, unreachable = ctx.sum(stats)
+    count, unreachable = int(round(count)), int(round(unreachable))
+    loss = local / count if local is not None and count else None
+    return loss, total / max(count, 1), count, unreachable

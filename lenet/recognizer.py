@@ -125,11 +125,13 @@ class PreparedBatch:
         return len(self.images)
 
 
-def prepare_batch(images, params: SegmentParams = SegmentParams(), crops: bool = True) -> PreparedBatch:
-    """Standardize, over-segment and crop a list of images (all that `StringReader` does before the network)."""
+def prepare_batch(images, params: SegmentParams = SegmentParams(), crops: bool = True,
+                  dtype: torch.dtype = torch.float32) -> PreparedBatch:
+    """Standardize, over-segment and crop a list of images (all that `StringReader` does before the network);
+    ``dtype``: of the crops (see `crop_segments`)."""
     xs = [standardize(im) for im in images]
     segs, graphs = segment_batch(xs, params)
-    return PreparedBatch(xs, segs, graphs, crop_segments(xs, segs) if crops else None,
+    return PreparedBatch(xs, segs, graphs, crop_segments(xs, segs, dtype=dtype) if crops else None,
                          torch.cat([s.features for s in segs]))
 
 
@@ -163,12 +165,13 @@ class StringReader(nn.Module):
 
     def prepare(self, images) -> "PreparedBatch":
         """Everything of a batch that does not depend on the network (see `prepare_batch`)."""
-        return prepare_batch(images, self.params)
+        return prepare_batch(images, self.params, dtype=self.transformer.seg_weight.dtype)
 
     def interpret(self, images):
         """The interpretation graph (`FsaVec`, one member per image) and the segmentations. ``images``: a list
         of images or a `PreparedBatch`."""
-        p = images if isinstance(images, PreparedBatch) else prepare_batch(images, self.params)
+        p = images if isinstance(images, PreparedBatch) else prepare_batch(
+            images, self.params, dtype=self.transformer.seg_weight.dtype)
         return self.transformer(p.graphs, p.crops, p.features), p.segmentations
 
     def forward(self, images) -> FsaVec:

@@ -47,6 +47,8 @@ from typing import Dict, List, Optional, Tuple, Union
 import torch
 
 from . import checkpoint
+from .distributed import SINGLE, Context, init, teardown
+from .resume import States, rng_states, set_rng_states
 from .data import ElasticDistortion, RandomAffine, load_digits, load_idx_dataset, prepare
 from .model import VARIANTS, build
 from .optim import SDLM, paper_learning_rate
@@ -150,7 +152,8 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
           curvature_samples: int = SDLM_DEFAULTS["curvature_samples"], warmup_steps: Optional[int] = None,
           warmup_factor: float = SDLM_DEFAULTS["warmup_factor"], limit: Optional[int] = None,
           validation: int = DEFAULTS["validation"], validation_offset: int = 0, dtype: torch.dtype = torch.float32, progress: bool = True,
-          plots: bool = True, log=print) -> Tuple[torch.nn.Module, List[Dict]]:
+          plots: bool = True, log=print, ctx: Context = SINGLE,
+          states: Optional[States] = None) -> Tuple[torch.nn.Module, List[Dict]]:
     """Train a LeNet-5 variant on isolated digits; returns ``(model, history)``.
 
     ``optimizer``: ``"adam"`` (default), ``"sgd"`` or ``"sdlm"`` (the paper's; see the module docstring);
@@ -172,6 +175,12 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     the pass's last step), ``train_loss``, ``train_error`` (on the pass's own, possibly distorted, batches
     while training), ``val_error`` and ``val_loss`` (when ``validation``), ``test_error``, ``seconds`` (since
     the start).
+
+    ``ctx`` (`lenet.distributed.init` under torchrun): data-parallel training, each process running its share
+    of every mini-batch (the distortions, the order and the curvature samples are drawn alike on every rank,
+    from the same generator), the gradient that of the mean over the whole mini-batch; rank 0 alone
+    evaluates, logs and writes. ``states`` (`lenet.resume.States`): write a resume state after every pass and
+    start from the one ``states.resume`` names.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
@@ -196,6 +205,8 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     if distort and not affine and not elastic:
         raise ValueError("distort without affine distortions needs elastic > 0")
     start = time.perf_counter()
+    if not ctx.is_main:
+        log, progress, out = (lambda *args: None), False, None
     x, y, xt, yt, source = _load_data(idx_dir)
     if limit is not None:
         x, y = x[:limit], y[:limit]
@@ -245,15 +256,32 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
         + (", distorted" if distort else "") + f", {optimizer}, {epochs} passes, batch {batch_size}, seed {seed}")
 
     history: List[Dict] = []
+    ctx.broadcast_module(model)
+    first = 0
+    state = states.start(ctx) if states is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        set_rng_states(state["rng"])
+        history, first = state["history"], state["pass"]
+        if averaged is not None:
+            _copy_into(averaged, state["averaged"])
+            if first < epochs:  # the state holds the averaged weights in the model (see below); train on
+                _copy_into(params, state["current"])
+        log(f"resumed from {states.resumed_from} (after pass {first}/{epochs})")
     n = len(x)
+    test_error, test_preds = float("nan"), None
     steps = math.ceil(n / batch_size)
     total_steps = epochs * steps
     bar = None
     if progress:
         from .progress import progress_bar
         bar = progress_bar(total_steps, unit="step")
+        if first:
+            bar.update(first * steps)
     model.train()
-    for epoch in range(epochs):
+    for epoch in range(first, epochs):
         xe = distorter(x, generator=gen) if distorter is not None else x
         if distorter is not None and distort_fraction < 1:
             xe = mix_distorted(x, xe, distort_fraction, gen)
@@ -274,11 +302,15 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
                 lr_now = cosine_rate(epoch * steps + step, total_steps, lr, warmup_steps)
                 _set_lr(opt, lr_now)
             idx = order[step * batch_size:(step + 1) * batch_size]
-            penalties = model(xe[idx])
-            loss = model.loss(penalties, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if ctx.distributed:
+                loss, wrong_here = _shared_step(model, xe, y, idx, opt, params, ctx)
+            else:
+                penalties = model(xe[idx])
+                loss = model.loss(penalties, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                wrong_here = int((penalties.detach().argmin(-1) != y[idx]).sum())
             if averaged is not None:
                 # Exponential moving average of the weights, with a shorter memory at the start.
                 t = epoch * steps + step
@@ -288,7 +320,7 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
                 raise FloatingPointError(f"loss became {loss.item()} in pass {epoch + 1}, step {step + 1}; "
                                          "lower the learning rate")
             total_loss += loss.item() * len(idx)
-            wrong += int((penalties.detach().argmin(-1) != y[idx]).sum())
+            wrong += wrong_here
             if bar is not None:
                 bar.update(1)
                 if step % 50 == 0 or step == steps - 1:
@@ -297,18 +329,22 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
         if averaged is not None:  # evaluate (and finally keep) the averaged weights
             current = [p.detach().clone() for p in params]
             _copy_into(params, averaged)
-        test_error, test_preds = evaluate(model, xt, yt)
+        test_error, test_preds = evaluate(model, xt, yt) if ctx.is_main else (float("nan"), None)
         record = dict(epoch=epoch + 1, lr=lr_now, train_loss=total_loss / n, train_error=wrong / n)
-        if xv is not None:
+        if xv is not None and ctx.is_main:
             record["val_error"] = evaluate(model, xv, yv)[0]
             with torch.no_grad():
                 model.eval()
                 record["val_loss"] = model.loss(model(xv), yv).item()
                 model.train()
-        if averaged is not None and epoch < epochs - 1:
-            _copy_into(params, current)
         record.update(test_error=test_error, seconds=time.perf_counter() - start)
         history.append(record)
+        if states is not None:
+            states.save(epoch + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                    "generator": gen.get_state(), "rng": rng_states(), "history": history,
+                                    **({"averaged": averaged, "current": current} if averaged is not None else {})})
+        if averaged is not None and epoch < epochs - 1:
+            _copy_into(params, current)
         message = (f"pass {epoch + 1:2d}/{epochs}: lr {lr_now:.2e}  train loss {record['train_loss']:.4f}  "
                    f"train error {100 * record['train_error']:.2f}%  "
                    + (f"validation error {100 * record['val_error']:.2f}% (loss {record['val_loss']:.4f})  "
@@ -323,6 +359,8 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     model.eval()
 
     if out is not None:
+        if test_preds is None or first == epochs:  # resumed after the last pass: evaluate the final weights
+            test_error, test_preds = evaluate(model, xt, yt)
         confusion = confusion_matrix(yt, test_preds, model.num_classes)
         path = checkpoint.save_model(model, out, history=history, train_config=config,
                                      test_error=test_error, confusion=confusion,
@@ -333,6 +371,25 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
             for p in _plots(path, history, confusion, title):
                 log(f"wrote {p}")
     return model, history
+
+
+def _shared_step(model, xe, y, idx, opt, params, ctx: Context):
+    """One data-parallel step on the mini-batch ``idx``: this rank's share of it forward and backward, with
+    the loss summed over the share and divided by the whole batch's size, the gradients summed over the
+    ranks, the optimiser step. Returns ``(the batch's mean loss as a 0-d tensor, the batch's wrong count)``."""
+    local = ctx.shard(idx)
+    opt.zero_grad(set_to_none=True)
+    if len(local):
+        penalties = model(xe[local])
+        loss = model.loss(penalties, y[local], reduction="sum")
+        (loss / len(idx)).backward()
+        stats = [float(loss.detach()), int((penalties.detach().argmin(-1) != y[local]).sum())]
+    else:
+        stats = [0.0, 0]
+    ctx.average_gradients(params)
+    opt.step()
+    total, wrong = ctx.sum(stats)
+    return torch.tensor(total / len(idx), dtype=torch.float64), int(round(wrong))
 
 
 def _plots(path: Path, history: List[Dict], confusion: torch.Tensor, title: str) -> List[Path]:
@@ -436,15 +493,27 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--double", action="store_true", help="train in float64")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNGs")
+    p.add_argument("--resume", metavar="PATH|auto",
+                   help="continue from a resume state (written beside --out after every pass, "
+                        "<stem>_isolated_pass<k>.state.pt); auto: the latest one, or afresh if there is none")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    ctx = init("cpu")  # under torchrun: join the job (lenet.distributed); alone: one process, as ever
+    try:
+        _run(a, ctx)
+    finally:
+        teardown(ctx)
+
+
+def _run(a, ctx: Context) -> None:
     train(out=a.out, epochs=a.epochs, seed=a.seed, variant=a.variant, distort=a.distort, idx_dir=a.idx_dir,
           batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr, weight_decay=a.weight_decay,
           lr_scale=a.lr_scale, mu=a.mu, j=a.j, rotate=a.rotate,
           elastic=a.elastic, elastic_sigma=a.elastic_sigma, affine=a.affine, ema=a.ema,
           distort_fraction=a.distort_fraction, warmup_steps=a.warmup_steps, limit=a.limit,
           validation=a.validation, validation_offset=a.validation_offset, dtype=torch.float64 if a.double else torch.float32,
-          progress=not a.no_progress, plots=not a.no_plots)
+          progress=not a.no_progress, plots=not a.no_plots,
+          ctx=ctx, states=States(a.out, "isolated", a.resume, writer=ctx.is_main))
 
 if __name__ == "__main__":
     main()
