@@ -72,3 +72,23 @@ def test_table_counts_cells_off_their_ceiling():
     text = robustness_table(rows)
     assert "1 of 2" in text               # the overlap-4 cell is outside the goal; the second misses
     assert "| 32 | 30 % | 2 | 85.0 % | 4.00 % | 90.0 % | +5.0 |" in text
+
+
+def test_grid_script_reads_a_checkpoint(tmp_path):
+    """examples/robustness_grid.py on a saved (untrained) reader: one row per grid cell, and a clear refusal of
+    a checkpoint that is not a reader."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from lenet.recognizer import StringReader, save_reader
+    script = Path(__file__).resolve().parents[1] / "examples" / "robustness_grid.py"
+    ckpt = save_reader(StringReader(build("paper")), tmp_path / "r.pt")
+    out = subprocess.run([sys.executable, str(script), str(ckpt), "--strings", "1", "--json", str(tmp_path / "g.json")],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.count("\n| ") == 35       # header, rule and 33 cells
+    import json
+    assert len(json.loads((tmp_path / "g.json").read_text())) == 33
+    from lenet.checkpoint import save_model
+    lenet_ckpt = save_model(build("paper"), tmp_path / "l.pt")
+    r = subprocess.run([sys.executable, str(script), str(lenet_ckpt)], capture_output=True, text=True)
+    assert r.returncode != 0
