@@ -2,9 +2,9 @@
 
     python benchmarks/reader_speed.py [--checkpoint runs/reader.pt] [--strings 160] [--rounds 3]
 
-Times, in one process with one torch thread, for the previous default segmentation (straight vertical cuts,
-``SegmentParams(cut_paths=0)``, up to 6 pieces a segment) and the current one (cut paths,
-``SegmentParams(cut_paths=0.3, max_pieces=10)``), on the same strings (the example's test setting: 3-6 test
+Times, in one process with one torch thread, for the default segmentation (straight vertical cuts,
+``SegmentParams(cut_paths=0)``, up to 6 pieces a segment) and cut paths
+(``SegmentParams(cut_paths=0.3, max_pieces=10)``), on the same strings (the example's test setting: 3-6 test
 digits, 30 % touching, overlaps up to 2 columns) and the same network:
 
 * **training**: ``--strings`` strings in batches of 16 through ``reader.prepare`` (segmentation and crops),
@@ -30,8 +30,8 @@ from lenet.recognizer import StringReader  # noqa: E402
 from lenet.segment import SegmentParams  # noqa: E402
 from lenet.strings import make_strings  # noqa: E402
 
-SETTINGS = {"straight cuts (before)": SegmentParams(cut_paths=0.0, max_pieces=6),
-            "cut paths (now)": SegmentParams(cut_paths=0.3, max_pieces=10)}
+SETTINGS = {"straight cuts (the default)": SegmentParams(cut_paths=0.0, max_pieces=6),
+            "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10)}
 
 
 def train_rate(reader, strings, batch=16):
@@ -88,7 +88,7 @@ def main():
         print(f"{name}: {arcs[name]:.1f} segment arcs per string; training {med[name]['train']:.1f} strings/s, "
               f"decoding {med[name]['decode']:.1f} strings/s")
     (b, n) = list(readers)
-    print(f"training time ratio now / before: {med[b]['train'] / med[n]['train']:.2f}x; "
+    print(f"training time ratio cut paths / default: {med[b]['train'] / med[n]['train']:.2f}x; "
           f"decoding: {med[b]['decode'] / med[n]['decode']:.2f}x")
 
 

@@ -4,8 +4,8 @@
 
 For every cell of `lenet.strings.GRID` (heights 24/32/40; no touching pairs, or 30 % / 60 % touching with ink
 boxes overlapping by up to 0-4 columns) it renders ``--strings`` strings of 3-6 test digits and reports, for
-the straight vertical cuts (``SegmentParams(cut_paths=0)``, the previous default) and for the least-ink cut paths
-(``SegmentParams(cut_paths=0.3, max_pieces=10)``, the default reader's), the **coverage** — the share of strings
+the straight vertical cuts (``SegmentParams(cut_paths=0)``, the default) and for the least-ink cut paths
+(``SegmentParams(cut_paths=0.3, max_pieces=10)``, the example's ``--cut-paths 0.3 --max-pieces 10``), the **coverage** — the share of strings
 whose true segmentation is a path of their graph (`lenet.segment.true_path`: each segment holds at least
 1 - tolerance of its digit's ink and at least 1 - tolerance of its ink is that digit's, judged on the renderer's
 owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
