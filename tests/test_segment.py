@@ -341,7 +341,6 @@ def test_cut_paths_validated():
 def test_compiled_cut_path_program_equals_the_numpy_reference():
     """The numba twin of the cut-path program gives the same tables as the numpy reference (ties included:
     integer-valued costs make many), and segmentations through either are identical."""
-    pytest.importorskip("numba", reason="numba is a dependency of the project; without it only the reference runs")
     rng = np.random.default_rng(1)
     for trial in range(40):
         H, K, J = int(rng.integers(2, 30)), int(rng.integers(1, 6)), int(rng.integers(1, 12))
