@@ -82,22 +82,17 @@ def interleaved(shapes, threads, repeats):
     load of a shared machine changing from second to second."""
     import torch
     import gtn
+    from reference import ctc_inputs, ctc_step   # this folder's reference workloads (same seeded inputs)
     torch.set_num_threads(threads)
     print(f"| B,T,C,U | threads | torch median ms | gtn median ms | median of per-pair ratios gtn/torch | "
           f"min ms torch / gtn |")
     print("| --- | --- | --- | --- | --- | --- |")
     for shape in shapes:
         B, T, C, U = (int(x) for x in shape.split(","))
-        g = torch.Generator().manual_seed(0)
-        logits0 = torch.randn(T, B, C, generator=g)
-        targets = torch.randint(1, C, (B, U), generator=g)
-        il, tl = torch.full((B,), T), torch.full((B,), U)
+        inputs = ctc_inputs(B, T, C, U)      # the reference workload's seeded inputs
 
         def step(fn):
-            x = logits0.clone().requires_grad_(True)
-            loss = fn(x.log_softmax(-1), targets, il, tl, reduction="sum")
-            loss.backward()
-            return float(loss.detach())
+            return ctc_step(fn, inputs)
 
         fns = (torch.nn.functional.ctc_loss, gtn.ctc_loss)
         losses = [step(f) for f in fns]  # warm-up (numba kernels load here)

@@ -165,20 +165,27 @@ def compose_workload(L, W, K, V):
     return desc, [("project", project, None), ("openfst", run_openfst, None)], 4, arcs
 
 
-def ctc_workload(B, T, C, U):
+def ctc_inputs(B, T, C, U):
+    """The seeded CTC workload: ``(logits [T, B, C], targets [B, U], input lengths, target lengths)``."""
     g = torch.Generator().manual_seed(0)
     logits0 = torch.randn(T, B, C, generator=g)
     targets = torch.randint(1, C, (B, U), generator=g)
-    il, tl = torch.full((B,), T), torch.full((B,), U)
+    return logits0, targets, torch.full((B,), T), torch.full((B,), U)
 
-    def step(fn):
-        x = logits0.clone().requires_grad_(True)
-        loss = fn(x.log_softmax(-1), targets, il, tl, reduction="sum")
-        loss.backward()
-        return float(loss.detach())
 
-    impls = [("project", lambda: step(gtn.ctc_loss), None),
-             ("torch", lambda: step(torch.nn.functional.ctc_loss), None)]
+def ctc_step(fn, inputs):
+    """One forward + backward of the CTC loss ``fn`` (gtn's or torch's) through ``log_softmax``; the loss."""
+    logits0, targets, il, tl = inputs
+    x = logits0.clone().requires_grad_(True)
+    loss = fn(x.log_softmax(-1), targets, il, tl, reduction="sum")
+    loss.backward()
+    return float(loss.detach())
+
+
+def ctc_workload(B, T, C, U):
+    inputs = ctc_inputs(B, T, C, U)
+    impls = [("project", lambda: ctc_step(gtn.ctc_loss, inputs), None),
+             ("torch", lambda: ctc_step(torch.nn.functional.ctc_loss, inputs), None)]
     desc = f"CTC loss B={B} T={T} C={C} U={U}, forward + backward through log_softmax, float32"
     return desc, impls, 4
 

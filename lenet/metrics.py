@@ -74,7 +74,6 @@ def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
     accuracy, context aside), and, of the ``wrong`` strings, how many contain such a digit
     (``wrong_with_misread_digit``) and how many do not (``wrong_without``: errors of segmentation, or of reading
     a digit in its string that the network reads right alone)."""
-    from .data import prepare
     from .recognizer import StringReader
     net = model.model if isinstance(model, StringReader) else model
     if not isinstance(net, LeNetBase) or net.num_classes != 10:
@@ -86,15 +85,8 @@ def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
         raise ValueError(f"{len(strings)} strings but {len(predicted)} predicted texts")
     if any(s.sources is None for s in strings):
         raise ValueError("error_budget needs strings from lenet.strings.make_strings (they carry `sources`)")
-    labels = torch.as_tensor(labels)
-    was_training = net.training
-    net.eval()
-    dtype = next(net.parameters()).dtype
-    with torch.no_grad():
-        x = prepare(images, dtype)
-        preds = torch.cat([net(x[i:i + 1000]).argmin(-1) for i in range(0, len(x), 1000)])
-    net.train(was_training)
-    misread = preds != labels
+    from .robustness import isolated_misread
+    misread = isolated_misread(net, (images, labels))
     rows = torch.cat([s.sources for s in strings]) if strings else torch.zeros(0, dtype=torch.long)
     owner = torch.repeat_interleave(torch.tensor([len(s.sources) for s in strings], dtype=torch.long))
     has_bad = torch.zeros(len(strings), dtype=torch.long).index_add_(0, owner, misread[rows].long()) > 0

@@ -442,11 +442,11 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
         plan.append((c, c0, c1, inner))
     # cut paths: one dynamic program for every component that needs cutting
     jobs = [(np.where(lab == c, x, 0.0), inner, c0, c1) for c, c0, c1, inner in plan if radius > 0 and inner]
-    found = iter(_cut_paths(jobs, radius) if jobs else [])
+    found = iter(zip(jobs, _cut_paths(jobs, radius)) if jobs else [])
     for c, c0, c1, inner in plan:
         if radius > 0 and inner:
-            xc = np.where(lab == c, x, 0.0)
-            paths = _distinct_paths(xc, next(found))
+            job, paths = next(found)
+            paths = _distinct_paths(job[0], paths)   # job[0]: this component's grey image
             table[c, c0:c1] = len(comp)
             if len(paths):
                 bent.append((c, len(comp), paths))
