@@ -381,9 +381,9 @@ class StringSet(Sequence):
         return ["".join(str(int(d)) for d in labels[p.rows]) for p in self._plans]
 
     @property
-    def rendered(self) -> int:
-        """How many strings have been drawn so far."""
-        return len(self._done)
+    def drawn(self) -> List[int]:
+        """The indices of the strings drawn so far, in increasing order."""
+        return sorted(self._done)
 
     def _render(self, plan: _Plan) -> DigitString:
         images_np, labels_np = self._source

@@ -320,12 +320,12 @@ def test_strings_are_those_of_the_sequential_renderer(kw):
     assert len(set(want)) == n
     assert [_digest(s) for s in make_strings(n, **kw)] == want
     lazy = make_strings(n, lazy=True, **kw)
-    assert isinstance(lazy, StringSet) and len(lazy) == n and lazy.rendered == 0
-    assert lazy.labels == [s.label for s in _old_make_strings(n, **kw)] and lazy.rendered == 0
+    assert isinstance(lazy, StringSet) and len(lazy) == n and lazy.drawn == []
+    assert lazy.labels == [s.label for s in _old_make_strings(n, **kw)] and lazy.drawn == []
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     mine = order[:n // 3]  # a share: the others are never drawn
     assert {i: _digest(lazy[i]) for i in mine} == {i: want[i] for i in mine}
-    assert lazy.rendered == len(mine)
+    assert lazy.drawn == sorted(mine)
     assert lazy[mine[0]] is lazy[mine[0]]  # kept once drawn
     assert [_digest(s) for s in lazy[-3:]] == want[-3:]
 
@@ -348,7 +348,7 @@ def test_render_string_makes_the_draws_it_made_before():
 
 def test_string_set_indexing_and_errors():
     lazy = make_strings(5, "test", seed=2, lazy=True)
-    assert [s.label for s in lazy] == lazy.labels and lazy.rendered == 5
+    assert [s.label for s in lazy] == lazy.labels and lazy.drawn == [0, 1, 2, 3, 4]
     assert lazy[-1] is lazy[4] and lazy[1:3] == [lazy[1], lazy[2]]
     with pytest.raises(IndexError):
         lazy[5]
