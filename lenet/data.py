@@ -262,6 +262,12 @@ class RandomAffine(nn.Module):
         out = self.warp(x, self.theta(n, height, width, generator))
         return out[0] if single else out
 
+    def draws_apart(self) -> bool:
+        """Whether this distortion's draws (`theta`) and its resampling (`warp`) are all of ``forward``, so
+        that the draws can be made for many images and only some of them resampled (not so for a subclass
+        that overrides ``forward``)."""
+        return type(self).forward is RandomAffine.forward
+
     def warp(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """Resample images ``[N, C, H, W]`` by drawn transforms ``theta`` (`theta`'s ``[N, 2, 3]``): the
         drawing-free half of ``forward``, so that draws can be made now and applied later (or elsewhere)."""

@@ -461,7 +461,7 @@ def _distortion(distort):
 def _splits(t) -> bool:
     """Whether a distortion's draws (``theta``) can be made apart from its resampling (``warp``)."""
     from .data import RandomAffine
-    return isinstance(t, RandomAffine) and type(t).forward is RandomAffine.forward
+    return isinstance(t, RandomAffine) and t.draws_apart()
 
 
 def _warp(digits: torch.Tensor, t, theta: Optional[torch.Tensor], g: Optional[torch.Generator] = None) -> torch.Tensor:
