@@ -10,7 +10,8 @@ timed pass makes its strings and trains on them, as every pass of the default ru
 process renders them all (``make_strings``), each of several processes makes every string's random draws and
 renders only its shares (``make_strings(..., lazy=True)``). The figure is the pass's strings over its wall
 time, measured on rank 0 between two barriers; the one-process line also says how much of its pass went to
-rendering. The processes start with ``torch.multiprocessing`` and join the group as torchrun's workers would
+rendering, and how long the strings' random draws alone take (``lazy=True``: what every process repeats).
+The processes start with ``torch.multiprocessing`` and join the group as torchrun's workers would
 (the same ``lenet.distributed.init``). Also printed: the machine (CPU model, cores) and its load
 (``os.getloadavg``) before and after: on a busy machine two processes cannot reach twice one's rate.
 """
@@ -100,10 +101,14 @@ def _worker_alone(args, folder):
                           workers=0)
     train_globally(reader, make_strings(2 * args.batch_size, "train", seed=1), recipe, 0, False, [])
     t = time.perf_counter()
+    make_strings(args.strings, "train", seed=2, lazy=True)  # what every process of a job repeats: the draws
+    draws = time.perf_counter() - t
+    t = time.perf_counter()
     strings = make_strings(args.strings, "train", seed=2)
     rendered = time.perf_counter()
     train_globally(reader, strings, recipe, 0, False, [])
-    _write(folder, seconds=time.perf_counter() - t, render_seconds=rendered - t, threads=torch.get_num_threads())
+    _write(folder, seconds=time.perf_counter() - t, render_seconds=rendered - t, draw_seconds=draws,
+           threads=torch.get_num_threads())
 
 
 def _cpu():
@@ -136,8 +141,9 @@ def main(argv=None):
               f"{rates[world]:.2f} training strings/s"
               + (f" ({rates[world] / rates[args.processes[0]]:.2f}x {args.processes[0]})"
                  if world != args.processes[0] else "")
-              + (f"; rendering the strings took {got['render_seconds']:.1f} s of it "
-                 f"({100 * got['render_seconds'] / seconds:.0f} %)" if "render_seconds" in got else ""))
+              + (f"; rendering the strings took {got['render_seconds']:.2f} s of it "
+                 f"({100 * got['render_seconds'] / seconds:.0f} %), their random draws alone "
+                 f"{got['draw_seconds']:.2f} s" if "render_seconds" in got else ""))
     print(f"load average after {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
