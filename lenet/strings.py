@@ -9,14 +9,17 @@ Each digit also gets a small random size change and vertical shift, and optional
 The renderer returns the true column extent of each digit (``extents[i] = (x0, x1)``, ``x1`` exclusive) so that
 tests can check segmentation against the truth; the reader itself is trained from the label strings only.
 
-Everything is driven by a ``torch.Generator``: the same seed gives the same strings. ``make_strings`` draws the
-digits of one split only (``"test"`` for evaluation strings, ``"train"`` for training strings), so a reader
-evaluated on test strings never saw any of their digits.
+Everything is driven by a ``torch.Generator``: the same seed gives the same strings. No random draw depends
+on the drawing (the noise's count on the digits' ink boxes at most), so `make_strings` makes all the draws
+first and draws the images after; ``lazy=True`` draws an image when it is first indexed, so a process of a
+data-parallel job renders only its share. ``make_strings`` draws the digits of one split only (``"test"`` for
+evaluation strings, ``"train"`` for training strings), so a reader evaluated on test strings never saw any of
+their digits.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import inspect
 import math
@@ -312,7 +315,8 @@ def _shear(img: torch.Tensor, degrees: float) -> torch.Tensor:
 
 def make_strings(n: int, split: str = "test", lengths: Tuple[int, int] = (3, 6), seed: int = 0,
                  digits: Optional[Tuple[torch.Tensor, torch.Tensor]] = None, distort=None,
-                 vary: Optional[RenderRanges] = None, lazy: bool = False, **render_kw):
+                 vary: Optional[RenderRanges] = None, lazy: bool = False,
+                 **render_kw) -> Union[List[DigitString], "StringSet"]:
     """``n`` random digit strings whose lengths are uniform in ``lengths`` (inclusive).
 
     The digits are drawn with replacement from ``lenet.load_digits(split, raw=True)`` (or from ``digits`` =
@@ -337,7 +341,7 @@ def make_strings(n: int, split: str = "test", lengths: Tuple[int, int] = (3, 6),
     lo, hi = lengths
     if not 1 <= lo <= hi:
         raise ValueError(f"lengths must satisfy 1 <= min <= max, got {lengths}")
-    strings = StringSet(_plan_strings(n, images, labels, lo, hi, seed, distort, vary, render_kw))
+    strings = StringSet(*_plan_strings(n, images, labels, lo, hi, seed, distort, vary, render_kw))
     return strings if lazy else list(strings)
 
 
@@ -360,8 +364,8 @@ class StringSet(Sequence):
     made up front and whose images are drawn on first access (and kept). ``strings[i]`` is exactly the ``i``-th
     string of the list `make_strings` returns for the same arguments; ``labels`` are known without drawing."""
 
-    def __init__(self, plans):
-        self._plans, self._source, self._distort = plans
+    def __init__(self, plans, source, distortion):
+        self._plans, self._source, self._distort = plans, source, distortion  # see _plan_strings
         self._done = {}
 
     def __len__(self) -> int:
@@ -405,7 +409,7 @@ class StringSet(Sequence):
 
 
 _RENDER_DEFAULTS = {k: v.default for k, v in inspect.signature(render_string).parameters.items()
-                    if v.default is not inspect.Parameter.empty and k != "return_owner"}
+                    if v.default is not inspect.Parameter.empty and k not in ("generator", "return_owner")}
 _LAYOUT_KEYS = ("height", "touch", "max_overlap", "gap", "scale", "shift", "margin")
 
 
