@@ -163,16 +163,21 @@ def run(args, ctx=SINGLE):
     # ---- data: training strings from training-split digits, test strings from test-split digits only
     t = time.perf_counter()
     vary = RenderRanges() if cfg.get("vary") else None
-    train_strings = make_strings(cfg["train_strings"], "train", lengths, seed=args.seed + 1, vary=vary)
+    # under torchrun the training strings are lazy (lenet.strings.StringSet): every rank makes every string's
+    # random draws, and draws the pixels of its own shares alone; rank 0 alone draws the test strings
+    lazy = ctx.distributed
+    train_strings = make_strings(cfg["train_strings"], "train", lengths, seed=args.seed + 1, vary=vary, lazy=lazy)
     monitor = make_strings(cfg["monitor_strings"], "train", lengths, seed=args.seed + 2, vary=vary)
     test_digits = lenet.load_digits("test", raw=True)
-    test_strings = make_strings(cfg["test_strings"], "test", lengths, seed=args.seed + 3, digits=test_digits)
+    test_strings = make_strings(cfg["test_strings"], "test", lengths, seed=args.seed + 3, digits=test_digits,
+                                lazy=not ctx.is_main)
     timings["render strings"] = time.perf_counter() - t
     per_pass = " per pass, new ones every pass" if cfg.get("fresh") else ""
-    print(f"{len(train_strings)} training strings (train digits{', varied rendering' if vary else ''}){per_pass}, "
-          f"{len(test_strings)} test strings (test digits), "
-          f"lengths {lengths[0]}-{lengths[1]}; {100 * touching_fraction(test_strings):.0f} % of neighbouring "
-          f"test digits touch or overlap")
+    if ctx.is_main:
+        print(f"{len(train_strings)} training strings (train digits{', varied rendering' if vary else ''}){per_pass}, "
+              f"{len(test_strings)} test strings (test digits), "
+              f"lengths {lengths[0]}-{lengths[1]}; {100 * touching_fraction(test_strings):.0f} % of neighbouring "
+              f"test digits touch or overlap")
 
     # ---- (a) LeNet-5 on isolated digits
     t = time.perf_counter()
@@ -224,7 +229,7 @@ def run(args, ctx=SINGLE):
     t = time.perf_counter()
     hist = train_globally(reader, train_strings, GlobalRecipe.of(cfg), args.seed, progress, monitor,
                           render=lambda k: make_strings(cfg["train_strings"], "train", lengths,
-                                                        seed=args.seed + 100 + k, vary=vary),
+                                                        seed=args.seed + 100 + k, vary=vary, lazy=lazy),
                           ctx=ctx, states=States(out, "global", args.resume, writer=ctx.is_main))
     timings["(b) global training"] = time.perf_counter() - t
     if not ctx.is_main:  # rank 0 alone evaluates, reports and writes

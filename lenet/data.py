@@ -259,10 +259,20 @@ class RandomAffine(nn.Module):
         if x.dim() != 4 or not x.is_floating_point():
             raise ValueError(f"expected float images [N, C, H, W] or [C, H, W], got {x.dtype} {tuple(x.shape)}")
         n, _, height, width = x.shape
-        theta = self.theta(n, height, width, generator)
-        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-        out = F.grid_sample(x - self.fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + self.fill
+        out = self.warp(x, self.theta(n, height, width, generator))
         return out[0] if single else out
+
+    def draws_apart(self) -> bool:
+        """Whether this distortion's draws (`theta`) and its resampling (`warp`) are all of ``forward``, so
+        that the draws can be made for many images and only some of them resampled (not so for a subclass
+        that overrides ``forward``)."""
+        return type(self).forward is RandomAffine.forward
+
+    def warp(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Resample images ``[N, C, H, W]`` by drawn transforms ``theta`` (`theta`'s ``[N, 2, 3]``): the
+        drawing-free half of ``forward``, so that draws can be made now and applied later (or elsewhere)."""
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x - self.fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + self.fill
 
     def extra_repr(self) -> str:
         return (f"translate={self.translate}, scale={self.scale}, squeeze={self.squeeze}, shear={self.shear}"

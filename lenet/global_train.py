@@ -104,7 +104,9 @@ class PassBatches(torch.utils.data.IterableDataset):
     batch run through ``prepare`` (the reader's network-independent work: segmentation and crops). Run in a
     ``DataLoader`` worker process, this overlaps with training on the other core. ``shard`` (data-parallel
     training, `lenet.distributed.Context.shard`): each batch is cut to this process's share before
-    ``prepare``; an empty share yields ``(None, [])``."""
+    ``prepare``; an empty share yields ``(None, [])``. A string is indexed only when its batch (its share) is
+    made, so strings from ``make_strings(..., lazy=True)`` (a `lenet.strings.StringSet`) are drawn by the
+    process (or worker) that trains on them, and by no other."""
 
     def __init__(self, k, strings, render, batch_size, seed, prepare, shard=None):
         super().__init__()
@@ -118,13 +120,15 @@ class PassBatches(torch.utils.data.IterableDataset):
         order = torch.randperm(len(strings), generator=torch.Generator().manual_seed(self.seed * 1000 + self.k))
         info = torch.utils.data.get_worker_info()
         share, of = (info.id, info.num_workers) if info is not None else (0, 1)
-        for j, b in enumerate(batches([strings[i] for i in order.tolist()], self.batch_size)):
+        for j, rows in enumerate(batches(order.tolist(), self.batch_size)):
             if j % of == share:  # each worker its share; the DataLoader interleaves them back in order
                 if self.shard is not None:
-                    b = self.shard(b)
-                    if not b:
+                    rows = self.shard(rows)
+                    if not rows:
                         yield None, []
                         continue
+                # indexed only now: strings from make_strings(..., lazy=True) are drawn here, this share's alone
+                b = [strings[i] for i in rows]
                 yield self.prepare([s.image for s in b]), [s.label for s in b]
 
 
@@ -133,7 +137,9 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
     """Discriminative forward training through the graph; returns the history (per-step and per-epoch).
 
     ``strings`` are the first pass's training strings; with ``recipe.fresh`` every later pass trains on new
-    strings ``render(pass)`` (new combinations of the same training digits, never a test digit). The rates
+    strings ``render(pass)`` (new combinations of the same training digits, never a test digit). Either may
+    be a lazy `lenet.strings.StringSet` (``make_strings(..., lazy=True)``): each process then draws only the
+    strings of its shares. The rates
     decay from their peaks to zero along half a cosine over all steps. A string whose label no path of its
     graph can spell (its digits overlap so much that no segmentation separates them) has an infinite loss and
     teaches nothing: it is left out of the batch's mean and counted. With ``recipe.workers`` > 0 the strings are

@@ -129,6 +129,29 @@ def mix_distorted(originals: torch.Tensor, distorted: torch.Tensor, fraction: fl
     return torch.where(keep.view((-1,) + (1,) * (originals.dim() - 1)), originals, distorted)
 
 
+class PassDistortions:
+    """One pass's distorted training digits, resampled when indexed: the pass's draws (a transform per digit,
+    then, with ``fraction`` < 1, which digits stay as they are) are made at once, exactly as
+    ``distorter(x, generator=gen)`` and `mix_distorted` make them, and ``self[rows]`` resamples those rows
+    alone — bit for bit the same rows. Data-parallel training uses it so that each process distorts only its
+    shares of the pass."""
+
+    def __init__(self, x: torch.Tensor, distorter: RandomAffine, fraction: float, gen: torch.Generator):
+        self.x, self.distorter = x, distorter
+        self.theta = distorter.theta(len(x), x.shape[-2], x.shape[-1], gen)
+        self.keep = torch.rand(len(x), generator=gen) >= fraction if fraction < 1 else None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, rows) -> torch.Tensor:
+        x = self.x[rows]
+        out = self.distorter.warp(x, self.theta[rows])
+        if self.keep is not None:
+            out = torch.where(self.keep[rows].view((-1,) + (1,) * (x.dim() - 1)), x, out)
+        return out
+
+
 @torch.no_grad()
 def _copy_into(params: List[torch.Tensor], values: List[torch.Tensor]) -> None:
     for p, v in zip(params, values):
@@ -178,7 +201,8 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
 
     ``ctx`` (`lenet.distributed.init` under torchrun): data-parallel training, each process running its share
     of every mini-batch (the distortions, the order and the curvature samples are drawn alike on every rank,
-    from the same generator), the gradient that of the mean over the whole mini-batch; rank 0 alone
+    from the same generator; with the affine distortions, `PassDistortions`, a rank resamples only the digits
+    of its shares), the gradient that of the mean over the whole mini-batch; rank 0 alone
     evaluates, logs and writes. ``states`` (`lenet.resume.States`): write a resume state after every pass and
     start from the one ``states.resume`` names.
     """
@@ -282,9 +306,12 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
             bar.update(first * steps)
     model.train()
     for epoch in range(first, epochs):
-        xe = distorter(x, generator=gen) if distorter is not None else x
-        if distorter is not None and distort_fraction < 1:
-            xe = mix_distorted(x, xe, distort_fraction, gen)
+        if ctx.distributed and isinstance(distorter, RandomAffine) and distorter.draws_apart():
+            xe = PassDistortions(x, distorter, distort_fraction, gen)  # each process resamples its shares
+        else:
+            xe = distorter(x, generator=gen) if distorter is not None else x
+            if distorter is not None and distort_fraction < 1:
+                xe = mix_distorted(x, xe, distort_fraction, gen)
         if sdlm:
             lr_now = paper_learning_rate(epoch) * lr_scale
             warm = warmup_steps if epoch == 0 else 0

@@ -43,13 +43,15 @@ def _reader():
     return reader
 
 
-def _strings():
-    return make_strings(7, "train", seed=5)
+def _strings(lazy=False):
+    return make_strings(7, "train", seed=5, lazy=lazy)
 
 
 def _both_trainers(ctx):
     reader = _reader()
-    hist = train_globally(reader, _strings(), RECIPE, seed=0, progress=False, monitor=[], ctx=ctx)
+    # the ranks draw only their shares of lazy strings; one process draws them all at once, as ever
+    hist = train_globally(reader, _strings(lazy=ctx.distributed), RECIPE, seed=0, progress=False, monitor=[],
+                          ctx=ctx)
     model, history = train(ctx=ctx, **ISOLATED)
     return reader, hist, model, history
 
@@ -81,6 +83,26 @@ def test_shards_cover_every_batch_once_in_order():
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
     # fewer items than ranks: some shares are empty
     assert [Context(rank=r, world_size=3).shard([7]) for r in range(3)] == [[], [], [7]]
+
+
+def test_each_rank_draws_only_its_shares_of_lazy_strings():
+    """PassBatches over make_strings(..., lazy=True): each rank draws the strings of its shares and no other
+    (no string drawn by two ranks, every string by one), and they are the strings one process trains on."""
+    world, n = 3, 29
+    alone = [(images, labels) for images, labels in PassBatches(0, make_strings(n, "train", seed=6), None, 8, 4,
+                                                                lambda images: images)]
+    drawn, shares = [], []
+    for r in range(world):
+        lazy = make_strings(n, "train", seed=6, lazy=True)
+        shares.append(list(PassBatches(0, lazy, None, 8, 4, lambda images: images,
+                                       shard=Context(rank=r, world_size=world).shard)))
+        drawn.append(lazy.drawn)
+        assert len(lazy.drawn) == sum(len(labels) for _, labels in shares[-1])
+    assert sorted(i for d in drawn for i in d) == list(range(n))
+    for j, (images, labels) in enumerate(alone):
+        assert sum((shares[r][j][1] for r in range(world)), []) == labels
+        got = [im for r in range(world) if shares[r][j][0] is not None for im in shares[r][j][0]]
+        assert len(got) == len(images) and all(torch.equal(a, b) for a, b in zip(got, images))
 
 
 def test_alone_is_the_single_context(monkeypatch):

@@ -137,6 +137,28 @@ def test_distort_fraction():
         train(distort_fraction=1.5, **tiny)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pass_distortions_are_the_rows_of_the_whole_pass(dtype):
+    """PassDistortions (data-parallel lenet.train): the pass's draws made at once, any rows resampled later
+    are bit for bit those rows of distorter(x) (then mix_distorted), and the generator ends where it ends."""
+    from lenet.data import RandomAffine
+    from lenet.train import PassDistortions, mix_distorted
+    x = load_digits("train")[0][:300].to(dtype)
+    t = RandomAffine(rotate=10.0)
+    assert t.draws_apart()
+    for fraction in (1.0, 0.6):
+        g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+        whole = t(x, generator=g1)
+        if fraction < 1:
+            whole = mix_distorted(x, whole, fraction, g1)
+        lazy = PassDistortions(x, t, fraction, g2)
+        assert torch.equal(g1.get_state(), g2.get_state()) and len(lazy) == len(x)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+        for rows in (order[:16], order[16:23], order[290:]):
+            assert torch.equal(lazy[rows], whole[rows])
+        assert not torch.equal(whole, x)
+
+
 def test_weight_average():
     tiny = dict(epochs=2, limit=160, batch_size=16, warmup_steps=2, seed=5, **QUIET)
     # With a zero rate the weights never move, so their average is the initial weights again.

@@ -207,3 +207,152 @@ def test_grid_spans_the_settings():
     for c in GRID:   # every cell renders
         s = make_strings(2, "test", seed=1, **c)
         assert s[0].image.shape[0] == c["height"]
+
+
+# --------------------------------------------------------------------------- lazy strings: the same draws, in order
+# The oracle: make_strings and render_string as they were before the draws were split from the drawing (commit
+# 81c2c94), one string after the other from one generator. The published figures were made with these strings.
+from lenet.data import RandomAffine  # noqa: E402
+from lenet.strings import StringSet, _randint, _shear, _thicken, _uniform  # noqa: E402
+import hashlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+
+def _old_render_string(digits, g, *, height=32, touch=0.3, max_overlap=2, gap=(1, 5), scale=(0.85, 1.1), shift=2,
+                       margin=(2, 5), noise=0.0, slant=0.0, thickness=0.0):
+    from lenet.strings import _ink_crop
+    k = height / 32.0
+    shift_px = int(round(shift * k))
+    pieces, ys = [], []
+    for d in digits:
+        crop = _ink_crop(d).float()
+        s = _uniform(scale[0], scale[1], g) * k
+        h = max(1, round(crop.shape[0] * s))
+        w = max(1, round(crop.shape[1] * s))
+        h = max(1, min(h, height - 2 * shift_px))
+        img = F.interpolate(crop[None, None], size=(h, w), mode="bilinear", align_corners=False,
+                            antialias=True)[0, 0]
+        if thickness != 0.0:
+            img = _thicken(img, thickness)
+        if slant != 0.0:
+            img = _shear(img, slant)
+        pieces.append(img)
+        ys.append((height - img.shape[0]) // 2 + _randint(-shift_px, shift_px, g))
+    xs, x = [], _randint(round(margin[0] * k), round(margin[1] * k), g)
+    for i, p in enumerate(pieces):
+        if i > 0:
+            if float(torch.rand((), generator=g)) < touch:
+                x += _randint(-int(round(max_overlap * k)), 0, g)
+            else:
+                x += _randint(round(gap[0] * k), round(gap[1] * k), g)
+        xs.append(x)
+        x += p.shape[1]
+    width = x + _randint(round(margin[0] * k), round(margin[1] * k), g)
+    canvas = np.zeros((height, width), dtype=np.float32)
+    extents = np.zeros((len(pieces), 2), dtype=np.int64)
+    owner = np.full((height, width), -1, dtype=np.int8)
+    for i, (p, x0, y0) in enumerate(zip(pieces, xs, ys)):
+        p = p.numpy()
+        y0 = min(max(y0, 0), height - p.shape[0])
+        region = canvas[y0:y0 + p.shape[0], x0:x0 + p.shape[1]]
+        mine = (p > region) & (p > OWNER_THRESHOLD * 255)
+        owner[y0:y0 + p.shape[0], x0:x0 + p.shape[1]][mine] = i
+        np.maximum(region, p, out=region)
+        cols = np.flatnonzero(p.max(0) > 0)
+        extents[i] = (x0 + cols[0], x0 + cols[-1] + 1) if cols.size else (x0, x0 + p.shape[1])
+    if noise > 0:
+        u = torch.rand((height, width), generator=g).numpy()
+        canvas[u < noise / 2] = 255.0
+        canvas[(u >= noise / 2) & (u < noise)] = 0.0
+    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    owner[image <= OWNER_THRESHOLD * 255] = -1
+    return torch.from_numpy(image), torch.from_numpy(extents), torch.from_numpy(owner)
+
+
+def _old_make_strings(n, split="test", lengths=(3, 6), seed=0, distort=None, vary=None, **render_kw):
+    images, labels = lenet.data.load_digits(split, raw=True)
+    g = torch.Generator().manual_seed(seed)
+    images_np, labels_np = images.numpy(), labels.numpy()
+    out = []
+    for _ in range(n):
+        L = _randint(*lengths, g)
+        idx = torch.randint(0, len(images_np), (L,), generator=g).numpy()
+        picked = torch.from_numpy(images_np[idx])
+        if distort is not None:
+            t = RandomAffine(rotate=10.0, fill=0.0) if distort is True else distort
+            y = t(picked.float()[:, None] / 255, generator=g)
+            picked = (y[:, 0] * 255).round().clamp(0, 255).to(torch.uint8)
+        kw = dict(render_kw)
+        if vary is not None:
+            kw = {**vary.draw(g), **render_kw}
+        img, ext, owner = _old_render_string(picked, g, **kw)
+        out.append(DigitString(img, "".join(str(int(d)) for d in labels_np[idx]), ext, torch.from_numpy(idx),
+                               owner, kw))
+    return out
+
+
+def _digest(s):
+    h = hashlib.sha256()
+    for t in (s.image, s.extents, s.sources, s.owner):
+        h.update(repr((t.dtype, tuple(t.shape))).encode())
+        h.update(t.numpy().tobytes())
+    h.update(repr((s.label, sorted(s.style.items()))).encode())
+    return h.hexdigest()
+
+
+# default, varied, distorted (the example's training strings and its options), a grid cell, and the noise whose
+# draws depend on the image's width, with slant and thickness changing the pieces' sizes
+SETTINGS = [dict(split="train", seed=1), dict(split="train", seed=101, vary=RenderRanges()),
+            dict(split="train", seed=7, distort=True), dict(split="test", seed=30_000, touch=0.6, max_overlap=3,
+                                                            height=40, lengths=(2, 7)),
+            dict(split="test", seed=9, noise=0.05, slant=10.0, thickness=0.5),
+            dict(split="train", seed=10, noise=0.05, distort=RandomAffine(fill=0.0), vary=RenderRanges())]
+
+
+@pytest.mark.parametrize("kw", SETTINGS, ids=["default", "vary", "distort", "cell", "noise", "noise-distort-vary"])
+def test_strings_are_those_of_the_sequential_renderer(kw):
+    """make_strings (eager and lazy, read in any order) gives bit for bit the strings of the sequential
+    renderer: images, extents, sources, owner maps, labels and styles."""
+    n = 30
+    want = [_digest(s) for s in _old_make_strings(n, **kw)]
+    assert len(set(want)) == n
+    assert [_digest(s) for s in make_strings(n, **kw)] == want
+    lazy = make_strings(n, lazy=True, **kw)
+    assert isinstance(lazy, StringSet) and len(lazy) == n and lazy.drawn == []
+    assert lazy.labels == [s.label for s in _old_make_strings(n, **kw)] and lazy.drawn == []
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
+    mine = order[:n // 3]  # a share: the others are never drawn
+    assert {i: _digest(lazy[i]) for i in mine} == {i: want[i] for i in mine}
+    assert lazy.drawn == sorted(mine)
+    assert lazy[mine[0]] is lazy[mine[0]]  # kept once drawn
+    assert [_digest(s) for s in lazy[-3:]] == want[-3:]
+
+
+def test_render_string_makes_the_draws_it_made_before():
+    """render_string (now: draw the layout, compose, noise) against the sequential oracle, over random
+    settings: the same image, extents and owner map, and the generator left in the same state."""
+    imgs = lenet.data.load_digits("test", raw=True)[0]
+    pick = torch.Generator().manual_seed(3)
+    for case in range(40):
+        digits = imgs[torch.randint(0, len(imgs), (int(torch.randint(1, 7, (), generator=pick)),), generator=pick)]
+        style = RenderRanges().draw(pick)
+        style["noise"] = [0.0, 0.1][case % 2]
+        a, b = torch.Generator().manual_seed(case), torch.Generator().manual_seed(case)
+        got = render_string(digits, a, return_owner=True, **style)
+        want = _old_render_string(digits, b, **style)
+        assert all(torch.equal(x, y) for x, y in zip(got, want)), case
+        assert torch.equal(a.get_state(), b.get_state())
+
+
+def test_string_set_indexing_and_errors():
+    lazy = make_strings(5, "test", seed=2, lazy=True)
+    assert [s.label for s in lazy] == lazy.labels and lazy.drawn == [0, 1, 2, 3, 4]
+    assert lazy[-1] is lazy[4] and lazy[1:3] == [lazy[1], lazy[2]]
+    with pytest.raises(IndexError):
+        lazy[5]
+    with pytest.raises(TypeError):
+        make_strings(2, "test", lazy=True, colour=3)  # a keyword render_string does not take
+    with pytest.raises(ValueError):
+        make_strings(2, "test", lazy=True, height=4)  # bad settings fail at once, not when drawn
