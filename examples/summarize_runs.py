@@ -57,8 +57,16 @@ def main(argv=None):
     if all(grids):
         cells = len(grids[0])
         print("\nrobustness grid, mean over the runs (± half the spread):")
-        print("| height | touching | overlap ≤ | string accuracy | digit error | ceiling | gap |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        with_causes = all("causes" in cell for g in grids for cell in g)
+        CAUSES = list(grids[0][0]["causes"]) if with_causes else []  # lenet.robustness.CAUSES, in its order
+        head = "| height | touching | overlap ≤ | string accuracy | digit error | ceiling | gap |"
+        rule = "| --- | --- | --- | --- | --- | --- | --- |"
+        if with_causes:
+            head += " wrong (mean): " + " / ".join(CAUSES) + " |"
+            rule += " --- |"
+        print(head)
+        print(rule)
+        missed = dict.fromkeys(CAUSES, 0.0)
         miss = 0
         counted = 0
         for i in range(cells):
@@ -67,16 +75,28 @@ def main(argv=None):
             err = np.array([g[i]["digit_error"] for g in grids])
             ceil = np.array([g[i]["ceiling"] for g in grids])
             gap = ceil.mean() - acc.mean()
-            print(f"| {c['height']} | {100 * c['touch']:.0f} % | {c['max_overlap']} | "
-                  f"{100 * acc.mean():.1f} ± {50 * (acc.max() - acc.min()):.1f} % | "
-                  f"{100 * err.mean():.2f} % | {100 * ceil.mean():.1f} % | {100 * gap:+.1f} |")
+            line = (f"| {c['height']} | {100 * c['touch']:.0f} % | {c['max_overlap']} | "
+                    f"{100 * acc.mean():.1f} ± {50 * (acc.max() - acc.min()):.1f} % | "
+                    f"{100 * err.mean():.2f} % | {100 * ceil.mean():.1f} % | {100 * gap:+.1f} |")
+            why = {k: float(np.mean([g[i]["causes"].get(k, 0) for g in grids])) for k in CAUSES} if with_causes else {}
+            if with_causes:
+                line += " " + " / ".join(f"{v:.1f}" for v in why.values()) + " |"
+            print(line)
             if c["max_overlap"] <= 3:
                 counted += 1
-                miss += gap > 0.03 or acc.mean() < 0.88
+                bad = gap > 0.03 or acc.mean() < 0.88
+                miss += bad
+                if bad:
+                    for k, v in why.items():
+                        missed[k] += v
         allacc = np.array([[g[i]["string_accuracy"] for i in range(cells)] for g in grids])
         print(f"mean over the {cells} cells {100 * allacc.mean():.1f} % (per run: "
               f"{', '.join(f'{100 * x:.1f} %' for x in allacc.mean(1))}); cells with overlap ≤ 3 more than 3 points "
               f"below their ceiling or under 88 % (means): {miss} of {counted}")
+        if with_causes and miss:
+            n = max(sum(missed.values()), 1e-9)
+            print("wrong strings of those cells by cause (mean over the runs): " +
+                  ", ".join(f"{k} {v:.1f} ({100 * v / n:.0f} %)" for k, v in missed.items()))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,24 @@ import torch.nn.functional as F
 from .data import BACKGROUND, INK
 from .segment import INK_THRESHOLD, Segmentation, as_float_image
 
-__all__ = ["REFERENCE_INK_HEIGHT", "standardize", "crop_segments"]
+__all__ = ["REFERENCE_INK_HEIGHT", "standardize", "standardize_owner", "crop_segments"]
 
 #: The ink height a string is rescaled to when its own is far from what the reader was trained on.
 REFERENCE_INK_HEIGHT = 24
 _INK_HEIGHT_RANGE = (14, 40)
+
+
+def _frame(x: torch.Tensor):
+    """Where `standardize` takes its rows from and the size it rescales to (``None``: no rescaling)."""
+    rows = torch.nonzero((x > INK_THRESHOLD).any(1)).flatten()
+    r0, r1 = int(rows[0]), int(rows[-1]) + 1
+    top, bottom = max(0, r0 - 2), r1 + 2
+    h = r1 - r0
+    if _INK_HEIGHT_RANGE[0] <= h <= _INK_HEIGHT_RANGE[1]:
+        return top, bottom, None, 1.0
+    f = REFERENCE_INK_HEIGHT / h
+    height = min(bottom, x.shape[0]) - top
+    return top, bottom, (max(1, round(height * f)), max(1, round(x.shape[1] * f))), f
 
 
 def standardize(image) -> torch.Tensor:
@@ -24,18 +37,29 @@ def standardize(image) -> torch.Tensor:
     ``REFERENCE_INK_HEIGHT`` when it lies outside 14..40 pixels. Strings rendered by `lenet.strings` pass
     unchanged apart from the row crop."""
     x = as_float_image(image)
-    rows = torch.nonzero((x > INK_THRESHOLD).any(1)).flatten()
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    x = x[max(0, r0 - 2):r1 + 2]
-    h = r1 - r0
-    if not _INK_HEIGHT_RANGE[0] <= h <= _INK_HEIGHT_RANGE[1]:
-        f = REFERENCE_INK_HEIGHT / h
-        size = (max(1, round(x.shape[0] * f)), max(1, round(x.shape[1] * f)))
+    top, bottom, size, f = _frame(x)
+    x = x[top:bottom]
+    if size is not None:
         x = F.interpolate(x[None, None], size=size, mode="bilinear", align_corners=False,
                           antialias=f < 1)[0, 0].clamp(0, 1)
         if not bool((x > INK_THRESHOLD).any()):
             raise ValueError("the image's ink vanished when rescaling it (too faint or too thin)")
     return x.contiguous()
+
+
+def standardize_owner(image, owner) -> torch.Tensor:
+    """The renderer's owner map of ``image`` (``int [H, W]``, `lenet.strings.render_string`) cropped and
+    rescaled (nearest pixel) as `standardize` crops and rescales the image, so that it lines up with the
+    reader's segmentation (`lenet.segment.true_path` on the reader's own segments)."""
+    x = as_float_image(image)
+    own = torch.as_tensor(owner).long()
+    if own.shape != x.shape:
+        raise ValueError(f"owner map {tuple(own.shape)} does not match the image {tuple(x.shape)}")
+    top, bottom, size, _ = _frame(x)
+    own = own[top:bottom]
+    if size is not None:
+        own = F.interpolate(own[None, None].double(), size=size, mode="nearest")[0, 0].long()
+    return own.contiguous()
 
 
 def crop_segments(images: Sequence[torch.Tensor], segs: Sequence[Segmentation], size: int = 32,

@@ -13,6 +13,18 @@ between the two is what segmentation and context cost in that cell.
 
 Each cell's strings come from their own seed (``seed + cell index``), so two readers evaluated with the same
 arguments read the very same images.
+
+For a segmentation reader (`lenet.recognizer.StringReader`) each cell also says **why** its wrong strings are
+wrong (`CAUSES`, counted by `error_causes`, each wrong string under the first that applies):
+
+* ``recognizer``: a digit of the string is one the network misreads alone (the ceiling's share);
+* ``coverage``: the true segmentation is not a path of the segmentation graph (`lenet.segment.true_path`, at
+  ``tolerance``), so no scoring could read the string;
+* ``context``: the best path has the true segments, yet reads a digit otherwise than the network reads it
+  alone (the crop cut out of the string differs from the isolated digit);
+* ``merge`` / ``split`` / ``shifted``: the best path has fewer segments than digits, more, or as many but
+  cut elsewhere, though the true segmentation was a path of the graph: the scores preferred a wrong
+  segmentation.
 """
 from __future__ import annotations
 
@@ -23,7 +35,10 @@ import torch
 
 from .strings import GRID, make_strings
 
-__all__ = ["robustness", "robustness_table", "isolated_misread"]
+__all__ = ["robustness", "robustness_table", "isolated_misread", "error_causes", "CAUSES"]
+
+#: The causes of a wrong string, in the order they are tested (see the module docstring).
+CAUSES = ("recognizer", "coverage", "context", "merge", "split", "shifted")
 
 
 @torch.no_grad()
@@ -47,12 +62,53 @@ def isolated_misread(reader, digits) -> torch.Tensor:
     return pen[:, :10].argmin(-1) != torch.as_tensor(labels)
 
 
+@torch.no_grad()
+def error_causes(reader, strings, misread: torch.Tensor, tolerance: float = 0.1, batch_size: int = 50
+                 ) -> Tuple[List[str], Dict[str, int]]:
+    """Read ``strings`` (`lenet.strings.DigitString` with owner maps) with a segmentation reader and sort the
+    wrong readings by cause. ``misread``: ``bool [N]`` over the digits the strings were drawn from (their
+    ``sources``), e.g. `isolated_misread`. Returns the readings and ``{cause: count}`` over `CAUSES` (see the
+    module docstring); right readings are not counted."""
+    from .crops import standardize, standardize_owner
+    from .segment import true_path
+
+    if not hasattr(reader, "interpret"):
+        raise TypeError(f"error_causes needs a segmentation reader (StringReader), got {type(reader).__name__}")
+    counts = dict.fromkeys(CAUSES, 0)
+    texts = []
+    for k in range(0, len(strings), batch_size):
+        chunk = strings[k:k + batch_size]
+        g, segs = reader.interpret([s.image for s in chunk])
+        read, segs, paths = reader._read(g, segs, return_paths=True)
+        texts += read
+        for s, text, seg, path in zip(chunk, read, segs, paths):
+            if text == s.label:
+                continue
+            if s.owner is None:
+                raise ValueError("error_causes needs strings with owner maps (lenet.strings.make_strings)")
+            if bool(misread[s.sources].any()):
+                cause = "recognizer"
+            else:
+                truth = true_path(seg, standardize(s.image), standardize_owner(s.image, s.owner), tolerance)
+                if truth is None:
+                    cause = "coverage"
+                elif list(path) == list(truth):
+                    cause = "context"
+                else:
+                    cause = "merge" if len(path) < len(truth) else "split" if len(path) > len(truth) else "shifted"
+            counts[cause] += 1
+    return texts, counts
+
+
 def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cell: int = 200, seed: int = 20_000,
-               lengths: Tuple[int, int] = (3, 6), batch_size: int = 50, progress: bool = False) -> List[Dict]:
+               lengths: Tuple[int, int] = (3, 6), batch_size: int = 50, progress: bool = False,
+               causes: Optional[bool] = None, tolerance: float = 0.1) -> List[Dict]:
     """Read ``strings_per_cell`` strings of ``lengths`` digits at every cell of ``grid`` (dicts of
     `lenet.strings.render_string` keywords). ``digits``: ``(uint8 [N, 28, 28], labels [N])``, default the test
     split. Returns one dict per cell: its settings, ``string_accuracy``, ``digit_error``, ``ceiling`` (see the
-    module docstring), ``strings`` and ``seconds`` (decoding time)."""
+    module docstring), ``strings`` and ``seconds`` (decoding time, causes included when counted); with
+    ``causes`` (default: for segmentation readers) also ``causes``, the wrong strings by cause
+    (`error_causes`, the true segmentation at ``tolerance``)."""
     from .data import load_digits
     from .metrics import string_metrics
     from .progress import progress_bar
@@ -62,6 +118,8 @@ def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cel
     if digits is None:
         digits = load_digits("test", raw=True)
     bad = isolated_misread(reader, digits)
+    if causes is None:
+        causes = hasattr(reader, "interpret")
     was = reader.training
     reader.eval()
     rows = []
@@ -70,15 +128,21 @@ def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cel
             for i, cell in enumerate(grid):
                 strings = make_strings(strings_per_cell, "test", lengths, seed=seed + i, digits=digits, **cell)
                 t = time.perf_counter()
-                preds = []
-                for k in range(0, len(strings), batch_size):
-                    preds.extend(reader.decode([s.image for s in strings[k:k + batch_size]]))
-                    bar.update(min(batch_size, len(strings) - k))
+                preds, why = [], None
+                if causes:
+                    preds, why = error_causes(reader, strings, bad, tolerance, batch_size)
+                    bar.update(len(strings))
+                else:
+                    for k in range(0, len(strings), batch_size):
+                        preds.extend(reader.decode([s.image for s in strings[k:k + batch_size]]))
+                        bar.update(min(batch_size, len(strings) - k))
                 seconds = time.perf_counter() - t
                 m = string_metrics(preds, [s.label for s in strings])
                 ceiling = sum(not bool(bad[s.sources].any()) for s in strings) / len(strings)
                 rows.append({**cell, "string_accuracy": m["string_accuracy"], "digit_error": m["digit_error"],
                              "ceiling": ceiling, "strings": len(strings), "seconds": seconds})
+                if why is not None:
+                    rows[-1]["causes"] = why
     finally:
         reader.train(was)
     return rows
@@ -87,16 +151,25 @@ def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cel
 def robustness_table(rows: Sequence[dict], goal_gap: float = 0.03, goal_floor: float = 0.88,
                      goal_overlap: int = 3) -> str:
     """The grid as a text table (one line per cell: height, share touching, overlap, string accuracy,
-    digit error, ceiling, gap to the ceiling), then a summary line: the cells with overlap ≤ ``goal_overlap``
-    whose accuracy is more than ``goal_gap`` below their ceiling or below ``goal_floor``."""
-    lines = ["| height | touching | overlap ≤ | string accuracy | digit error | ceiling | gap |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    digit error, ceiling, gap to the ceiling, and the wrong strings by cause when the rows have them), then a
+    summary line: the cells with overlap ≤ ``goal_overlap`` whose accuracy is more than ``goal_gap`` below
+    their ceiling or below ``goal_floor``; and the causes summed over those cells."""
+    with_causes = bool(rows) and all("causes" in r for r in rows)
+    head = "| height | touching | overlap ≤ | string accuracy | digit error | ceiling | gap |"
+    rule = "| --- | --- | --- | --- | --- | --- | --- |"
+    if with_causes:
+        head += " wrong: " + " / ".join(CAUSES) + " |"
+        rule += " --- |"
+    lines = [head, rule]
     miss = []
     for r in rows:
         gap = r["ceiling"] - r["string_accuracy"]
-        lines.append(f"| {r.get('height', 32)} | {100 * r.get('touch', 0.3):.0f} % | {r.get('max_overlap', 2)} | "
-                     f"{100 * r['string_accuracy']:.1f} % | {100 * r['digit_error']:.2f} % | "
-                     f"{100 * r['ceiling']:.1f} % | {100 * gap:+.1f} |")
+        line = (f"| {r.get('height', 32)} | {100 * r.get('touch', 0.3):.0f} % | {r.get('max_overlap', 2)} | "
+                f"{100 * r['string_accuracy']:.1f} % | {100 * r['digit_error']:.2f} % | "
+                f"{100 * r['ceiling']:.1f} % | {100 * gap:+.1f} |")
+        if with_causes:
+            line += " " + " / ".join(_count(r["causes"].get(c, 0)) for c in CAUSES) + " |"
+        lines.append(line)
         if r.get("max_overlap", 2) <= goal_overlap and (gap > goal_gap or r["string_accuracy"] < goal_floor):
             miss.append(r)
     acc = [r["string_accuracy"] for r in rows]
@@ -104,4 +177,14 @@ def robustness_table(rows: Sequence[dict], goal_gap: float = 0.03, goal_floor: f
                  f"(worst {100 * min(acc):.1f} %); cells with overlap ≤ {goal_overlap} more than "
                  f"{100 * goal_gap:.0f} points below their ceiling or under {100 * goal_floor:.0f} %: {len(miss)} of "
                  f"{sum(r.get('max_overlap', 2) <= goal_overlap for r in rows)}")
+    if with_causes and miss:
+        total = {c: sum(r["causes"].get(c, 0) for r in miss) for c in CAUSES}
+        n = max(sum(total.values()), 1e-9)
+        lines.append("wrong strings of those cells by cause: " +
+                     ", ".join(f"{c} {_count(v)} ({100 * v / n:.0f} %)" for c, v in total.items()))
     return "\n".join(lines)
+
+
+def _count(v) -> str:
+    """A count, or a mean count over seeds (`examples/summarize_runs.py` averages them)."""
+    return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"

@@ -92,3 +92,72 @@ def test_grid_script_reads_a_checkpoint(tmp_path):
     lenet_ckpt = save_model(build("paper"), tmp_path / "l.pt")
     r = subprocess.run([sys.executable, str(script), str(lenet_ckpt)], capture_output=True, text=True)
     assert r.returncode != 0
+
+
+class ScriptedReader(torch.nn.Module):
+    """Segments for real, then 'reads' each string as scripted: ``script[i]`` maps the true path of string i
+    (its segments) to the path and text the reader returns, so every cause of `error_causes` can be forced."""
+
+    def __init__(self, strings, script):
+        super().__init__()
+        from lenet.segment import SegmentParams
+        self.params = SegmentParams()
+        self.strings, self.script, self.calls = strings, script, 0
+
+    def interpret(self, images):
+        from lenet.recognizer import prepare_batch
+        return None, prepare_batch(images, self.params, crops=False).segmentations
+
+    def _read(self, g, segs, return_paths=False):
+        from lenet.crops import standardize, standardize_owner
+        from lenet.segment import true_path
+        texts, paths = [], []
+        for seg in segs:
+            s = self.strings[self.calls]
+            truth = true_path(seg, standardize(s.image), standardize_owner(s.image, s.owner))
+            text, path = self.script[self.calls](s.label, truth)
+            texts.append(text)
+            paths.append(path)
+            self.calls += 1
+        return texts, segs, paths
+
+
+def test_error_causes_sorts_each_wrong_string_under_its_cause():
+    from lenet.robustness import CAUSES, error_causes
+    digits = lenet.load_digits("test", raw=True)
+    strings = make_strings(8, "test", (3, 5), seed=3, digits=digits, touch=0.0, max_overlap=0)
+    wrong = lambda t: ("1" if t[0] != "1" else "2") + t[1:]  # noqa: E731
+    script = [lambda t, p: (t, p),                          # right: not counted
+              lambda t, p: (wrong(t), p),                   # true segments, another digit: context
+              lambda t, p: (t[:-1], p[:-1]),                # fewer segments: merge
+              lambda t, p: (t + t[-1], p + p[-1:]),         # more segments: split
+              lambda t, p: (wrong(t), p[:-1] + [p[-1] + 1]),  # as many, cut elsewhere: shifted
+              lambda t, p: (wrong(t), p),                   # a digit misread alone: recognizer (forced below)
+              lambda t, p: (wrong(t), p),                   # no true path (owner map reversed): coverage
+              lambda t, p: (t, p)]
+    strings[6].owner = torch.where(strings[6].owner >= 0, len(strings[6].label) - 1 - strings[6].owner, -1)
+    misread = torch.zeros(len(digits[1]), dtype=torch.bool)
+    misread[strings[5].sources[0]] = True
+    assert not any(bool(misread[s.sources].any()) for k, s in enumerate(strings) if k != 5)
+    texts, counts = error_causes(ScriptedReader(strings, script), strings, misread, batch_size=3)
+    assert len(texts) == 8 and texts[0] == strings[0].label and texts[7] == strings[7].label
+    assert counts == dict(recognizer=1, coverage=1, context=1, merge=1, split=1, shifted=1)
+    assert tuple(counts) == CAUSES
+    with pytest.raises(TypeError):
+        error_causes(object(), strings, misread)
+
+
+def test_grid_causes_add_up_to_the_wrong_strings():
+    """With a real (untrained) network: per cell, the causes count exactly the strings read wrong, and the
+    table prints them."""
+    from lenet.recognizer import StringReader
+    digits = lenet.load_digits("test", raw=True)
+    torch.manual_seed(0)
+    reader = StringReader(build("paper"))
+    grid = [dict(max_overlap=1, touch=0.3, height=32)]
+    rows = robustness(reader, digits, grid=grid, strings_per_cell=8, seed=11)
+    r = rows[0]
+    wrong = round((1 - r["string_accuracy"]) * r["strings"])
+    assert sum(r["causes"].values()) == wrong > 0
+    assert "wrong: recognizer / coverage" in robustness_table(rows)
+    assert "causes" not in robustness(reader, digits, grid=grid, strings_per_cell=2, seed=11, causes=False)[0]
