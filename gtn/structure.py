@@ -414,7 +414,7 @@ def _epsilon_cycle_state(src, dst, num_states) -> int:
     return int(succ[s])
 
 
-def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log") -> Graph:
+def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log", backend: str = "auto") -> Graph:
     """Remove epsilon arcs, preserving the weighted language exactly in the chosen semiring.
 
     ``semiring="log"`` (the default) keeps every label string's forward score (and the total forward score);
@@ -449,8 +449,77 @@ def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log") -> G
     epsilon-removal algorithm."""
     if semiring not in ("log", "tropical"):
         raise FsaError(f"remove_epsilon: semiring must be 'log' or 'tropical', got {semiring!r}")
-    tropical = semiring == "tropical"
+    from . import kernels
+    backend = kernels.check_backend(backend, "remove_epsilon")
     v = as_vec(fsa)
+    k = kernels.select("structure_numba", v.device, v.dtype, backend, "remove_epsilon")
+    res = _remove_epsilon_numba(k, v, fsa, connect, semiring) if k is not None else \
+        _remove_epsilon_torch(v, fsa, connect, semiring)
+    return like(res, fsa)
+
+
+def _raise_epsilon_cycle(v: FsaVec, fsa: Graph, semiring: str):
+    """`FsaError` naming a state on a cycle of epsilon arcs (and its member, for a batch)."""
+    dev = v.device
+    eps = v.labels == 0
+    if v.aux_labels is not None:
+        eps &= v.aux_labels == 0
+    s = _epsilon_cycle_state(v.src_global[eps], v.dst_global[eps], v.total_states)
+    m = int(torch.searchsorted(v.state_splits, torch.tensor(s, device=dev), right=True)) - 1
+    where = f"FSA {m} of the batch: " if isinstance(fsa, FsaVec) else ""
+    raise FsaError(f"remove_epsilon: {where}state {s - int(v.state_splits[m])} lies on a cycle of "
+                   f"epsilon arcs; its {semiring}-semiring closure is not computed (epsilon cycles "
+                   "are refused in both semirings)")
+
+
+class _EpsilonScores(torch.autograd.Function):
+    """The output scores of the numba removal (computed in its forward); backward = the kernel's backward."""
+
+    @staticmethod
+    def forward(ctx, scores, k, out_sc, saved, tropical):
+        ctx.k, ctx.saved, ctx.tropical = k, saved, tropical
+        ctx.save_for_backward(scores)
+        return torch.from_numpy(out_sc)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        from .kernels import compute_dtype
+        (scores,) = ctx.saved_tensors
+        cd = compute_dtype(scores.dtype)
+        sc = scores.detach().to(cd).contiguous().numpy()
+        grad = ctx.k.remove_epsilon_backward(g.to(cd).contiguous().numpy(), ctx.saved, sc, ctx.tropical)
+        return torch.from_numpy(grad).to(scores.dtype), None, None, None, None
+
+
+def _remove_epsilon_numba(k, v: FsaVec, fsa: Graph, connect: bool, semiring: str) -> FsaVec:
+    """`remove_epsilon` by the numba kernel (`gtn.kernels.structure_numba`): the same graph as the torch path."""
+    import numpy as np
+    from .kernels import compute_dtype
+    cd = compute_dtype(v.dtype)
+    tropical = semiring == "tropical"
+    sc = v.scores.detach().to(cd).contiguous().numpy()
+    aux = np.zeros(0, np.int64) if v.aux_labels is None else v.aux_labels.contiguous().numpy()
+    res = k.remove_epsilon(v.arcs.contiguous().numpy(), aux, v.state_splits.numpy(), v.arc_splits.numpy(), sc,
+                           connect, tropical)
+    if not res[0]:
+        _raise_epsilon_cycle(v, fsa, semiring)
+    out_arcs, out_map = torch.from_numpy(res[1]), torch.from_numpy(res[2])
+    if v.scores.requires_grad and torch.is_grad_enabled():
+        saved = (res[2],) + tuple(res[6:])
+        scores = _EpsilonScores.apply(v.scores, k, res[3], saved, tropical)
+    else:
+        scores = torch.from_numpy(res[3])
+    if scores.dtype != v.dtype:
+        scores = scores.to(v.dtype)
+    return v._derive(out_arcs, out_map, _splits(torch.from_numpy(res[5])), _splits(torch.from_numpy(res[4])),
+                     scores=scores, kind=FsaVec)
+
+
+def _remove_epsilon_torch(v: FsaVec, fsa: Graph, connect: bool, semiring: str) -> FsaVec:
+    """`remove_epsilon` in torch ops, level by level over the epsilon path lengths: the reference (and the
+    path on every non-CPU device) that the numba kernel is tested against."""
+    tropical = semiring == "tropical"
     dev = v.device
     S = v.total_states
     from .kernels import compute_dtype
@@ -478,12 +547,7 @@ def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log") -> G
             break
         level += 1
         if level > max_len:
-            s = _epsilon_cycle_state(e_src, e_dst, S)
-            m = int(torch.searchsorted(v.state_splits, torch.tensor(s, device=dev), right=True)) - 1
-            where = f"FSA {m} of the batch: " if isinstance(fsa, FsaVec) else ""
-            raise FsaError(f"remove_epsilon: {where}state {s - int(v.state_splits[m])} lies on a cycle of "
-                           f"epsilon arcs; its {semiring}-semiring closure is not computed (epsilon cycles "
-                           "are refused in both semirings)")
+            _raise_epsilon_cycle(v, fsa, semiring)
         pair = torch.repeat_interleave(torch.arange(p.numel(), device=dev), cnt, output_size=idx.numel())
         p, q, w = _dedupe(p[pair], e_dst[idx], w[pair] + e_sc[idx], S, tropical)
         P.append(p), Q.append(q), W.append(w)
@@ -508,4 +572,4 @@ def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log") -> G
     if connect:
         from .topology import connect as _connect
         res = _connect(res)
-    return like(res, fsa)
+    return res
