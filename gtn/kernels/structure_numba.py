@@ -255,12 +255,12 @@ def _trim(state_splits, splits, dst, is_eps):
 
 
 @njit(cache=True)
-def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical):
-    """The forward pass. Returns (ok, out_arcs [n, 3] (local ids), out_map [n], out_sc [n], out_states [M],
-    out_arc_counts [M], pair_splits [S + 1], pair_q, pair_arc_splits, dst, e_splits, e_idx, alive); ``ok`` is
+def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical, want_pairs):
+    """The forward pass. Returns (ok, out_arcs [n, 3] (local ids), out_map [n], out_sc [n], state_splits [M + 1],
+    arc_splits [M + 1] of the result, pair_splits [S + 1], pair_q, pair_arc_splits, dst, e_splits, e_idx, alive); ``ok`` is
     False (and the rest empty) when the epsilon arcs form a cycle. The pairs are the closure pairs (p, q) of
     the kept states p (those of p at ``pair_splits[p]:[p + 1]``), each with its output arcs at
-    ``pair_arc_splits[i]:[i + 1]``: what the backward needs."""
+    ``pair_arc_splits[i]:[i + 1]``: what the backward needs (only written with ``want_pairs``; otherwise empty)."""
     M = state_splits.shape[0] - 1
     S = state_splits[M]
     A = arcs.shape[0]
@@ -293,8 +293,8 @@ def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical):
     out_arcs = np.empty((cap, 3), np.int64)
     out_map = np.empty(cap, np.int64)
     out_sc = np.empty(cap, sc.dtype)
-    pair_splits = np.zeros(S + 1, np.int64)
-    pcap = S + 16
+    pair_splits = np.zeros(S + 1 if want_pairs else 0, np.int64)
+    pcap = S + 16 if want_pairs else 0
     pair_q = np.empty(pcap, np.int64)
     pair_arc_splits = np.zeros(pcap + 1, np.int64)
     out_arc_counts = np.zeros(M, np.int64)
@@ -303,7 +303,8 @@ def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical):
     for m in range(M):
         n0 = n
         for p in range(state_splits[m], state_splits[m + 1]):
-            pair_splits[p] = npairs
+            if want_pairs:
+                pair_splits[p] = npairs
             if not keep[p]:
                 continue
             if e_splits[p] == e_splits[p + 1]:
@@ -314,7 +315,7 @@ def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical):
                 cnt = _closure(p, e_splits, e_idx, dst, sc, alive, stamp, post, stk_s, stk_a, val, ln, win,
                                tropical)
                 _sort_small(post, cnt)
-            if npairs + cnt > pcap:
+            if want_pairs and npairs + cnt > pcap:
                 pcap = max(2 * pcap, npairs + cnt)
                 pair_q = _grow(pair_q, pcap)
                 pair_arc_splits = _grow(pair_arc_splits, pcap + 1)
@@ -328,9 +329,10 @@ def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical):
                     out_arcs = _grow2(out_arcs, cap)
                     out_map = _grow(out_map, cap)
                     out_sc = _grow(out_sc, cap)
-                pair_q[npairs] = q
-                pair_arc_splits[npairs] = n
-                npairs += 1
+                if want_pairs:
+                    pair_q[npairs] = q
+                    pair_arc_splits[npairs] = n
+                    npairs += 1
                 for j in range(lo, hi):
                     k = n_idx[j]
                     r = dst[k]
@@ -343,10 +345,16 @@ def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical):
                     out_sc[n] = w + sc[k]
                     n += 1
         out_arc_counts[m] = n - n0
-    pair_splits[S] = npairs
-    pair_arc_splits[npairs] = n
-    return (True, out_arcs[:n], out_map[:n], out_sc[:n], out_states, out_arc_counts, pair_splits,
-            pair_q[:npairs], pair_arc_splits[:npairs + 1], dst, e_splits, e_idx, alive)
+    if want_pairs:
+        pair_splits[S] = npairs
+        pair_arc_splits[npairs] = n
+    out_state_splits = np.zeros(M + 1, np.int64)
+    out_arc_splits = np.zeros(M + 1, np.int64)
+    for m in range(M):
+        out_state_splits[m + 1] = out_state_splits[m] + out_states[m]
+        out_arc_splits[m + 1] = out_arc_splits[m] + out_arc_counts[m]
+    return (True, out_arcs[:n], out_map[:n], out_sc[:n], out_state_splits, out_arc_splits, pair_splits,
+            pair_q[:npairs], pair_arc_splits[:npairs + 1 if want_pairs else 0], dst, e_splits, e_idx, alive)
 
 
 @njit(cache=True)
@@ -401,10 +409,10 @@ def _rmeps_backward(g, out_map, pair_splits, pair_q, pair_arc_splits, dst, e_spl
     return grad
 
 
-def remove_epsilon(arcs, aux, state_splits, arc_splits, sc, connect: bool, tropical: bool):
+def remove_epsilon(arcs, aux, state_splits, arc_splits, sc, connect: bool, tropical: bool, want_pairs: bool):
     """Run the forward kernel on numpy arrays (``aux``: an empty array for acceptors; ``sc`` in the compute
-    dtype). Returns the tuple of `_rmeps`."""
-    return _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical)
+    dtype; ``want_pairs``: keep what the backward needs). Returns the tuple of `_rmeps`."""
+    return _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical, want_pairs)
 
 
 def remove_epsilon_backward(g, saved, sc, tropical: bool):
