@@ -18,16 +18,25 @@ default.
 Timing: each round times one call of each side, alternating which goes first. The project runs on a fresh
 clone of the input (made outside the timing, so nothing is cached on it from an earlier round); OpenFst runs
 ``rmepsilon`` in place on a fresh copy of its VectorFst with its own arcs (`own_copy`), made outside the timing
-(the copy's own time is printed as ``copy ms``, not included in ``OpenFst ms``). One untimed warm-up call each first (numba loads its
-compiled kernels there). Printed per size: input arcs, output arcs of both, median ms of each side, the median
-over rounds of the per-round ratio project / OpenFst, ns per input arc (project), and the load average.
+(the copy's own time is printed as ``copy ms``, not included in ``OpenFst ms``). One untimed warm-up call
+each first (numba loads its compiled kernels there). Printed per size: input arcs, output arcs of both
+(OpenFst's are fewer: it merges parallel arcs with equal labels), the median wall-clock ms of each side, the
+median over rounds of the per-round ratio project / OpenFst (``ratio``), the same for the CPU time of the
+process (``cpu ratio``: less disturbed by other processes on a loaded machine), ns per input arc (project wall
+clock, project CPU, OpenFst CPU), the check and the 1-minute load average; then the slope of log time against
+log arcs over the sweep (1.0 = linear).
 
-Check (sizes up to ``--check-max`` arcs): both results have the same number of states, and every state has the
-same shortest distance to the final state (reverse `shortestdistance` for OpenFst; `gtn.backward_scores` in the
-same semiring for the project: the weight of everything a state still accepts), and the total equals the
-input's forward (log) or Viterbi (tropical) score. The script stops with an error if a check fails.
+Check (sizes up to ``--check-max`` arcs): both results have the same number of states; the per-state shortest
+distances of the two results agree as sorted vectors (OpenFst numbers its states in another order), both to the
+final state (reverse `shortestdistance` for OpenFst, `gtn.backward_scores` in the same semiring for the
+project: the weight of everything a state accepts) and from the start (`gtn.forward_scores`); and the
+project's total equals the input's forward (log) or Viterbi (tropical) score. The largest relative difference
+is printed (pywrapfst prints weights with 9 digits, so ~1e-9 in log64; float weights in standard); the script
+stops with an error if it exceeds 1e-7 (log) or 1e-4 (tropical). `tests/test_structure.py` checks the
+weighted language itself, string by string, against brute force and OpenFst on small graphs.
 """
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -93,11 +102,9 @@ def openfst_distances(o, reverse: bool) -> np.ndarray:
 
 
 def check(ours: gtn.Fsa, theirs, inp: gtn.Fsa, semiring: str) -> float:
-    """Largest relative difference between the results' state distances (raises if they disagree).
-
-    OpenFst numbers the states of its result in another order (its arcs also differ: it merges parallel arcs
-    with equal labels, which an arc map cannot express), so the per-state distances are compared as sorted
-    vectors, forward and backward, and the start state's (the total) against the input's total."""
+    """Largest relative difference between the results' state distances (raises if they disagree; see the
+    module docstring). OpenFst's arcs differ too: it merges parallel arcs with equal labels, which an arc map
+    cannot express."""
     log = semiring == "log"
     if ours.num_states != theirs.num_states():
         raise SystemExit(f"check failed: project result has {ours.num_states} states, OpenFst's "
@@ -130,23 +137,37 @@ def own_copy(o):
 
 def interleave(impls, rounds):
     """Warm up each side once, then time one call of each per round, alternating the order (as
-    benchmarks/reference.py). ``impls``: (name, fn, prepare) with prepare run outside the timing."""
+    benchmarks/reference.py). ``impls``: (name, fn, prepare) with prepare run outside the timing. Returns the
+    warm-up outputs and, per side, the wall-clock and the CPU (process) seconds of each round."""
     def call(fn, prep):
         arg = prep()
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         out = fn(arg)
-        return out, time.perf_counter() - t0
+        return out, time.perf_counter() - t0, time.process_time() - c0
 
     outs = {name: call(fn, prep)[0] for name, fn, prep in impls}
     times = {name: [] for name, _, _ in impls}
+    cpu = {name: [] for name, _, _ in impls}
     for r in range(rounds):
         for name, fn, prep in (impls if r % 2 == 0 else impls[::-1]):
-            times[name].append(call(fn, prep)[1])
-    return outs, times
+            _, t, c = call(fn, prep)
+            times[name].append(t)
+            cpu[name].append(c)
+    return outs, times, cpu
 
 
-def sweep(sizes, semiring, rounds, check_max, backend="auto"):
-    """One row per size: dict of arcs, out_arcs, project_ms, openfst_ms, copy_ms, ratio, ns_arc, err."""
+def print_row(r):
+    chk = "-" if r["err"] is None else f"{r['err']:.0e}"
+    print(f"{r['arcs']:>10,} {r['out_arcs']:>10,} {r['fst_out_arcs']:>10,} {r['project_ms']:>11.2f} "
+          f"{r['openfst_ms']:>11.2f} {r['copy_ms']:>8.2f} {r['ratio']:>6.2f} {r['cpu_ratio']:>9.2f} "
+          f"{r['ns_arc']:>7.0f} {r['cpu_ns_arc']:>10.0f} {r['fst_cpu_ns_arc']:>14.0f} {chk:>7} {r['load']:>5.2f}",
+          flush=True)
+
+
+def sweep(sizes, semiring, rounds, check_max, backend="auto", report=None):
+    """One row per size: dict of arcs, out_arcs, fst_out_arcs, project_ms, openfst_ms (medians), copy_ms,
+    ratio and cpu_ratio (medians of the per-round ratios), ns_arc, cpu_ns_arc (project), fst_cpu_ns_arc, err
+    (None: not checked), load (1-minute load average after the size)."""
     rows = []
     for size in sizes:
         arcs, scores, n = random_graph(int(size))
@@ -155,7 +176,7 @@ def sweep(sizes, semiring, rounds, check_max, backend="auto"):
         impls = [("project", lambda x: gtn.remove_epsilon(x, semiring=semiring, backend=backend),
                   lambda: inp.clone()),
                  ("openfst", lambda x: x.rmepsilon(), lambda: own_copy(o))]
-        outs, times = interleave(impls, rounds)
+        outs, times, cpu = interleave(impls, rounds)
         t_copy = []
         for _ in range(rounds):
             t0 = time.perf_counter()
@@ -163,11 +184,20 @@ def sweep(sizes, semiring, rounds, check_max, backend="auto"):
             t_copy.append(time.perf_counter() - t0)
         err = check(outs["project"], outs["openfst"], inp, semiring) if inp.num_arcs <= check_max else None
         tp, to = times["project"], times["openfst"]
-        rows.append(dict(arcs=inp.num_arcs, out_arcs=outs["project"].num_arcs, fst_out_arcs=sum(outs["openfst"].num_arcs(q) for q in outs["openfst"].states()),
+        cp, co = cpu["project"], cpu["openfst"]
+        fst_out = outs["openfst"]
+        rows.append(dict(arcs=inp.num_arcs, out_arcs=outs["project"].num_arcs,
+                         fst_out_arcs=sum(fst_out.num_arcs(q) for q in fst_out.states()),
                          project_ms=1e3 * statistics.median(tp), openfst_ms=1e3 * statistics.median(to),
                          copy_ms=1e3 * statistics.median(t_copy),
                          ratio=statistics.median(a / b for a, b in zip(tp, to)),
-                         ns_arc=1e9 * statistics.median(tp) / inp.num_arcs, err=err, load=os.getloadavg()[0]))
+                         cpu_ratio=statistics.median(a / max(b, 1e-9) for a, b in zip(cp, co)),
+                         ns_arc=1e9 * statistics.median(tp) / inp.num_arcs,
+                         cpu_ns_arc=1e9 * statistics.median(cp) / inp.num_arcs,
+                         fst_cpu_ns_arc=1e9 * statistics.median(co) / inp.num_arcs, err=err,
+                         load=os.getloadavg()[0]))
+        if report is not None:
+            report(rows[-1])
     return rows
 
 
@@ -194,12 +224,16 @@ def main(argv=None):
         print(f"\nsemiring {semiring}: project {str(DTYPE[semiring])[6:]} vs OpenFst {ARC_TYPE[semiring]}; "
               "OpenFst ms excludes its copy (copy ms)")
         print(f"{'arcs':>10} {'out arcs':>10} {'fst out':>10} {'project ms':>11} {'OpenFst ms':>11} "
-              f"{'copy ms':>8} {'ratio':>6} {'ns/arc':>7} {'check':>8} {'load':>5}")
-        for r in sweep(args.arcs, semiring, args.rounds, args.check_max, args.backend):
-            chk = "-" if r["err"] is None else f"{r['err']:.0e}"
-            print(f"{r['arcs']:>10,} {r['out_arcs']:>10,} {r['fst_out_arcs']:>10,} {r['project_ms']:>11.2f} "
-                  f"{r['openfst_ms']:>11.2f} {r['copy_ms']:>8.2f} {r['ratio']:>6.2f} {r['ns_arc']:>7.0f} "
-                  f"{chk:>8} {r['load']:>5.2f}", flush=True)
+              f"{'copy ms':>8} {'ratio':>6} {'cpu ratio':>9} {'ns/arc':>7} {'cpu ns/arc':>10} "
+              f"{'fst cpu ns/arc':>14} {'check':>7} {'load':>5}")
+        rows = sweep(args.arcs, semiring, args.rounds, args.check_max, args.backend, print_row)
+        if len(rows) > 1:
+            a0, a1 = math.log(rows[0]["arcs"]), math.log(rows[-1]["arcs"])
+            slope = {k: (math.log(rows[-1][k]) - math.log(rows[0][k])) / (a1 - a0)
+                     for k in ("project_ms", "openfst_ms", "cpu_ns_arc", "fst_cpu_ns_arc")}
+            print(f"slope of log time against log arcs, {rows[0]['arcs']:,} to {rows[-1]['arcs']:,} arcs (1 = linear):"
+                  f" project {slope['project_ms']:.2f} (CPU {1 + slope['cpu_ns_arc']:.2f}), OpenFst "
+                  f"{slope['openfst_ms']:.2f} (CPU {1 + slope['fst_cpu_ns_arc']:.2f})")
     print("\nload average after " + " ".join(f"{x:.2f}" for x in os.getloadavg()))
 
 
