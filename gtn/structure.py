@@ -426,13 +426,13 @@ def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log", back
 
     Epsilon arcs are those with label 0 (and, for a transducer, ``aux_label`` 0 too, as OpenFst's
     ``rmepsilon``; transducer arcs with only one epsilon side are kept). For every state p, the epsilon closure
-    ``E(p) = {(q, w)}`` holds the semiring sum ``w`` (log-sum-exp or max) of the scores of all epsilon paths p -> q (the empty path
-    gives ``(p, 0)``). Each non-epsilon arc ``q -> r`` (label l, score s) and each ``(q, w)`` in ``E(p)`` give
-    an output arc ``p -> r`` with label l and score ``w + s``; its arc map points at the non-epsilon arc (so
-    ``aux_labels`` and attributes come from it; those of the epsilon arcs are dropped). States entered only
-    by epsilon arcs become inaccessible: with ``connect=True`` (the default, as OpenFst's ``rmepsilon``) the
-    result is trimmed by `gtn.connect` (a member without a successful path becomes the empty FSA); with
-    ``connect=False`` the state numbering of the input is kept.
+    ``E(p) = {(q, w)}`` holds the semiring sum ``w`` (log-sum-exp or max) of the scores of all epsilon paths
+    p -> q (the empty path gives ``(p, 0)``). Each non-epsilon arc ``q -> r`` (label l, score s) and each
+    ``(q, w)`` in ``E(p)`` give an output arc ``p -> r`` with label l and score ``w + s``; its arc map points
+    at the non-epsilon arc (so ``aux_labels`` and attributes come from it; those of the epsilon arcs are
+    dropped). States entered only by epsilon arcs become inaccessible: with ``connect=True`` (the default, as
+    OpenFst's ``rmepsilon``) the result is trimmed as by `gtn.connect` (a member without a successful path
+    becomes the empty FSA); with ``connect=False`` the state numbering of the input is kept.
 
     Every successful path of the input corresponds to one output path with the same labels (its epsilon runs
     folded into the next non-epsilon arc), and the output arc scores are semiring sums over the folded runs,

@@ -256,10 +256,11 @@ def _trim(state_splits, splits, dst, is_eps):
 @njit(cache=True)
 def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical, want_pairs):
     """The forward pass. Returns (ok, out_arcs [n, 3] (local ids), out_map [n], out_sc [n], state_splits [M + 1],
-    arc_splits [M + 1] of the result, pair_splits [S + 1], pair_q, pair_arc_splits, dst, e_splits, e_idx, alive); ``ok`` is
-    False (and the rest empty) when the epsilon arcs form a cycle. The pairs are the closure pairs (p, q) of
-    the kept states p (those of p at ``pair_splits[p]:[p + 1]``), each with its output arcs at
-    ``pair_arc_splits[i]:[i + 1]``: what the backward needs (only written with ``want_pairs``; otherwise empty)."""
+    arc_splits [M + 1] of the result, pair_splits [S + 1], pair_q, pair_arc_splits, dst, e_splits, e_idx,
+    alive); ``ok`` is False (and the rest empty) when the epsilon arcs form a cycle. The pairs are the closure
+    pairs (p, q) of the kept states p (those of p at ``pair_splits[p]:[p + 1]``), each with its output arcs at
+    ``pair_arc_splits[i]:[i + 1]``: what the backward needs (only written with ``want_pairs``; otherwise
+    empty)."""
     M = state_splits.shape[0] - 1
     S = state_splits[M]
     A = arcs.shape[0]
