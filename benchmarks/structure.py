@@ -10,12 +10,15 @@ member, FST construction not timed) on the same lattices and checks that the for
 """
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-import gtn
-from gtn.fsa import from_arcs
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this repository's gtn, not an installed one
+import gtn  # noqa: E402
+from gtn.fsa import from_arcs  # noqa: E402
 
 
 def lattices(total_arcs: int, members: int = 32, eps: float = 0.2, seed: int = 0) -> gtn.FsaVec:

@@ -5,7 +5,8 @@ from (the *arc map*, ``-1`` for arcs that did not exist in the input, which get 
 and every extra per-arc attribute follow by indexing (`Fsa._derive`), so autograd needs no custom code.
 All operations take an `Fsa` or an `FsaVec` and are vectorized over the whole batch: each is a handful of
 tensor ops over all arcs of all members at once, with output positions computed arithmetically (no Python
-loop over arcs, states or members; `remove_epsilon` loops only over the lengths of epsilon paths).
+loop over arcs, states or members; `remove_epsilon`'s torch path loops only over the lengths of epsilon
+paths, and on CPU a numba kernel does the whole removal in one call, `gtn.kernels.structure_numba`).
 
 The outputs keep k2's conventions: state 0 is the start state, the last state is the single final state, only
 ``-1`` arcs enter it, arcs are sorted by source state. New arcs use label 0 (epsilon), with ``aux_label`` 0 on
@@ -414,43 +415,124 @@ def _epsilon_cycle_state(src, dst, num_states) -> int:
     return int(succ[s])
 
 
-def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log") -> Graph:
+def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log", backend: str = "auto") -> Graph:
     """Remove epsilon arcs, preserving the weighted language exactly in the chosen semiring.
 
     ``semiring="log"`` (the default) keeps every label string's forward score (and the total forward score);
     ``semiring="tropical"`` keeps every label string's best-path (Viterbi) score (and `viterbi_score`). Each
     is exact in its own semiring only: parallel epsilon paths are merged by log-sum-exp in the first, by max
-    in the second (whose gradient goes to one path: the first in closure order), so the log result can score
+    in the second (whose gradient goes to one path, see below), so the log result can score
     a string's best path higher than the input does, and the tropical result under-counts forward scores.
 
     Epsilon arcs are those with label 0 (and, for a transducer, ``aux_label`` 0 too, as OpenFst's
     ``rmepsilon``; transducer arcs with only one epsilon side are kept). For every state p, the epsilon closure
-    ``E(p) = {(q, w)}`` holds the semiring sum ``w`` (log-sum-exp or max) of the scores of all epsilon paths p -> q (the empty path
-    gives ``(p, 0)``). Each non-epsilon arc ``q -> r`` (label l, score s) and each ``(q, w)`` in ``E(p)`` give
-    an output arc ``p -> r`` with label l and score ``w + s``; its arc map points at the non-epsilon arc (so
-    ``aux_labels`` and attributes come from it; those of the epsilon arcs are dropped). States entered only
-    by epsilon arcs become inaccessible: with ``connect=True`` (the default, as OpenFst's ``rmepsilon``) the
-    result is trimmed by `gtn.connect` (a member without a successful path becomes the empty FSA); with
-    ``connect=False`` the state numbering of the input is kept.
+    ``E(p) = {(q, w)}`` holds the semiring sum ``w`` (log-sum-exp or max) of the scores of all epsilon paths
+    p -> q (the empty path gives ``(p, 0)``). Each non-epsilon arc ``q -> r`` (label l, score s) and each
+    ``(q, w)`` in ``E(p)`` give an output arc ``p -> r`` with label l and score ``w + s``; its arc map points
+    at the non-epsilon arc (so ``aux_labels`` and attributes come from it; those of the epsilon arcs are
+    dropped). States entered only by epsilon arcs become inaccessible: with ``connect=True`` (the default, as
+    OpenFst's ``rmepsilon``) the result is trimmed as by `gtn.connect` (a member without a successful path
+    becomes the empty FSA); with ``connect=False`` the state numbering of the input is kept.
 
     Every successful path of the input corresponds to one output path with the same labels (its epsilon runs
     folded into the next non-epsilon arc), and the output arc scores are semiring sums over the folded runs,
     so the semiring's score of every label string is unchanged. Half-precision scores are accumulated in
-    float32 and the result is cast back. Output scores are built with torch ops from the input scores (gathers, sums, a stable segmented
-    log-sum-exp), so gradients flow to the input.
+    float32 and the result is cast back. Gradients flow to the input scores: each output arc's gradient goes to
+    its non-epsilon arc and, through ``w``, to the epsilon arcs (log: in proportion to their share of the
+    paths' weight; tropical: along the winning path, the one of fewest arcs among the best, then the lowest
+    last arc).
 
     Cycles: the non-epsilon part of the graph may be cyclic (the result is then exact as well). Cycles made of
-    epsilon arcs only would need infinite sums (log) or a shortest-distance closure (tropical); they raise `FsaError` naming a state on such a cycle.
+    epsilon arcs only would need infinite sums (log) or a shortest-distance closure (tropical); they raise
+    `FsaError` naming a state on such a cycle.
 
-    Complexity: the closure is computed level by level (epsilon paths of length k from paths of length k-1,
-    merging equal (p, q) pairs at each level), so it costs O(L * C * d) for L = the longest epsilon path, C =
-    the number of (p, q) closure pairs and d = the epsilon out-degree, and the output has one arc per (closure
-    pair, non-epsilon arc leaving q). A chain of k epsilon arcs gives O(k^2) pairs, as with any
-    epsilon-removal algorithm."""
+    ``backend``: ``"auto"`` (the numba kernel `gtn.kernels.structure_numba` on CPU when numba imports and
+    kernels are enabled, else torch), ``"numba"`` or ``"torch"``: the library's one policy,
+    `gtn.kernels.select`. Both give the same graph (states, arc order, arc map) and scores (tropical bitwise,
+    log to rounding); the kernel's backward is once-differentiable (use ``"torch"`` for higher derivatives).
+
+    Complexity. The kernel: per state p, a depth-first search over the epsilon arcs it reaches (pruned, with
+    ``connect``, at states that cannot reach the final state) and one pass over them in topological order,
+    then the output arcs; O(states + arcs + closure arcs + output arcs), as OpenFst's ``rmepsilon``. The torch
+    path computes the closure level by level (epsilon paths of length k from paths of length k-1, merging equal
+    (p, q) pairs at each level): O(L * C * d) for L = the longest epsilon path, C = the number of (p, q)
+    closure pairs and d = the epsilon out-degree. Either way the output has one arc per (closure pair,
+    non-epsilon arc leaving q); a chain of k epsilon arcs gives O(k^2) pairs, as with any epsilon-removal
+    algorithm that keeps the state set."""
     if semiring not in ("log", "tropical"):
         raise FsaError(f"remove_epsilon: semiring must be 'log' or 'tropical', got {semiring!r}")
-    tropical = semiring == "tropical"
+    from . import kernels
+    backend = kernels.check_backend(backend, "remove_epsilon")
     v = as_vec(fsa)
+    k = kernels.select("structure_numba", v.device, v.dtype, backend, "remove_epsilon")
+    res = _remove_epsilon_numba(k, v, fsa, connect, semiring) if k is not None else \
+        _remove_epsilon_torch(v, fsa, connect, semiring)
+    return like(res, fsa)
+
+
+def _raise_epsilon_cycle(v: FsaVec, fsa: Graph, semiring: str):
+    """`FsaError` naming a state on a cycle of epsilon arcs (and its member, for a batch)."""
+    dev = v.device
+    eps = v.labels == 0
+    if v.aux_labels is not None:
+        eps &= v.aux_labels == 0
+    s = _epsilon_cycle_state(v.src_global[eps], v.dst_global[eps], v.total_states)
+    m = int(torch.searchsorted(v.state_splits, torch.tensor(s, device=dev), right=True)) - 1
+    where = f"FSA {m} of the batch: " if isinstance(fsa, FsaVec) else ""
+    raise FsaError(f"remove_epsilon: {where}state {s - int(v.state_splits[m])} lies on a cycle of "
+                   f"epsilon arcs; its {semiring}-semiring closure is not computed (epsilon cycles "
+                   "are refused in both semirings)")
+
+
+class _EpsilonScores(torch.autograd.Function):
+    """The output scores of the numba removal (computed in its forward); backward = the kernel's backward."""
+
+    @staticmethod
+    def forward(ctx, scores, k, out_sc, saved, tropical):
+        ctx.k, ctx.saved, ctx.tropical = k, saved, tropical
+        ctx.save_for_backward(scores)
+        return torch.from_numpy(out_sc)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        from .kernels import compute_dtype
+        (scores,) = ctx.saved_tensors
+        cd = compute_dtype(scores.dtype)
+        sc = scores.detach().to(cd).contiguous().numpy()
+        grad = ctx.k.remove_epsilon_backward(g.to(cd).contiguous().numpy(), ctx.saved, sc, ctx.tropical)
+        return torch.from_numpy(grad).to(scores.dtype), None, None, None, None
+
+
+def _remove_epsilon_numba(k, v: FsaVec, fsa: Graph, connect: bool, semiring: str) -> FsaVec:
+    """`remove_epsilon` by the numba kernel (`gtn.kernels.structure_numba`): the same graph as the torch path."""
+    import numpy as np
+    from .kernels import compute_dtype
+    cd = compute_dtype(v.dtype)
+    tropical = semiring == "tropical"
+    sc = v.scores.detach().to(cd).contiguous().numpy()
+    aux = np.zeros(0, np.int64) if v.aux_labels is None else v.aux_labels.contiguous().numpy()
+    grad = v.scores.requires_grad and torch.is_grad_enabled()
+    res = k.remove_epsilon(v.arcs.contiguous().numpy(), aux, v.state_splits.numpy(), v.arc_splits.numpy(), sc,
+                           connect, tropical, grad)
+    if not res[0]:
+        _raise_epsilon_cycle(v, fsa, semiring)
+    out_arcs, out_map = torch.from_numpy(res[1]), torch.from_numpy(res[2])
+    if grad:
+        saved = (res[2],) + tuple(res[6:])
+        scores = _EpsilonScores.apply(v.scores, k, res[3], saved, tropical)
+    else:
+        scores = torch.from_numpy(res[3])
+    if scores.dtype != v.dtype:
+        scores = scores.to(v.dtype)
+    return v._derive(out_arcs, out_map, torch.from_numpy(res[5]), torch.from_numpy(res[4]), scores=scores,
+                     kind=FsaVec)
+
+
+def _remove_epsilon_torch(v: FsaVec, fsa: Graph, connect: bool, semiring: str) -> FsaVec:
+    """`remove_epsilon` in torch ops, level by level over the epsilon path lengths: the reference (and the
+    path on every non-CPU device) that the numba kernel is tested against."""
+    tropical = semiring == "tropical"
     dev = v.device
     S = v.total_states
     from .kernels import compute_dtype
@@ -478,12 +560,7 @@ def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log") -> G
             break
         level += 1
         if level > max_len:
-            s = _epsilon_cycle_state(e_src, e_dst, S)
-            m = int(torch.searchsorted(v.state_splits, torch.tensor(s, device=dev), right=True)) - 1
-            where = f"FSA {m} of the batch: " if isinstance(fsa, FsaVec) else ""
-            raise FsaError(f"remove_epsilon: {where}state {s - int(v.state_splits[m])} lies on a cycle of "
-                           f"epsilon arcs; its {semiring}-semiring closure is not computed (epsilon cycles "
-                           "are refused in both semirings)")
+            _raise_epsilon_cycle(v, fsa, semiring)
         pair = torch.repeat_interleave(torch.arange(p.numel(), device=dev), cnt, output_size=idx.numel())
         p, q, w = _dedupe(p[pair], e_dst[idx], w[pair] + e_sc[idx], S, tropical)
         P.append(p), Q.append(q), W.append(w)
@@ -508,4 +585,4 @@ def remove_epsilon(fsa: Graph, connect: bool = True, semiring: str = "log") -> G
     if connect:
         from .topology import connect as _connect
         res = _connect(res)
-    return like(res, fsa)
+    return res

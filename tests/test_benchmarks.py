@@ -75,3 +75,45 @@ def test_bad_arguments():
         with pytest.raises(SystemExit) as e:
             mod.main(argv)
         assert e.value.code == 2, argv
+
+
+def _rmeps_module():
+    path = SCRIPT.parent / "remove_epsilon.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_remove_epsilon", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_remove_epsilon_sweep_checks_both_semirings(capsys):
+    """benchmarks/remove_epsilon.py at small sizes: a row per size and semiring, each checked against OpenFst
+    (the check column is the largest distance difference, within the script's tolerance), and the slope line."""
+    mod = _rmeps_module()
+    mod.main(["--arcs", "100", "400", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "1 thread(s); rounds: 1; backend: auto; load average before " in out
+    rows = [x.split() for x in out.splitlines() if re.match(r"\s+[0-9,]+\s+[0-9,]+\s+[0-9,]+\s+[0-9.]+", x)]
+    assert [r[0] for r in rows] == ["100", "400", "100", "400"]
+    for r in rows:
+        assert int(r[1].replace(",", "")) >= int(r[2].replace(",", "")) > 0  # OpenFst merges parallel arcs
+        assert float(r[11]) <= 1e-4
+    assert out.count("slope of log time against log arcs, 100 to 400 arcs") == 2
+
+
+def test_remove_epsilon_sweep_graph_and_check():
+    """The sweep's graph: acyclic, ~30 % epsilon arcs, every state on a successful path; the check refuses a
+    result whose distances differ from OpenFst's."""
+    mod = _rmeps_module()
+    arcs, scores, n = mod.random_graph(3000)
+    g = mod.gtn.Fsa(arcs, scores, num_states=n)
+    assert g.num_arcs == 3000 and n == 1000
+    assert bool((arcs[:, 1] > arcs[:, 0]).all())
+    assert abs(float((arcs[:, 2] == 0).double().mean()) - 0.3) < 0.03
+    assert mod.gtn.connect(g).num_states == n
+    o = mod.to_openfst(arcs, scores, n, "log64")
+    o.rmepsilon()
+    r = mod.gtn.remove_epsilon(g)
+    assert mod.check(r, o, g, "log") < 1e-7
+    bad = mod.gtn.Fsa(r.arcs, r.scores + 0.01 * (r.arcs[:, 0] == 5), num_states=r.num_states)
+    with pytest.raises(SystemExit, match="check failed: distances differ"):
+        mod.check(bad, o, g, "log")

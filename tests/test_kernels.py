@@ -33,6 +33,7 @@ def _calls(backend):
         "compose_score": lambda: gtn.compose_score(lin, lin, backend=backend),
         "dense_forward_score": lambda: gtn.dense_forward_score(gtn.ctc_graph([1]), d, backend=backend),
         "ctc_loss": lambda: gtn.ctc_loss(lp, torch.tensor([[1]]), [4], [1], backend=backend),
+        "remove_epsilon": lambda: gtn.remove_epsilon(gtn.concat(lin, lin), backend=backend),
     }
 
 
@@ -92,7 +93,8 @@ def test_numba_on_cuda_is_refused_everywhere():
              "compose": lambda: gtn.compose(lin, lin, backend="numba"),
              "compose_score": lambda: gtn.compose_score(lin, lin, backend="numba"),
              "dense_forward_score": lambda: gtn.dense_forward_score(gtn.ctc_graph([1]).to(cuda), d,
-                                                                    backend="numba")}
+                                                                    backend="numba"),
+             "remove_epsilon": lambda: gtn.remove_epsilon(lin, backend="numba")}
     for name, f in calls.items():
         with pytest.raises(gtn.FsaError, match=f"{name}: backend='numba' needs CPU tensors, got cuda"):
             f()
@@ -109,7 +111,8 @@ def test_numba_without_a_writable_cache_compiles_and_warns_once(tmp_path):
         with warnings.catch_warnings(record=True) as w:
             import gtn, torch
             from gtn import kernels
-            for name in ("scoring_numba", "topology_numba", "compose_numba", "dense_numba", "product_numba"):
+            for name in ("scoring_numba", "topology_numba", "compose_numba", "dense_numba", "product_numba",
+                         "structure_numba"):
                 assert kernels.select(name, backend="numba") is not None, "the kernels were dropped"
             # one small kernel compiled and run without the cache (compiling all would take half a minute)
             k = kernels.select("topology_numba", backend="numba")

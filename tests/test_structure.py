@@ -409,6 +409,82 @@ def test_remove_epsilon_epsilon_cycle_names_state():
         remove_epsilon(v)
 
 
+def _rmeps_result(v, backend, semiring, connect, weights):
+    """remove_epsilon on ``backend``: (result, d loss / d input scores) for loss = sum(weights * finite output
+    scores), or the FsaError message."""
+    x = v.detach().requires_grad_()
+    try:
+        r = remove_epsilon(x, connect=connect, semiring=semiring, backend=backend)
+    except gtn.FsaError as e:
+        return str(e), None
+    w = weights[: r.num_arcs].to(r.dtype)
+    fin = torch.isfinite(r.scores)
+    (torch.where(fin, r.scores, torch.zeros_like(r.scores)) * w).sum().backward()
+    return r, x.scores.grad
+
+
+@pytest.mark.both_backends  # runs the numba kernel and the torch reference itself
+@LAW
+@given(st.booleans().flatmap(lambda acyclic: fsa_vecs(max_fsas=3, max_states=9, acyclic=acyclic, transducer=None,
+                                                       attr=True, num_labels=3, max_paths=60)),
+       st.sampled_from(["log", "tropical"]), st.booleans(), st.sampled_from([torch.float32, torch.float64,
+                                                                             torch.bfloat16]),
+       st.booleans(), st.integers(0, 2 ** 31 - 1))
+def test_remove_epsilon_kernel_equals_reference(v, semiring, connect, dtype, integer, seed):
+    """Law: the numba kernel (`gtn.kernels.structure_numba`) returns the torch reference's graph — same states,
+    arc order, labels, aux_labels, attributes — with the same scores (tropical: bitwise; log: to rounding) and
+    the same gradients (to rounding; with integer scores, ties everywhere, so the tropical winner rule is the
+    same), or the same epsilon-cycle error; on batches of acyclic and cyclic graphs, acceptors and
+    transducers, with and without connect, in float32, float64 and bfloat16."""
+    if integer:  # ties everywhere (tropical winners)
+        v = _vec_with_scores(v, torch.where(torch.isinf(v.scores), v.scores, v.scores.round()))
+    v = v.to(dtype)
+    weights = torch.rand(4096, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) - 0.25
+    got, g_got = _rmeps_result(v, "numba", semiring, connect, weights)
+    want, g_want = _rmeps_result(v, "torch", semiring, connect, weights)
+    if isinstance(want, str):
+        assert got == want
+        return
+    validate(got)
+    assert torch.equal(got.arcs, want.arcs) and torch.equal(got.arc_splits, want.arc_splits)
+    assert torch.equal(got.state_splits, want.state_splits)
+    assert (got.aux_labels is None) == (want.aux_labels is None)
+    if want.aux_labels is not None:
+        assert torch.equal(got.aux_labels, want.aux_labels)
+    assert set(got.attrs) == set(want.attrs) and all(torch.equal(got.attrs[k], want.attrs[k]) for k in want.attrs)
+    assert got.dtype == want.dtype == dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-2, atol=1e-2) \
+        if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-5)
+    if semiring == "tropical":
+        assert torch.equal(got.scores, want.scores)  # the same sums in the same order, then max
+    else:
+        torch.testing.assert_close(got.scores, want.scores, **tol)
+    # gradients sum the output arcs' shares in another order: equal to rounding (a different tropical winner
+    # would move a whole weight from one arc to another)
+    torch.testing.assert_close(g_got, g_want, **tol)
+
+
+def _vec_with_scores(v, scores):
+    """The batch ``v`` with other scores (its members rebuilt, attributes kept)."""
+    return gtn.FsaVec([with_scores(f, scores[int(v.arc_splits[i]):int(v.arc_splits[i + 1])])
+                       for i, f in enumerate(v)])
+
+
+def test_remove_epsilon_kernel_long_epsilon_chain():
+    """A chain of 300 epsilon arcs (a closure of 45,150 pairs, deeper than the kernel's small-closure sort)
+    with a labelled arc from every state: the kernel and the reference agree, and the forward score is kept."""
+    n = 302
+    arcs = [(s, s + 1, 0, -0.01 * (s % 7)) for s in range(n - 2)]
+    arcs += [(s, n - 2, 1 + s % 5, -0.5) for s in range(n - 3)] + [(n - 2, n - 1, -1, 0.0)]
+    a = gtn.Fsa(arcs, dtype=torch.float64)
+    for semiring in ("log", "tropical"):
+        got = remove_epsilon(a, semiring=semiring, backend="numba")
+        want = remove_epsilon(a, semiring=semiring, backend="torch")
+        assert torch.equal(got.arcs, want.arcs)
+        torch.testing.assert_close(got.scores, want.scores, rtol=1e-12, atol=1e-12)
+    assert close(gtn.forward_score(remove_epsilon(a, backend="numba")).item(), gtn.forward_score(a).item(), 1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------- invert / project
 @LAW
 @given(fsa_vecs(max_fsas=3, transducer=None, attr=True), st.booleans())

@@ -69,14 +69,21 @@ def njit(*args, **kwargs):
     return deco
 
 
+_MODULES = {}
+
+
 def _import(name: str):
-    """``gtn.kernels.<name>``, or the exception that stopped it from importing."""
+    """``gtn.kernels.<name>``, or the exception that stopped it from importing (remembered: every operation asks
+    on every call, and importlib's lookup costs more than a small graph's kernel)."""
+    if name in _MODULES:
+        return _MODULES[name], None
     try:
         mod = importlib.import_module(f"{__name__}.{name}")
     except Exception as e:  # numba missing or broken
         return None, e
     if not mod.available():
         return None, ImportError("numba does not import")
+    _MODULES[name] = mod
     return mod, None
 
 
