@@ -124,6 +124,10 @@ def parse(argv=None):
     p.add_argument("--max-pieces", type=int, help="segmentation: most pieces in one segment")
     p.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
                    help="train on strings of varied rendering settings (lenet.strings.RenderRanges; default off)")
+    p.add_argument("--val-digits", type=int,
+                   help="segmentation reader: training digits held out of both trainings, on whose strings the "
+                        "segmentation bias is tuned after global training (0: none, the bias stays as learned)")
+    p.add_argument("--val-strings", type=int, help="validation strings drawn from the held-out digits")
     p.add_argument("--grid-strings", type=int, help="strings per cell of the robustness grid (0: skip the grid)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: LeNet-5's small batches gain little from more)")
