@@ -85,11 +85,13 @@ class DenseFsaVec:
             b = int(bad.nonzero()[0])
             raise FsaError(f"sequence {b} of the batch has length {int(lengths[b])}, outside 0..{T} (frames)")
         lp = log_probs.detach()
-        if lp.device.type == "cpu" and lp.dtype in (torch.float32, torch.float64):  # numpy: no thread-pool latency
-            a = lp.numpy()
-            suspicious = bool(np.isnan(a).any() or np.isposinf(a).any())
+        # one pass, no [B, T, C] temporaries: the maximum is NaN or +inf exactly when some entry is
+        if lp.numel() == 0:
+            suspicious = False
+        elif lp.device.type == "cpu" and lp.dtype in (torch.float32, torch.float64):  # numpy: no thread latency
+            suspicious = not bool(lp.numpy().max() < np.inf)
         else:
-            suspicious = bool(torch.isnan(lp).any() | (lp == float("inf")).any())
+            suspicious = not bool(lp.max() < float("inf"))
         if suspicious:
             used = torch.arange(T, device=lp.device)[None, :] < lengths.to(lp.device)[:, None]
             badv = (torch.isnan(lp) | (lp == float("inf"))) & used[:, :, None]
@@ -165,8 +167,48 @@ class _Plan:
         self.gidx = gidx
         self.B, self.T, self.C = B, dense.num_frames, C
         self.lengths = dense.lengths  # cpu int64
+        self.lab = gvec.labels  # the emission column each arc reads (relabelled by `narrow_columns`)
         self._ex = None
         self._nb = None
+
+    def narrow_columns(self):
+        """The emission columns the graphs read, when that is at most half of them; else None.
+
+        Returns ``cols [B, K]``: sequence b reads only columns ``cols[b]`` (the distinct labels of its graph,
+        ascending, padded with column 0), and relabels the plan's arcs ``0..K-1`` (``-1`` stays) so that the
+        frame loops run on ``log_probs.gather(2, cols)`` (``[B, T, K]``) instead of every symbol. With a large
+        vocabulary (CTC: at most U + 1 of C symbols per sequence) this keeps every per-frame pass, the
+        kernels' float64 copy and the gradient they write at K columns; the gather's backward scatters the
+        gradient into the full ``[B, T, C]`` once."""
+        gv, C = self.gvec, self.C
+        if self._ex is not None or self._nb is not None:
+            raise RuntimeError("narrow_columns must come before the frame loops' index arrays are built")
+        if gv.num_arcs == 0 or C < 2:
+            return None
+        lab = gv.labels.cpu().numpy()
+        asplit = gv.arc_splits.cpu().numpy()
+        nf = asplit.shape[0] - 1
+        arc_fsa = np.repeat(np.arange(nf), np.diff(asplit))
+        m = lab >= 0
+        key = arc_fsa[m] * C + lab[m]
+        uniq = np.unique(key)  # (graph, label) pairs, sorted: each graph's labels ascending
+        f = uniq // C
+        cnt = np.bincount(f, minlength=nf)
+        K = max(int(cnt.max()) if uniq.size else 0, 1)
+        if 2 * K > C:
+            return None
+        start = np.cumsum(cnt) - cnt
+        table = np.zeros((nf, K), dtype=np.int64)
+        table[f, np.arange(uniq.size) - start[f]] = uniq % C
+        local = lab.copy()
+        local[m] = np.searchsorted(uniq, key) - start[arc_fsa[m]]
+        self.lab = torch.from_numpy(local).to(gv.device)
+        self.C = K
+        return torch.from_numpy(table[self.gidx.numpy()]).to(gv.device)
+
+    def release(self):
+        """Drop the frame loops' index arrays (they are rebuilt on demand)."""
+        self._ex = self._nb = None
 
     # -------------------------------------------------------------- torch layout: one graph copy per sequence
     def expanded(self):
@@ -182,7 +224,7 @@ class _Plan:
             arcs = gv.arcs[ex["arc"]]
             ex["src"] = arcs[:, 0] + soff[ex["seq"]]
             ex["dst"] = arcs[:, 1] + soff[ex["seq"]]
-            ex["lab"] = arcs[:, 2]
+            ex["lab"] = self.lab[ex["arc"]]
             ex["N"] = int(nst.sum())
             ex["has"] = nst > 0
             ex["start"] = soff
@@ -217,6 +259,7 @@ class _Plan:
         if self._nb is None:
             gv = self.gvec
             arcs = gv.arcs.cpu().numpy()
+            labs = self.lab.cpu().numpy()
             asplit = gv.arc_splits.cpu().numpy()
             ssplit = gv.state_splits.cpu().numpy()
             nf = asplit.shape[0] - 1
@@ -238,8 +281,8 @@ class _Plan:
             self._nb = dict(
                 gidx=gidx, lens=L, soff=np.ascontiguousarray(soff), ns=ns, aoff=np.ascontiguousarray(asplit[:-1]),
                 naf=naf, arc_fsa=arc_fsa, in_splits=in_splits, in_arc=in_order,
-                in_src=arcs[in_order, 0].copy(), in_lab=arcs[in_order, 2].copy(), out_splits=out_splits,
-                src=arcs[:, 0].copy(), dst=arcs[:, 1].copy(), lab=arcs[:, 2].copy(),
+                in_src=arcs[in_order, 0].copy(), in_lab=labs[in_order].copy(), out_splits=out_splits,
+                src=arcs[:, 0].copy(), dst=arcs[:, 1].copy(), lab=labs.copy(),
                 alpha_off=np.cumsum(sizes) - sizes, alpha_size=int(sizes.sum()),
                 max_states=int(ns.max()) if nf else 0, max_arcs=int(naf.max()) if nf else 0,
             )
@@ -354,40 +397,81 @@ def _score_weights(plan, scores):
     return w, ok, offset
 
 
+def _checkpoint_layout(plan):
+    """Checkpoint interval ``S`` (about sqrt(frames)) and per-sequence offsets / total size of the scaled
+    kernels' alpha checkpoints (frames 0, S, 2S, ... <= length)."""
+    nb = plan.numba_arrays()
+    L = nb["lens"]
+    S = max(4, int(np.sqrt(max(int(L.max()) if L.size else 1, 1))))
+    sizes = (L // S + 1) * nb["ns"][nb["gidx"]]
+    return S, np.cumsum(sizes) - sizes, int(sizes.sum())
+
+
+def _lp64(lp):
+    """The emissions as one float64, C-contiguous array: every kernel signature takes this one layout (numba
+    compiles each kernel once), and numpy converts without torch's intra-op thread latency."""
+    return np.ascontiguousarray(lp.detach().numpy(), dtype=np.float64)
+
+
+def _out_dtype(lp):
+    return np.float64 if lp.dtype == torch.float64 else np.float32
+
+
 def _numba_forward(k, plan, scores, lp, log_semiring):
     nb = plan.numba_arrays()
     B = plan.B
     sc = scores.detach().to(torch.float64).numpy()
     in_sc = sc[nb["in_arc"]]
-    alpha = np.empty(nb["alpha_size"], dtype=np.float64)
     Z = np.full(B, -np.inf)
     lin_mode = np.zeros(B, dtype=np.bool_)
     lin = None
-    # one float64, C-contiguous layout for every input: the kernels compute in float64 anyway, and a single
-    # signature per kernel keeps numba's (cached) compilation short
-    lpn = np.ascontiguousarray(lp.detach().numpy(), dtype=np.float64)  # numpy: no intra-op thread latency
+    alpha = None  # full alpha [frames, states] per sequence: the log-domain kernels only
+    lpn = _lp64(lp)  # not saved: the backward converts again if a log-domain kernel needs it
     if log_semiring:
         wn, lin_mode, offset = _score_weights(plan, scores)
+        in_w = wn[nb["in_arc"]]
+        S, ck_off, ck_size = _checkpoint_layout(plan)
+        alpha_ck = np.empty(ck_size, dtype=np.float64)
+        m = max(nb["max_states"], 1)
         logz = np.full(B, -np.inf)
         P = np.empty(lpn.shape, dtype=np.float64)
+        flag = np.zeros(B, dtype=np.bool_)
         k.dense_forward_lin(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"],
-                            nb["in_lab"], wn[nb["in_arc"]], nb["alpha_off"], alpha, P, logz, lin_mode,
-                            _TINY["forward"])
+                            nb["in_lab"], in_w, ck_off, S, alpha_ck, np.empty(m), np.empty(m), P, logz, lin_mode,
+                            flag, _TINY["forward"])
+        lin = (P, wn, in_w, S, ck_off, alpha_ck)
+        chk = lin_mode & flag
+        if chk.any():  # some product fell below TINY: certify with the backward's check (dense_numba's header)
+            _lin_backward(k, plan, lin, logz, np.ones(B), chk, np.empty((1, 1, 1), dtype=_out_dtype(lp)),
+                          np.empty(1), _TINY["forward"], False)  # (glp's dtype: the backward's signature)
+            lin_mode &= ~flag | chk
         Z[lin_mode] = logz[lin_mode] + offset[lin_mode]
-        lin = (P, wn)
     rest = ~lin_mode
     if rest.any():
+        alpha = np.empty(nb["alpha_size"], dtype=np.float64)
         k.dense_forward(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"],
                         nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, log_semiring, rest)
     dtype = torch.promote_types(lp.dtype, scores.dtype)
-    return torch.from_numpy(Z).to(dtype), (alpha, Z, sc, in_sc, lin_mode, lin, lpn)
+    return torch.from_numpy(Z).to(dtype), (alpha, Z, sc, in_sc, lin_mode) + (lin or (None,) * 6)
+
+
+def _lin_backward(k, plan, lin, logz, gzn, ok, glp, gsc, tiny, write):
+    nb = plan.numba_arrays()
+    P, wn, in_w, S, ck_off, alpha_ck = lin
+    m = max(nb["max_states"], 1)
+    na = max(nb["max_arcs"], 1) if write else 1
+    k.dense_backward_lin(P, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"], nb["out_splits"],
+                         nb["dst"], nb["lab"], wn, nb["in_splits"], nb["in_src"], nb["in_lab"], in_w, ck_off, S,
+                         alpha_ck, np.empty((S + 1) * m), logz, gzn, ok, glp, gsc, np.empty(m), np.empty(m),
+                         np.empty(na), np.empty(na), np.empty(max(plan.C, 1)), tiny, write)
 
 
 def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
     nb = plan.numba_arrays()
-    alpha, Z, sc, in_sc, lin_mode, lin, lpn = saved
-    glpn = np.zeros(lpn.shape, dtype=np.float64)
-    glp = torch.from_numpy(glpn)
+    alpha, Z, sc, in_sc, lin_mode = saved[:5]
+    lin = saved[5:]
+    shape = tuple(lp.shape)
+    glpn = np.zeros(shape, dtype=_out_dtype(lp))  # the scaled kernel writes the gradient in the output dtype
     gsc = np.zeros(sc.shape[0], dtype=np.float64)
     gzn = gz.detach().to(torch.float64).contiguous().numpy()
     if log_semiring:
@@ -396,29 +480,51 @@ def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
         Zk = Z
         if lin_mode.any():
             ok = lin_mode.copy()
-            P, wn = lin
-            na = max(nb["max_arcs"], 1)
-            k.dense_backward_lin(P, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"],
-                                 nb["out_splits"], nb["dst"], nb["lab"], wn, nb["alpha_off"], alpha, Z, gzn, ok,
-                                 glpn, gsc, np.empty(m), np.empty(m), np.empty(na), np.empty(na),
-                                 np.empty(max(plan.C, 1)), _TINY["backward"])
+            _lin_backward(k, plan, lin, Z, gzn, ok, glpn, gsc, _TINY["backward"], True)
             failed = lin_mode & ~ok
             if failed.any():  # rare: recompute those sequences in the log domain
-                glp[torch.from_numpy(failed)] = 0
+                glpn[failed] = 0
                 Zk = Z.copy()
-                k.dense_forward(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"],
-                                nb["in_lab"], in_sc, nb["alpha_off"], alpha, Zk, True, failed)
+                if alpha is None:
+                    alpha = np.empty(nb["alpha_size"], dtype=np.float64)
+                k.dense_forward(_lp64(lp), nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"],
+                                nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Zk, True, failed)
                 redo = redo | failed
         if redo.any():
-            k.dense_backward_log(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["out_splits"],
-                                 nb["src"], nb["dst"], nb["lab"], sc, nb["alpha_off"], alpha, Zk, gzn, glpn, gsc,
-                                 np.empty(m), np.empty(m), redo)
+            g64 = np.zeros(shape, dtype=np.float64)
+            k.dense_backward_log(_lp64(lp), nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"],
+                                 nb["out_splits"], nb["src"], nb["dst"], nb["lab"], sc, nb["alpha_off"], alpha, Zk,
+                                 gzn, g64, gsc, np.empty(m), np.empty(m), redo)
+            glpn[redo] = g64[redo]
     else:
-        k.dense_backward_viterbi(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_arc"],
-                                 nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, gzn, glpn, gsc)
-    if lp.dtype != torch.float64:
-        glp = torch.from_numpy(glpn.astype(lp.detach().numpy().dtype))
-    return torch.from_numpy(gsc).to(scores.dtype), glp
+        g64 = np.zeros(shape, dtype=np.float64)
+        k.dense_backward_viterbi(_lp64(lp), nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"],
+                                 nb["in_arc"], nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, gzn,
+                                 g64, gsc)
+        glpn[...] = g64
+    return torch.from_numpy(gsc).to(scores.dtype), torch.from_numpy(glpn)
+
+
+class _GatherColumns(torch.autograd.Function):
+    """``log_probs.gather(2, cols[:, None, :])``: ``[B, T, K]`` from ``[B, T, C]``. The backward scatters into
+    zeros laid out like ``log_probs`` (a ``[T, B, C]`` tensor seen as ``[B, T, C]`` gets a gradient that is
+    contiguous as ``[T, B, C]``, so `log_softmax`'s backward needs no copy), keeping no reference to it."""
+
+    @staticmethod
+    def forward(ctx, lp, cols):
+        B, T, _ = lp.shape
+        idx = cols[:, None, :].expand(B, T, cols.shape[1])
+        ctx.save_for_backward(idx)
+        ctx.layout = (lp.shape, torch.empty_like(lp, device="meta").stride(), lp.device)
+        return lp.gather(2, idx)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        shape, stride, dev = ctx.layout
+        out = torch.empty_strided(shape, stride, dtype=g.dtype, device=dev).zero_()
+        return out.scatter_add_(2, idx, g), None
 
 
 class _DenseScore(torch.autograd.Function):
@@ -432,18 +538,30 @@ class _DenseScore(torch.autograd.Function):
         else:
             Z, saved = _numba_forward(k, plan, scores, lp, log_semiring)
             ctx.kernel = k
-        ctx.plan, ctx.saved, ctx.log_semiring = plan, saved, log_semiring
-        ctx.save_for_backward(scores, lp, Z)
+        ctx.plan, ctx.log_semiring = plan, log_semiring
+        # arrays go through save_for_backward, so autograd drops them once the backward has run (unless the
+        # graph is retained) instead of keeping them as long as the graph lives
+        tensors, ctx.slots = [scores, lp, Z], []
+        for x in saved:
+            if isinstance(x, (np.ndarray, torch.Tensor)):
+                ctx.slots.append((isinstance(x, np.ndarray), len(tensors)))
+                tensors.append(torch.from_numpy(x) if isinstance(x, np.ndarray) else x)
+            else:
+                ctx.slots.append((None, x))
+        ctx.save_for_backward(*tensors)
         return Z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gz):
-        scores, lp, Z = ctx.saved_tensors
+        tensors = ctx.saved_tensors
+        scores, lp, Z = tensors[:3]
+        saved = tuple(v if kind is None else (tensors[v].numpy() if kind else tensors[v]) for kind, v in ctx.slots)
         if ctx.kernel is None:
-            gsc, glp = _torch_backward(ctx.plan, ctx.saved, Z, gz, ctx.log_semiring, scores, lp)
+            gsc, glp = _torch_backward(ctx.plan, saved, Z, gz, ctx.log_semiring, scores, lp)
         else:
-            gsc, glp = _numba_backward(ctx.kernel, ctx.plan, ctx.saved, gz, ctx.log_semiring, scores, lp)
+            gsc, glp = _numba_backward(ctx.kernel, ctx.plan, saved, gz, ctx.log_semiring, scores, lp)
+        ctx.plan.release()  # its index arrays, rebuilt if the graph is retained and differentiated again
         return (gsc if ctx.needs_input_grad[0] else None, glp if ctx.needs_input_grad[1] else None,
                 None, None, None)
 
@@ -468,6 +586,9 @@ def dense_forward_score(graphs: Union[Fsa, FsaVec], dense: DenseFsaVec, log_semi
     from . import kernels
     plan = _Plan(graphs, dense)
     sc, lp = plan.gvec.scores, dense.log_probs
+    cols = plan.narrow_columns()
+    if cols is not None:  # the graphs read few of the symbols: run the frame loops on those columns only
+        lp = _GatherColumns.apply(lp, cols)
     out = torch.promote_types(sc.dtype, lp.dtype)
     cd = kernels.compute_dtype(out)
     k = _select(backend, lp.device, cd)
