@@ -417,15 +417,18 @@ def _out_dtype(lp):
     return np.float64 if lp.dtype == torch.float64 else np.float32
 
 
-def _numba_forward(k, plan, scores, lp, log_semiring):
+def _numba_forward(k, plan, scores, lp, log_semiring, eager):
+    """Scores ``[B]`` and what the backward needs (a dict). ``eager``: the caller will differentiate with
+    respect to ``lp`` (and, if at all, to the scores of graphs used by one sequence each): the scaled kernels
+    then run their backward pass here, with unit output gradient, and keep the posteriors instead of ``P``
+    (which a marked sequence needs run anyway, to certify its total); the backward only scales them."""
     nb = plan.numba_arrays()
     B = plan.B
     sc = scores.detach().to(torch.float64).numpy()
     in_sc = sc[nb["in_arc"]]
     Z = np.full(B, -np.inf)
     lin_mode = np.zeros(B, dtype=np.bool_)
-    lin = None
-    alpha = None  # full alpha [frames, states] per sequence: the log-domain kernels only
+    saved = dict(Z=Z, sc=sc, in_sc=in_sc, lin_mode=lin_mode, eager=None, alpha=None)
     lpn = _lp64(lp)  # not saved: the backward converts again if a log-domain kernel needs it
     if log_semiring:
         wn, lin_mode, offset = _score_weights(plan, scores)
@@ -439,37 +442,48 @@ def _numba_forward(k, plan, scores, lp, log_semiring):
         k.dense_forward_lin(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"],
                             nb["in_lab"], in_w, ck_off, S, alpha_ck, np.empty(m), np.empty(m), P, logz, lin_mode,
                             flag, _TINY["forward"])
-        lin = (P, wn, in_w, S, ck_off, alpha_ck)
-        chk = lin_mode & flag
-        if chk.any():  # some product fell below TINY: certify with the backward's check (dense_numba's header)
-            _lin_backward(k, plan, lin, logz, np.ones(B), chk, np.empty((1, 1, 1), dtype=_out_dtype(lp)),
-                          np.empty(1), _TINY["forward"], False)  # (glp's dtype: the backward's signature)
-            lin_mode &= ~flag | chk
+        lin = dict(P=P, wn=wn, in_w=in_w, S=S, ck_off=ck_off, alpha_ck=alpha_ck)
+        if eager and lin_mode.any():
+            post = np.zeros(lpn.shape, dtype=_out_dtype(lp))
+            gpost = np.zeros(sc.shape[0], dtype=np.float64)
+            ok = lin_mode.copy()
+            _lin_backward(k, plan, lin, logz, np.ones(B), ok, post, gpost, max(_TINY.values()), True)
+            post[lin_mode & ~ok] = 0  # failed part-way: the log-domain kernels redo these sequences
+            lin_mode = ok
+            saved.update(eager=ok.copy(), post=post, gpost=gpost)
+        else:
+            chk = lin_mode & flag
+            if chk.any():  # some product fell below TINY: certify with the backward's check (dense_numba's header)
+                _lin_backward(k, plan, lin, logz, np.ones(B), chk, np.empty((1, 1, 1), dtype=_out_dtype(lp)),
+                              np.empty(1), _TINY["forward"], False)  # (glp's dtype: the backward's signature)
+                lin_mode &= ~flag | chk
+            saved.update(lin)
         Z[lin_mode] = logz[lin_mode] + offset[lin_mode]
     rest = ~lin_mode
     if rest.any():
-        alpha = np.empty(nb["alpha_size"], dtype=np.float64)
+        saved["alpha"] = np.empty(nb["alpha_size"], dtype=np.float64)
         k.dense_forward(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"],
-                        nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, log_semiring, rest)
+                        nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], saved["alpha"], Z, log_semiring, rest)
+    saved["lin_mode"] = lin_mode
     dtype = torch.promote_types(lp.dtype, scores.dtype)
-    return torch.from_numpy(Z).to(dtype), (alpha, Z, sc, in_sc, lin_mode) + (lin or (None,) * 6)
+    return torch.from_numpy(Z).to(dtype), saved
 
 
 def _lin_backward(k, plan, lin, logz, gzn, ok, glp, gsc, tiny, write):
     nb = plan.numba_arrays()
-    P, wn, in_w, S, ck_off, alpha_ck = lin
+    S = lin["S"]
     m = max(nb["max_states"], 1)
     na = max(nb["max_arcs"], 1) if write else 1
-    k.dense_backward_lin(P, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"], nb["out_splits"],
-                         nb["dst"], nb["lab"], wn, nb["in_splits"], nb["in_src"], nb["in_lab"], in_w, ck_off, S,
-                         alpha_ck, np.empty((S + 1) * m), logz, gzn, ok, glp, gsc, np.empty(m), np.empty(m),
-                         np.empty(na), np.empty(na), np.empty(max(plan.C, 1)), tiny, write)
+    k.dense_backward_lin(lin["P"], nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"],
+                         nb["out_splits"], nb["dst"], nb["lab"], lin["wn"], nb["in_splits"], nb["in_src"],
+                         nb["in_lab"], lin["in_w"], lin["ck_off"], S, lin["alpha_ck"], np.empty((S + 1) * m), logz,
+                         gzn, ok, glp, gsc, np.empty(m), np.empty(m), np.empty(na), np.empty(na),
+                         np.empty(max(plan.C, 1)), tiny, write)
 
 
 def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
     nb = plan.numba_arrays()
-    alpha, Z, sc, in_sc, lin_mode = saved[:5]
-    lin = saved[5:]
+    Z, sc, in_sc, lin_mode, alpha = saved["Z"], saved["sc"], saved["in_sc"], saved["lin_mode"], saved["alpha"]
     shape = tuple(lp.shape)
     glpn = np.zeros(shape, dtype=_out_dtype(lp))  # the scaled kernel writes the gradient in the output dtype
     gsc = np.zeros(sc.shape[0], dtype=np.float64)
@@ -478,9 +492,17 @@ def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
         m = max(nb["max_states"], 1)
         redo = ~lin_mode
         Zk = Z
-        if lin_mode.any():
+        eager = saved["eager"]
+        if eager is not None:  # posteriors from the forward: scale them by the output gradient
+            post = saved["post"]
+            np.multiply(post, gzn.astype(post.dtype)[:, None, None], out=glpn, where=eager[:, None, None])
+            seq_of = np.full(nb["ns"].shape[0], -1)
+            seq_of[nb["gidx"]] = np.arange(plan.B)  # one sequence per graph (else the scores' gradient is not
+            arc_seq = seq_of[nb["arc_fsa"]]          # asked for: see dense_forward_score)
+            gsc += saved["gpost"] * np.where(arc_seq >= 0, gzn[np.maximum(arc_seq, 0)], 0.0)
+        elif lin_mode.any():
             ok = lin_mode.copy()
-            _lin_backward(k, plan, lin, Z, gzn, ok, glpn, gsc, _TINY["backward"], True)
+            _lin_backward(k, plan, saved, Z, gzn, ok, glpn, gsc, _TINY["backward"], True)
             failed = lin_mode & ~ok
             if failed.any():  # rare: recompute those sequences in the log domain
                 glpn[failed] = 0
@@ -531,23 +553,24 @@ class _DenseScore(torch.autograd.Function):
     """Total scores ``[batch]`` of the (implicit) lattice; backward = arc/emission posteriors (or best path)."""
 
     @staticmethod
-    def forward(ctx, scores, lp, plan, log_semiring, k):
+    def forward(ctx, scores, lp, plan, log_semiring, k, eager):
         if k is None:
-            Z, saved = _torch_forward(plan, scores.detach(), lp.detach(), log_semiring)
+            Z, (W, alpha) = _torch_forward(plan, scores.detach(), lp.detach(), log_semiring)
+            saved = dict(W=W, alpha=alpha)
             ctx.kernel = None
         else:
-            Z, saved = _numba_forward(k, plan, scores, lp, log_semiring)
+            Z, saved = _numba_forward(k, plan, scores, lp, log_semiring, eager)
             ctx.kernel = k
         ctx.plan, ctx.log_semiring = plan, log_semiring
         # arrays go through save_for_backward, so autograd drops them once the backward has run (unless the
         # graph is retained) instead of keeping them as long as the graph lives
-        tensors, ctx.slots = [scores, lp, Z], []
-        for x in saved:
+        tensors, ctx.slots = [scores, lp, Z], {}
+        for name, x in saved.items():
             if isinstance(x, (np.ndarray, torch.Tensor)):
-                ctx.slots.append((isinstance(x, np.ndarray), len(tensors)))
+                ctx.slots[name] = (isinstance(x, np.ndarray), len(tensors))
                 tensors.append(torch.from_numpy(x) if isinstance(x, np.ndarray) else x)
             else:
-                ctx.slots.append((None, x))
+                ctx.slots[name] = (None, x)
         ctx.save_for_backward(*tensors)
         return Z
 
@@ -556,14 +579,15 @@ class _DenseScore(torch.autograd.Function):
     def backward(ctx, gz):
         tensors = ctx.saved_tensors
         scores, lp, Z = tensors[:3]
-        saved = tuple(v if kind is None else (tensors[v].numpy() if kind else tensors[v]) for kind, v in ctx.slots)
+        saved = {name: v if kind is None else (tensors[v].numpy() if kind else tensors[v])
+                 for name, (kind, v) in ctx.slots.items()}
         if ctx.kernel is None:
-            gsc, glp = _torch_backward(ctx.plan, saved, Z, gz, ctx.log_semiring, scores, lp)
+            gsc, glp = _torch_backward(ctx.plan, (saved["W"], saved["alpha"]), Z, gz, ctx.log_semiring, scores, lp)
         else:
             gsc, glp = _numba_backward(ctx.kernel, ctx.plan, saved, gz, ctx.log_semiring, scores, lp)
         ctx.plan.release()  # its index arrays, rebuilt if the graph is retained and differentiated again
         return (gsc if ctx.needs_input_grad[0] else None, glp if ctx.needs_input_grad[1] else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def dense_forward_score(graphs: Union[Fsa, FsaVec], dense: DenseFsaVec, log_semiring: bool = True,
@@ -592,7 +616,11 @@ def dense_forward_score(graphs: Union[Fsa, FsaVec], dense: DenseFsaVec, log_semi
     out = torch.promote_types(sc.dtype, lp.dtype)
     cd = kernels.compute_dtype(out)
     k = _select(backend, lp.device, cd)
-    return _DenseScore.apply(sc.to(cd), lp.to(cd), plan, bool(log_semiring), k).to(out)
+    # posteriors computed in the forward when the backward will want them (emissions need a gradient, and
+    # any graph whose scores need one serves a single sequence, so a per-sequence output gradient scales them)
+    eager = (k is not None and torch.is_grad_enabled() and lp.requires_grad
+             and (not sc.requires_grad or len(set(plan.gidx.tolist())) == plan.B))
+    return _DenseScore.apply(sc.to(cd), lp.to(cd), plan, bool(log_semiring), k, eager).to(out)
 
 
 # ---------------------------------------------------------------------------------------------- the lattice

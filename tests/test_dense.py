@@ -344,9 +344,10 @@ def test_checkpoint_boundaries(log):
 
 def test_underflow_is_certified_not_recomputed(monkeypatch):
     """Emissions spanning hundreds of nats over long targets: the scaled forward sees products below 1e-290
-    and marks the sequences; the backward's check certifies them (posterior mass of every frame far above
-    the underflow), so no sequence goes to the log-domain kernels, and the results equal the torch frame loop
-    (log domain throughout) and torch's own ctc_loss."""
+    and marks the sequences; the backward pass certifies them (posterior mass of every frame far above the
+    underflow) -- run in the forward with the gradient when one is wanted, as a check-only pass without --
+    so no sequence goes to the log-domain kernels, and the results equal the torch frame loop (log domain
+    throughout) and torch's own ctc_loss."""
     from gtn.kernels import dense_numba as K
     seen = {}
     lin = K.dense_forward_lin
@@ -374,6 +375,13 @@ def test_underflow_is_certified_not_recomputed(monkeypatch):
             loss = gtn.ctc_loss(x.log_softmax(-1), targets, il, tl, reduction="none", backend=backend)
             loss.sum().backward()
         res.append((loss.detach(), x.grad))
+        if backend == "numba":  # without gradients: the marked totals are certified by the check-only pass
+            with monkeypatch.context() as m, torch.no_grad():
+                m.setattr(K, "dense_forward_lin", spy_lin)
+                m.setattr(K, "dense_forward", no_log)
+                seen.clear()
+                inference = gtn.ctc_loss(logits.log_softmax(-1), targets, il, tl, reduction="none")
+            assert seen["flag"].all() and torch.equal(inference, loss.detach())
     assert seen["flag"].all()
     x = logits.clone().requires_grad_(True)
     ref = torch.nn.functional.ctc_loss(x.log_softmax(-1), targets, il, tl, reduction="none")
