@@ -408,8 +408,8 @@ def _checkpoint_layout(plan):
 
 
 def _lp64(lp):
-    """The emissions as one float64, C-contiguous array: every kernel signature takes this one layout (numba
-    compiles each kernel once), and numpy converts without torch's intra-op thread latency."""
+    """The emissions as one float64, C-contiguous array: the kernels read this one layout (fewer numba
+    signatures to compile), and numpy converts without torch's intra-op thread latency."""
     return np.ascontiguousarray(lp.detach().numpy(), dtype=np.float64)
 
 
@@ -481,7 +481,7 @@ def _lin_backward(k, plan, lin, logz, gzn, ok, glp, gsc, tiny, write):
                          np.empty(max(plan.C, 1)), tiny, write)
 
 
-def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
+def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp, want_scores=True):
     nb = plan.numba_arrays()
     Z, sc, in_sc, lin_mode, alpha = saved["Z"], saved["sc"], saved["in_sc"], saved["lin_mode"], saved["alpha"]
     shape = tuple(lp.shape)
@@ -496,10 +496,11 @@ def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
         if eager is not None:  # posteriors from the forward: scale them by the output gradient
             post = saved["post"]
             np.multiply(post, gzn.astype(post.dtype)[:, None, None], out=glpn, where=eager[:, None, None])
-            seq_of = np.full(nb["ns"].shape[0], -1)
-            seq_of[nb["gidx"]] = np.arange(plan.B)  # one sequence per graph (else the scores' gradient is not
-            arc_seq = seq_of[nb["arc_fsa"]]          # asked for: see dense_forward_score)
-            gsc += saved["gpost"] * np.where(arc_seq >= 0, gzn[np.maximum(arc_seq, 0)], 0.0)
+            if want_scores:  # then each graph serves one sequence (see dense_forward_score)
+                seq_of = np.full(nb["ns"].shape[0], -1)
+                seq_of[nb["gidx"]] = np.arange(plan.B)
+                arc_seq = seq_of[nb["arc_fsa"]]
+                gsc += saved["gpost"] * np.where(arc_seq >= 0, gzn[np.maximum(arc_seq, 0)], 0.0)
         elif lin_mode.any():
             ok = lin_mode.copy()
             _lin_backward(k, plan, saved, Z, gzn, ok, glpn, gsc, _TINY["backward"], True)
@@ -584,7 +585,8 @@ class _DenseScore(torch.autograd.Function):
         if ctx.kernel is None:
             gsc, glp = _torch_backward(ctx.plan, (saved["W"], saved["alpha"]), Z, gz, ctx.log_semiring, scores, lp)
         else:
-            gsc, glp = _numba_backward(ctx.kernel, ctx.plan, saved, gz, ctx.log_semiring, scores, lp)
+            gsc, glp = _numba_backward(ctx.kernel, ctx.plan, saved, gz, ctx.log_semiring, scores, lp,
+                                       ctx.needs_input_grad[0])
         ctx.plan.release()  # its index arrays, rebuilt if the graph is retained and differentiated again
         return (gsc if ctx.needs_input_grad[0] else None, glp if ctx.needs_input_grad[1] else None,
                 None, None, None, None)
