@@ -531,23 +531,38 @@ def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp, want_scores=Tr
 class _GatherColumns(torch.autograd.Function):
     """``log_probs.gather(2, cols[:, None, :])``: ``[B, T, K]`` from ``[B, T, C]``. The backward scatters into
     zeros laid out like ``log_probs`` (a ``[T, B, C]`` tensor seen as ``[B, T, C]`` gets a gradient that is
-    contiguous as ``[T, B, C]``, so `log_softmax`'s backward needs no copy), keeping no reference to it."""
+    contiguous as ``[T, B, C]``, so `log_softmax`'s backward needs no copy), keeping no reference to it. On CPU
+    (float32/64, numba) both directions are single-threaded kernels and the zeros come from ``np.zeros``
+    (calloc: pages the scatter does not touch are never written); elsewhere torch's gather / scatter_add_."""
 
     @staticmethod
-    def forward(ctx, lp, cols):
+    def forward(ctx, lp, cols, k):
         B, T, _ = lp.shape
+        ctx.k = k = k if lp.device.type == "cpu" and lp.dtype in (torch.float32, torch.float64) else None
+        ctx.layout = (lp.shape, torch.empty_like(lp, device="meta").stride(), lp.device)
+        if k is not None:
+            colsn = np.ascontiguousarray(cols.numpy())
+            ctx.cols = colsn
+            out = np.empty((B, T, colsn.shape[1]), dtype=_out_dtype(lp))
+            k.gather_columns(lp.detach().numpy(), colsn, out)
+            return torch.from_numpy(out)
         idx = cols[:, None, :].expand(B, T, cols.shape[1])
         ctx.save_for_backward(idx)
-        ctx.layout = (lp.shape, torch.empty_like(lp, device="meta").stride(), lp.device)
         return lp.gather(2, idx)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        (idx,) = ctx.saved_tensors
         shape, stride, dev = ctx.layout
+        if ctx.k is not None:
+            perm = sorted(range(3), key=lambda d: -stride[d])  # allocate in the memory order of log_probs
+            buf = np.zeros([shape[d] for d in perm], dtype=_out_dtype(g))
+            out = buf.transpose(np.argsort(perm))
+            ctx.k.scatter_columns(g.detach().contiguous().numpy(), ctx.cols, out)
+            return torch.from_numpy(out), None, None
+        (idx,) = ctx.saved_tensors
         out = torch.empty_strided(shape, stride, dtype=g.dtype, device=dev).zero_()
-        return out.scatter_add_(2, idx, g), None
+        return out.scatter_add_(2, idx, g), None, None
 
 
 class _DenseScore(torch.autograd.Function):
@@ -612,12 +627,12 @@ def dense_forward_score(graphs: Union[Fsa, FsaVec], dense: DenseFsaVec, log_semi
     from . import kernels
     plan = _Plan(graphs, dense)
     sc, lp = plan.gvec.scores, dense.log_probs
-    cols = plan.narrow_columns()
-    if cols is not None:  # the graphs read few of the symbols: run the frame loops on those columns only
-        lp = _GatherColumns.apply(lp, cols)
+    cols = plan.narrow_columns()  # the graphs read few of the symbols: frame loops on those columns only
     out = torch.promote_types(sc.dtype, lp.dtype)
     cd = kernels.compute_dtype(out)
     k = _select(backend, lp.device, cd)
+    if cols is not None:
+        lp = _GatherColumns.apply(lp, cols, k)
     # posteriors computed in the forward when the backward will want them (emissions need a gradient, and
     # any graph whose scores need one serves a single sequence, so a per-sequence output gradient scales them)
     eager = (k is not None and torch.is_grad_enabled() and lp.requires_grad

@@ -483,3 +483,27 @@ def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab,
         if ok[b] and write:
             for j in range(na):
                 gsc[a0 + j] += gloc[j]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The narrowed emission columns (`gtn.dense._GatherColumns`): single-threaded loops, so that small problems pay
+# no intra-op thread-pool latency (torch's gather / scatter_add_ wake its pool even for a few thousand values).
+@njit(cache=True)
+def gather_columns(lp, cols, out):
+    """``out[b, t, k] = lp[b, t, cols[b, k]]`` (``lp`` in any layout)."""
+    B, T, K = out.shape
+    for b in range(B):
+        for t in range(T):
+            for k in range(K):
+                out[b, t, k] = lp[b, t, cols[b, k]]
+
+
+@njit(cache=True)
+def scatter_columns(g, cols, out):
+    """``out[b, t, cols[b, k]] += g[b, t, k]`` into a zeroed ``out`` (any layout; padding columns repeat a
+    column with a zero gradient, hence the add)."""
+    B, T, K = g.shape
+    for b in range(B):
+        for t in range(T):
+            for k in range(K):
+                out[b, t, cols[b, k]] += g[b, t, k]
