@@ -439,9 +439,9 @@ def _numba_forward(k, plan, scores, lp, log_semiring, eager):
         logz = np.full(B, -np.inf)
         P = np.empty(lpn.shape, dtype=np.float64)
         flag = np.zeros(B, dtype=np.bool_)
-        k.dense_forward_lin(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"],
-                            nb["in_lab"], in_w, ck_off, S, alpha_ck, np.empty(m), np.empty(m), P, logz, lin_mode,
-                            flag, _TINY["forward"])
+        _split_batch(plan, lin_mode, lambda part, i: k.dense_forward_lin(
+            lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"], nb["in_lab"], in_w,
+            ck_off, S, alpha_ck, np.empty(m), np.empty(m), P, logz, part, flag, _TINY["forward"]))
         lin = dict(P=P, wn=wn, in_w=in_w, S=S, ck_off=ck_off, alpha_ck=alpha_ck)
         if eager and lin_mode.any():
             post = np.zeros(lpn.shape, dtype=_out_dtype(lp))
@@ -474,11 +474,52 @@ def _lin_backward(k, plan, lin, logz, gzn, ok, glp, gsc, tiny, write):
     S = lin["S"]
     m = max(nb["max_states"], 1)
     na = max(nb["max_arcs"], 1) if write else 1
-    k.dense_backward_lin(lin["P"], nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"],
-                         nb["out_splits"], nb["dst"], nb["lab"], lin["wn"], nb["in_splits"], nb["in_src"],
-                         nb["in_lab"], lin["in_w"], lin["ck_off"], S, lin["alpha_ck"], np.empty((S + 1) * m), logz,
-                         gzn, ok, glp, gsc, np.empty(m), np.empty(m), np.empty(na), np.empty(na),
-                         np.empty(max(plan.C, 1)), tiny, write)
+    parts = {}
+
+    def run(part, i):
+        # each thread its own scratch and its own graph-score gradient (graphs may be shared by sequences)
+        g = parts[i] = np.zeros_like(gsc) if i else gsc
+        k.dense_backward_lin(lin["P"], nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"],
+                             nb["out_splits"], nb["dst"], nb["lab"], lin["wn"], nb["in_splits"], nb["in_src"],
+                             nb["in_lab"], lin["in_w"], lin["ck_off"], S, lin["alpha_ck"], np.empty((S + 1) * m),
+                             logz, gzn, part, glp, g, np.empty(m), np.empty(m), np.empty(na), np.empty(na),
+                             np.empty(max(plan.C, 1)), tiny, write)
+
+    _split_batch(plan, ok, run)
+    for i, g in parts.items():
+        if i:
+            gsc += g
+
+
+_POOL = {}
+_PARALLEL_WORK = 100_000  # (frames x arcs) below which one thread is faster than waking another
+
+
+def _split_batch(plan, mask, run):
+    """``run(part, i)`` for the sequences of ``mask``, split over torch's thread count when the work is large
+    enough (the kernels release the GIL): each part is a copy of ``mask`` restricted to a contiguous, equally loaded
+    share of the batch, which the kernel may clear; ``mask`` becomes the union of the results."""
+    nb = plan.numba_arrays()
+    nt = min(torch.get_num_threads(), int(mask.sum()))
+    work = (nb["lens"] + 1) * nb["naf"][nb["gidx"]] * mask
+    if nt < 2 or work.sum() < _PARALLEL_WORK:
+        run(mask, 0)
+        return
+    cut = np.searchsorted(np.cumsum(work), work.sum() * np.arange(1, nt) / nt)
+    bounds = np.maximum.accumulate(np.concatenate([[0], np.minimum(cut + 1, mask.size), [mask.size]]))
+    parts = []
+    for i in range(nt):
+        p = np.zeros_like(mask)
+        p[bounds[i]:bounds[i + 1]] = mask[bounds[i]:bounds[i + 1]]
+        parts.append(p)
+    if nt not in _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL[nt] = ThreadPoolExecutor(nt, thread_name_prefix="gtn-dense")
+    futures = [_POOL[nt].submit(run, p, i) for i, p in enumerate(parts) if i]
+    run(parts[0], 0)
+    for f in futures:
+        f.result()
+    mask[:] = np.logical_or.reduce(parts)
 
 
 def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp, want_scores=True):

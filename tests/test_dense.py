@@ -390,6 +390,38 @@ def test_underflow_is_certified_not_recomputed(monkeypatch):
         assert torch.allclose(loss, ref.detach(), rtol=1e-10) and torch.allclose(grad, x.grad, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_threads_split_the_batch(monkeypatch, shared):
+    """With several torch threads the scaled kernels run on parts of the batch in parallel (each with its own
+    scratch and graph-score gradient, summed after): the same scores and gradients as one thread, eager
+    posteriors (emission gradient wanted) and the lazy backward (a shared graph's scores need a gradient)."""
+    monkeypatch.setattr(D, "_PARALLEL_WORK", 0)
+    gen = torch.Generator().manual_seed(5)
+    targets = torch.randint(1, 6, (7, 9), generator=gen)
+    g = gtn.ctc_graph([1, 2, 2, 3], dtype=torch.float64) if shared else gtn.ctc_graph(targets.tolist(),
+                                                                                       dtype=torch.float64)
+    g.scores = torch.randn(g.num_arcs, dtype=torch.float64, generator=gen) * 0.1
+    lp = torch.randn(7, 30, 6, dtype=torch.float64, generator=gen).log_softmax(-1)
+    lengths = torch.tensor([30, 29, 25, 30, 18, 22, 21])
+    res = []
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            sc = g.scores.detach().clone().requires_grad_(True)
+            x = lp.clone().requires_grad_(True)
+            gg = g.clone()
+            gg.scores = sc
+            z = gtn.dense_forward_score(gg, gtn.DenseFsaVec(x, lengths), backend="numba")
+            (z * torch.linspace(0.5, 1.5, 7, dtype=z.dtype)).sum().backward()
+            res.append((z.detach(), x.grad, sc.grad))
+    finally:
+        torch.set_num_threads(n)
+    (z1, x1, s1), (z2, x2, s2) = res
+    assert torch.equal(z1, z2) and torch.equal(x1, x2) and torch.allclose(s1, s2, rtol=1e-12, atol=1e-14)
+    assert torch.isfinite(z1).all() and (s1 != 0).any()
+
+
 def test_retained_graph_differentiates_twice():
     """The kernels' saved arrays go through save_for_backward and the plan's index arrays are dropped after
     the backward: a retained graph must still give the same gradient a second time."""

@@ -228,10 +228,11 @@ def dense_backward_viterbi(lp, lens, gidx, soff, ns, in_splits, in_arc, in_src, 
 # the backward recomputes the S frames of a segment from its checkpoint when it reaches them (the same
 # operations in the same order as the forward, so the same numbers), one extra forward pass of arithmetic for
 # ``[frames / S + S, states]`` of float64 instead of ``[frames, states]``.
+# The scaled kernels release the GIL: `gtn.dense` runs them on parts of the batch in several threads.
 TINY = 1e-290  # the default ``tiny`` threshold (a parameter, so tests can force the fallbacks)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w, ck_off, S, alpha_ck, ra, rb, P,
                       logz, ok, flag, tiny):
     """Scaled forward for the sequences with ``ok[b]``: clears ``ok[b]`` when the scaled recursion cannot be
@@ -338,7 +339,7 @@ def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w,
         logz[b] = acc_log + math.log(x) if x > 0.0 else NEG_INF
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _alpha_segment(alpha_ck, cb, j, S, last, n, s0, in_splits, in_src, in_lab, in_w, Pb, seg):
     """``seg[r * n + s]``: the normalised alpha of frame ``j * S + r`` for ``r = 0 .. last - j * S``, recomputed
     from checkpoint ``j`` exactly as `dense_forward_lin` computed it."""
@@ -365,7 +366,7 @@ def _alpha_segment(alpha_ck, cb, j, S, last, n, s0, in_splits, in_src, in_lab, i
             seg[cur + s] *= inv
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab, w, in_splits, in_src, in_lab,
                        in_w, ck_off, S, alpha_ck, seg, logz, gz, ok, glp, gsc, beta_a, beta_b, qbuf, gloc, row, tiny,
                        write):
