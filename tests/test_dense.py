@@ -330,6 +330,7 @@ def test_narrowed_columns_equal_the_lattice_route(dtype):
                 assert torch.allclose(a, b, **tol), (seed, route, (a - b).abs().max())
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("log", [True, False])
 def test_checkpoint_boundaries(log):
     """The scaled kernels keep alpha every S = floor(sqrt(frames)) frames and recompute the rest in the
@@ -342,6 +343,7 @@ def test_checkpoint_boundaries(log):
     _numba_vs_torch(short, lp[:3, :7], torch.tensor([0, 1, 7]), log=log)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_underflow_is_certified_not_recomputed(monkeypatch):
     """Emissions spanning hundreds of nats over long targets: the scaled forward sees products below 1e-290
     and marks the sequences; the backward pass certifies them (posterior mass of every frame far above the
@@ -380,7 +382,8 @@ def test_underflow_is_certified_not_recomputed(monkeypatch):
                 m.setattr(K, "dense_forward_lin", spy_lin)
                 m.setattr(K, "dense_forward", no_log)
                 seen.clear()
-                inference = gtn.ctc_loss(logits.log_softmax(-1), targets, il, tl, reduction="none")
+                inference = gtn.ctc_loss(logits.log_softmax(-1), targets, il, tl, reduction="none",
+                                         backend="numba")
             assert seen["flag"].all() and torch.equal(inference, loss.detach())
     assert seen["flag"].all()
     x = logits.clone().requires_grad_(True)
@@ -390,6 +393,7 @@ def test_underflow_is_certified_not_recomputed(monkeypatch):
         assert torch.allclose(loss, ref.detach(), rtol=1e-10) and torch.allclose(grad, x.grad, rtol=1e-7, atol=1e-9)
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 @pytest.mark.parametrize("shared", [False, True])
 def test_threads_split_the_batch(monkeypatch, shared):
     """With several torch threads the scaled kernels run on parts of the batch in parallel (each with its own
@@ -422,6 +426,7 @@ def test_threads_split_the_batch(monkeypatch, shared):
     assert torch.isfinite(z1).all() and (s1 != 0).any()
 
 
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_retained_graph_differentiates_twice():
     """The kernels' saved arrays go through save_for_backward and the plan's index arrays are dropped after
     the backward: a retained graph must still give the same gradient a second time."""
