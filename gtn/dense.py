@@ -85,11 +85,13 @@ class DenseFsaVec:
             b = int(bad.nonzero()[0])
             raise FsaError(f"sequence {b} of the batch has length {int(lengths[b])}, outside 0..{T} (frames)")
         lp = log_probs.detach()
-        if lp.device.type == "cpu" and lp.dtype in (torch.float32, torch.float64):  # numpy: no thread-pool latency
-            a = lp.numpy()
-            suspicious = bool(np.isnan(a).any() or np.isposinf(a).any())
+        # one pass, no [B, T, C] temporaries: the maximum is NaN or +inf exactly when some entry is
+        if lp.numel() == 0:
+            suspicious = False
+        elif lp.device.type == "cpu" and lp.dtype in (torch.float32, torch.float64):  # numpy: no thread latency
+            suspicious = not bool(lp.numpy().max() < np.inf)
         else:
-            suspicious = bool(torch.isnan(lp).any() | (lp == float("inf")).any())
+            suspicious = not bool(lp.max() < float("inf"))
         if suspicious:
             used = torch.arange(T, device=lp.device)[None, :] < lengths.to(lp.device)[:, None]
             badv = (torch.isnan(lp) | (lp == float("inf"))) & used[:, :, None]
@@ -165,8 +167,48 @@ class _Plan:
         self.gidx = gidx
         self.B, self.T, self.C = B, dense.num_frames, C
         self.lengths = dense.lengths  # cpu int64
+        self.lab = gvec.labels  # the emission column each arc reads (relabelled by `narrow_columns`)
         self._ex = None
         self._nb = None
+
+    def narrow_columns(self):
+        """The emission columns the graphs read, when that is at most half of them; else None.
+
+        Returns ``cols [B, K]``: sequence b reads only columns ``cols[b]`` (the distinct labels of its graph,
+        ascending, padded with column 0), and relabels the plan's arcs ``0..K-1`` (``-1`` stays) so that the
+        frame loops run on ``log_probs.gather(2, cols)`` (``[B, T, K]``) instead of every symbol. With a large
+        vocabulary (CTC: at most U + 1 of C symbols per sequence) this keeps every per-frame pass, the
+        kernels' float64 copy and the gradient they write at K columns; the gather's backward scatters the
+        gradient into the full ``[B, T, C]`` once."""
+        gv, C = self.gvec, self.C
+        if self._ex is not None or self._nb is not None:
+            raise RuntimeError("narrow_columns must come before the frame loops' index arrays are built")
+        if gv.num_arcs == 0 or C < 2:
+            return None
+        lab = gv.labels.cpu().numpy()
+        asplit = gv.arc_splits.cpu().numpy()
+        nf = asplit.shape[0] - 1
+        arc_fsa = np.repeat(np.arange(nf), np.diff(asplit))
+        m = lab >= 0
+        key = arc_fsa[m] * C + lab[m]
+        uniq = np.unique(key)  # (graph, label) pairs, sorted: each graph's labels ascending
+        f = uniq // C
+        cnt = np.bincount(f, minlength=nf)
+        K = max(int(cnt.max()) if uniq.size else 0, 1)
+        if 2 * K > C:
+            return None
+        start = np.cumsum(cnt) - cnt
+        table = np.zeros((nf, K), dtype=np.int64)
+        table[f, np.arange(uniq.size) - start[f]] = uniq % C
+        local = lab.copy()
+        local[m] = np.searchsorted(uniq, key) - start[arc_fsa[m]]
+        self.lab = torch.from_numpy(local).to(gv.device)
+        self.C = K
+        return torch.from_numpy(table[self.gidx.numpy()]).to(gv.device)
+
+    def release(self):
+        """Drop the frame loops' index arrays (they are rebuilt on demand)."""
+        self._ex = self._nb = None
 
     # -------------------------------------------------------------- torch layout: one graph copy per sequence
     def expanded(self):
@@ -182,7 +224,7 @@ class _Plan:
             arcs = gv.arcs[ex["arc"]]
             ex["src"] = arcs[:, 0] + soff[ex["seq"]]
             ex["dst"] = arcs[:, 1] + soff[ex["seq"]]
-            ex["lab"] = arcs[:, 2]
+            ex["lab"] = self.lab[ex["arc"]]
             ex["N"] = int(nst.sum())
             ex["has"] = nst > 0
             ex["start"] = soff
@@ -217,6 +259,7 @@ class _Plan:
         if self._nb is None:
             gv = self.gvec
             arcs = gv.arcs.cpu().numpy()
+            labs = self.lab.cpu().numpy()
             asplit = gv.arc_splits.cpu().numpy()
             ssplit = gv.state_splits.cpu().numpy()
             nf = asplit.shape[0] - 1
@@ -238,8 +281,8 @@ class _Plan:
             self._nb = dict(
                 gidx=gidx, lens=L, soff=np.ascontiguousarray(soff), ns=ns, aoff=np.ascontiguousarray(asplit[:-1]),
                 naf=naf, arc_fsa=arc_fsa, in_splits=in_splits, in_arc=in_order,
-                in_src=arcs[in_order, 0].copy(), in_lab=arcs[in_order, 2].copy(), out_splits=out_splits,
-                src=arcs[:, 0].copy(), dst=arcs[:, 1].copy(), lab=arcs[:, 2].copy(),
+                in_src=arcs[in_order, 0].copy(), in_lab=labs[in_order].copy(), out_splits=out_splits,
+                src=arcs[:, 0].copy(), dst=arcs[:, 1].copy(), lab=labs.copy(),
                 alpha_off=np.cumsum(sizes) - sizes, alpha_size=int(sizes.sum()),
                 max_states=int(ns.max()) if nf else 0, max_arcs=int(naf.max()) if nf else 0,
             )
@@ -354,98 +397,255 @@ def _score_weights(plan, scores):
     return w, ok, offset
 
 
-def _numba_forward(k, plan, scores, lp, log_semiring):
+def _checkpoint_layout(plan):
+    """Checkpoint interval ``S`` (about sqrt(frames)) and per-sequence offsets / total size of the scaled
+    kernels' alpha checkpoints (frames 0, S, 2S, ... <= length)."""
+    nb = plan.numba_arrays()
+    L = nb["lens"]
+    S = max(4, int(np.sqrt(max(int(L.max()) if L.size else 1, 1))))
+    sizes = (L // S + 1) * nb["ns"][nb["gidx"]]
+    return S, np.cumsum(sizes) - sizes, int(sizes.sum())
+
+
+def _lp64(lp):
+    """The emissions as one float64, C-contiguous array: the kernels read this one layout (fewer numba
+    signatures to compile), and numpy converts without torch's intra-op thread latency."""
+    return np.ascontiguousarray(lp.detach().numpy(), dtype=np.float64)
+
+
+def _out_dtype(lp):
+    return np.float64 if lp.dtype == torch.float64 else np.float32
+
+
+def _numba_forward(k, plan, scores, lp, log_semiring, eager):
+    """Scores ``[B]`` and what the backward needs (a dict). ``eager``: the caller will differentiate with
+    respect to ``lp`` (and, if at all, to the scores of graphs used by one sequence each): the scaled kernels
+    then run their backward pass here, with unit output gradient, and keep the posteriors instead of ``P``
+    (which a marked sequence needs run anyway, to certify its total); the backward only scales them."""
     nb = plan.numba_arrays()
     B = plan.B
     sc = scores.detach().to(torch.float64).numpy()
     in_sc = sc[nb["in_arc"]]
-    alpha = np.empty(nb["alpha_size"], dtype=np.float64)
     Z = np.full(B, -np.inf)
     lin_mode = np.zeros(B, dtype=np.bool_)
-    lin = None
-    # one float64, C-contiguous layout for every input: the kernels compute in float64 anyway, and a single
-    # signature per kernel keeps numba's (cached) compilation short
-    lpn = np.ascontiguousarray(lp.detach().numpy(), dtype=np.float64)  # numpy: no intra-op thread latency
+    saved = dict(Z=Z, sc=sc, in_sc=in_sc, lin_mode=lin_mode, eager=None, alpha=None)
+    lpn = _lp64(lp)  # not saved: the backward converts again if a log-domain kernel needs it
     if log_semiring:
         wn, lin_mode, offset = _score_weights(plan, scores)
+        in_w = wn[nb["in_arc"]]
+        S, ck_off, ck_size = _checkpoint_layout(plan)
+        alpha_ck = np.empty(ck_size, dtype=np.float64)
+        m = max(nb["max_states"], 1)
         logz = np.full(B, -np.inf)
         P = np.empty(lpn.shape, dtype=np.float64)
-        k.dense_forward_lin(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"],
-                            nb["in_lab"], wn[nb["in_arc"]], nb["alpha_off"], alpha, P, logz, lin_mode,
-                            _TINY["forward"])
+        flag = np.zeros(B, dtype=np.bool_)
+        _split_batch(plan, lin_mode, lambda part, i: k.dense_forward_lin(
+            lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"], nb["in_lab"], in_w,
+            ck_off, S, alpha_ck, np.empty(m), np.empty(m), P, logz, part, flag, _TINY["forward"]))
+        lin = dict(P=P, wn=wn, in_w=in_w, S=S, ck_off=ck_off, alpha_ck=alpha_ck)
+        if eager and lin_mode.any():
+            post = np.zeros(lpn.shape, dtype=_out_dtype(lp))
+            gpost = np.zeros(sc.shape[0], dtype=np.float64)
+            ok = lin_mode.copy()
+            _lin_backward(k, plan, lin, logz, np.ones(B), ok, post, gpost, max(_TINY.values()), True)
+            post[lin_mode & ~ok] = 0  # failed part-way: the log-domain kernels redo these sequences
+            lin_mode = ok
+            saved.update(eager=ok.copy(), post=post, gpost=gpost)
+        else:
+            chk = lin_mode & flag
+            if chk.any():  # some product fell below TINY: certify with the backward's check (dense_numba's header)
+                _lin_backward(k, plan, lin, logz, np.ones(B), chk, np.empty((1, 1, 1), dtype=_out_dtype(lp)),
+                              np.empty(1), _TINY["forward"], False)  # (glp's dtype: the backward's signature)
+                lin_mode &= ~flag | chk
+            saved.update(lin)
         Z[lin_mode] = logz[lin_mode] + offset[lin_mode]
-        lin = (P, wn)
     rest = ~lin_mode
     if rest.any():
+        saved["alpha"] = np.empty(nb["alpha_size"], dtype=np.float64)
         k.dense_forward(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"],
-                        nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, log_semiring, rest)
+                        nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], saved["alpha"], Z, log_semiring, rest)
+    saved["lin_mode"] = lin_mode
     dtype = torch.promote_types(lp.dtype, scores.dtype)
-    return torch.from_numpy(Z).to(dtype), (alpha, Z, sc, in_sc, lin_mode, lin, lpn)
+    return torch.from_numpy(Z).to(dtype), saved
 
 
-def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp):
+def _lin_backward(k, plan, lin, logz, gzn, ok, glp, gsc, tiny, write):
     nb = plan.numba_arrays()
-    alpha, Z, sc, in_sc, lin_mode, lin, lpn = saved
-    glpn = np.zeros(lpn.shape, dtype=np.float64)
-    glp = torch.from_numpy(glpn)
+    S = lin["S"]
+    m = max(nb["max_states"], 1)
+    na = max(nb["max_arcs"], 1) if write else 1
+    parts = {}
+
+    def run(part, i):
+        # each thread its own scratch and its own graph-score gradient (graphs may be shared by sequences)
+        g = parts[i] = np.zeros_like(gsc) if i else gsc
+        k.dense_backward_lin(lin["P"], nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"],
+                             nb["out_splits"], nb["dst"], nb["lab"], lin["wn"], nb["in_splits"], nb["in_src"],
+                             nb["in_lab"], lin["in_w"], lin["ck_off"], S, lin["alpha_ck"], np.empty((S + 1) * m),
+                             logz, gzn, part, glp, g, np.empty(m), np.empty(m), np.empty(na), np.empty(na),
+                             np.empty(max(plan.C, 1)), tiny, write)
+
+    _split_batch(plan, ok, run)
+    for i, g in parts.items():
+        if i:
+            gsc += g
+
+
+_POOL = {}
+_PARALLEL_WORK = 100_000  # (frames x arcs) below which one thread is faster than waking another
+
+
+def _split_batch(plan, mask, run):
+    """``run(part, i)`` for the sequences of ``mask``, split over torch's thread count when the work is large
+    enough (the kernels release the GIL): each part is a copy of ``mask`` restricted to a contiguous, equally loaded
+    share of the batch, which the kernel may clear; ``mask`` becomes the union of the results."""
+    nb = plan.numba_arrays()
+    nt = min(torch.get_num_threads(), int(mask.sum()))
+    work = (nb["lens"] + 1) * nb["naf"][nb["gidx"]] * mask
+    if nt < 2 or work.sum() < _PARALLEL_WORK:
+        run(mask, 0)
+        return
+    cut = np.searchsorted(np.cumsum(work), work.sum() * np.arange(1, nt) / nt)
+    bounds = np.maximum.accumulate(np.concatenate([[0], np.minimum(cut + 1, mask.size), [mask.size]]))
+    parts = []
+    for i in range(nt):
+        p = np.zeros_like(mask)
+        p[bounds[i]:bounds[i + 1]] = mask[bounds[i]:bounds[i + 1]]
+        parts.append(p)
+    if nt not in _POOL:
+        from concurrent.futures import ThreadPoolExecutor
+        _POOL[nt] = ThreadPoolExecutor(nt, thread_name_prefix="gtn-dense")
+    futures = [_POOL[nt].submit(run, p, i) for i, p in enumerate(parts) if i]
+    run(parts[0], 0)
+    for f in futures:
+        f.result()
+    mask[:] = np.logical_or.reduce(parts)
+
+
+def _numba_backward(k, plan, saved, gz, log_semiring, scores, lp, want_scores=True):
+    nb = plan.numba_arrays()
+    Z, sc, in_sc, lin_mode, alpha = saved["Z"], saved["sc"], saved["in_sc"], saved["lin_mode"], saved["alpha"]
+    shape = tuple(lp.shape)
+    glpn = np.zeros(shape, dtype=_out_dtype(lp))  # the scaled kernel writes the gradient in the output dtype
     gsc = np.zeros(sc.shape[0], dtype=np.float64)
     gzn = gz.detach().to(torch.float64).contiguous().numpy()
     if log_semiring:
         m = max(nb["max_states"], 1)
         redo = ~lin_mode
         Zk = Z
-        if lin_mode.any():
+        eager = saved["eager"]
+        if eager is not None:  # posteriors from the forward: scale them by the output gradient
+            post = saved["post"]
+            np.multiply(post, gzn.astype(post.dtype)[:, None, None], out=glpn, where=eager[:, None, None])
+            if want_scores:  # then each graph serves one sequence (see dense_forward_score)
+                seq_of = np.full(nb["ns"].shape[0], -1)
+                seq_of[nb["gidx"]] = np.arange(plan.B)
+                arc_seq = seq_of[nb["arc_fsa"]]
+                gsc += saved["gpost"] * np.where(arc_seq >= 0, gzn[np.maximum(arc_seq, 0)], 0.0)
+        elif lin_mode.any():
             ok = lin_mode.copy()
-            P, wn = lin
-            na = max(nb["max_arcs"], 1)
-            k.dense_backward_lin(P, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["naf"],
-                                 nb["out_splits"], nb["dst"], nb["lab"], wn, nb["alpha_off"], alpha, Z, gzn, ok,
-                                 glpn, gsc, np.empty(m), np.empty(m), np.empty(na), np.empty(na),
-                                 np.empty(max(plan.C, 1)), _TINY["backward"])
+            _lin_backward(k, plan, saved, Z, gzn, ok, glpn, gsc, _TINY["backward"], True)
             failed = lin_mode & ~ok
             if failed.any():  # rare: recompute those sequences in the log domain
-                glp[torch.from_numpy(failed)] = 0
+                glpn[failed] = 0
                 Zk = Z.copy()
-                k.dense_forward(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_src"],
-                                nb["in_lab"], in_sc, nb["alpha_off"], alpha, Zk, True, failed)
+                if alpha is None:
+                    alpha = np.empty(nb["alpha_size"], dtype=np.float64)
+                k.dense_forward(_lp64(lp), nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"],
+                                nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Zk, True, failed)
                 redo = redo | failed
         if redo.any():
-            k.dense_backward_log(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"], nb["out_splits"],
-                                 nb["src"], nb["dst"], nb["lab"], sc, nb["alpha_off"], alpha, Zk, gzn, glpn, gsc,
-                                 np.empty(m), np.empty(m), redo)
+            g64 = np.zeros(shape, dtype=np.float64)
+            k.dense_backward_log(_lp64(lp), nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["aoff"],
+                                 nb["out_splits"], nb["src"], nb["dst"], nb["lab"], sc, nb["alpha_off"], alpha, Zk,
+                                 gzn, g64, gsc, np.empty(m), np.empty(m), redo)
+            glpn[redo] = g64[redo]
     else:
-        k.dense_backward_viterbi(lpn, nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"], nb["in_arc"],
-                                 nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, gzn, glpn, gsc)
-    if lp.dtype != torch.float64:
-        glp = torch.from_numpy(glpn.astype(lp.detach().numpy().dtype))
-    return torch.from_numpy(gsc).to(scores.dtype), glp
+        g64 = np.zeros(shape, dtype=np.float64)
+        k.dense_backward_viterbi(_lp64(lp), nb["lens"], nb["gidx"], nb["soff"], nb["ns"], nb["in_splits"],
+                                 nb["in_arc"], nb["in_src"], nb["in_lab"], in_sc, nb["alpha_off"], alpha, Z, gzn,
+                                 g64, gsc)
+        glpn[...] = g64
+    return torch.from_numpy(gsc).to(scores.dtype), torch.from_numpy(glpn)
+
+
+class _GatherColumns(torch.autograd.Function):
+    """``log_probs.gather(2, cols[:, None, :])``: ``[B, T, K]`` from ``[B, T, C]``. The backward scatters into
+    zeros laid out like ``log_probs`` (a ``[T, B, C]`` tensor seen as ``[B, T, C]`` gets a gradient that is
+    contiguous as ``[T, B, C]``, so `log_softmax`'s backward needs no copy), keeping no reference to it. On CPU
+    (float32/64, numba) both directions are single-threaded kernels and the zeros come from ``np.zeros``
+    (calloc: pages the scatter does not touch are never written); elsewhere torch's gather / scatter_add_."""
+
+    @staticmethod
+    def forward(ctx, lp, cols, k):
+        B, T, _ = lp.shape
+        ctx.k = k = k if lp.device.type == "cpu" and lp.dtype in (torch.float32, torch.float64) else None
+        ctx.layout = (lp.shape, torch.empty_like(lp, device="meta").stride(), lp.device)
+        if k is not None:
+            colsn = np.ascontiguousarray(cols.numpy())
+            ctx.cols = colsn
+            out = np.empty((B, T, colsn.shape[1]), dtype=_out_dtype(lp))
+            k.gather_columns(lp.detach().numpy(), colsn, out)
+            return torch.from_numpy(out)
+        idx = cols[:, None, :].expand(B, T, cols.shape[1])
+        ctx.save_for_backward(idx)
+        return lp.gather(2, idx)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        shape, stride, dev = ctx.layout
+        if ctx.k is not None:
+            perm = sorted(range(3), key=lambda d: -stride[d])  # allocate in the memory order of log_probs
+            buf = np.zeros([shape[d] for d in perm], dtype=_out_dtype(g))
+            out = buf.transpose(np.argsort(perm))
+            ctx.k.scatter_columns(g.detach().contiguous().numpy(), ctx.cols, out)
+            return torch.from_numpy(out), None, None
+        (idx,) = ctx.saved_tensors
+        out = torch.empty_strided(shape, stride, dtype=g.dtype, device=dev).zero_()
+        return out.scatter_add_(2, idx, g), None, None
 
 
 class _DenseScore(torch.autograd.Function):
     """Total scores ``[batch]`` of the (implicit) lattice; backward = arc/emission posteriors (or best path)."""
 
     @staticmethod
-    def forward(ctx, scores, lp, plan, log_semiring, k):
+    def forward(ctx, scores, lp, plan, log_semiring, k, eager):
         if k is None:
-            Z, saved = _torch_forward(plan, scores.detach(), lp.detach(), log_semiring)
+            Z, (W, alpha) = _torch_forward(plan, scores.detach(), lp.detach(), log_semiring)
+            saved = dict(W=W, alpha=alpha)
             ctx.kernel = None
         else:
-            Z, saved = _numba_forward(k, plan, scores, lp, log_semiring)
+            Z, saved = _numba_forward(k, plan, scores, lp, log_semiring, eager)
             ctx.kernel = k
-        ctx.plan, ctx.saved, ctx.log_semiring = plan, saved, log_semiring
-        ctx.save_for_backward(scores, lp, Z)
+        ctx.plan, ctx.log_semiring = plan, log_semiring
+        # arrays go through save_for_backward, so autograd drops them once the backward has run (unless the
+        # graph is retained) instead of keeping them as long as the graph lives
+        tensors, ctx.slots = [scores, lp, Z], {}
+        for name, x in saved.items():
+            if isinstance(x, (np.ndarray, torch.Tensor)):
+                ctx.slots[name] = (isinstance(x, np.ndarray), len(tensors))
+                tensors.append(torch.from_numpy(x) if isinstance(x, np.ndarray) else x)
+            else:
+                ctx.slots[name] = (None, x)
+        ctx.save_for_backward(*tensors)
         return Z
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, gz):
-        scores, lp, Z = ctx.saved_tensors
+        tensors = ctx.saved_tensors
+        scores, lp, Z = tensors[:3]
+        saved = {name: v if kind is None else (tensors[v].numpy() if kind else tensors[v])
+                 for name, (kind, v) in ctx.slots.items()}
         if ctx.kernel is None:
-            gsc, glp = _torch_backward(ctx.plan, ctx.saved, Z, gz, ctx.log_semiring, scores, lp)
+            gsc, glp = _torch_backward(ctx.plan, (saved["W"], saved["alpha"]), Z, gz, ctx.log_semiring, scores, lp)
         else:
-            gsc, glp = _numba_backward(ctx.kernel, ctx.plan, ctx.saved, gz, ctx.log_semiring, scores, lp)
+            gsc, glp = _numba_backward(ctx.kernel, ctx.plan, saved, gz, ctx.log_semiring, scores, lp,
+                                       ctx.needs_input_grad[0])
+        ctx.plan.release()  # its index arrays, rebuilt if the graph is retained and differentiated again
         return (gsc if ctx.needs_input_grad[0] else None, glp if ctx.needs_input_grad[1] else None,
-                None, None, None)
+                None, None, None, None)
 
 
 def dense_forward_score(graphs: Union[Fsa, FsaVec], dense: DenseFsaVec, log_semiring: bool = True,
@@ -468,10 +668,17 @@ def dense_forward_score(graphs: Union[Fsa, FsaVec], dense: DenseFsaVec, log_semi
     from . import kernels
     plan = _Plan(graphs, dense)
     sc, lp = plan.gvec.scores, dense.log_probs
+    cols = plan.narrow_columns()  # the graphs read few of the symbols: frame loops on those columns only
     out = torch.promote_types(sc.dtype, lp.dtype)
     cd = kernels.compute_dtype(out)
     k = _select(backend, lp.device, cd)
-    return _DenseScore.apply(sc.to(cd), lp.to(cd), plan, bool(log_semiring), k).to(out)
+    if cols is not None:
+        lp = _GatherColumns.apply(lp, cols, k)
+    # posteriors computed in the forward when the backward will want them (emissions need a gradient, and
+    # any graph whose scores need one serves a single sequence, so a per-sequence output gradient scales them)
+    eager = (k is not None and torch.is_grad_enabled() and lp.requires_grad
+             and (not sc.requires_grad or len(set(plan.gidx.tolist())) == plan.B))
+    return _DenseScore.apply(sc.to(cd), lp.to(cd), plan, bool(log_semiring), k, eager).to(out)
 
 
 # ---------------------------------------------------------------------------------------------- the lattice

@@ -117,3 +117,22 @@ def test_remove_epsilon_sweep_graph_and_check():
     bad = mod.gtn.Fsa(r.arcs, r.scores + 0.01 * (r.arcs[:, 0] == 5), num_states=r.num_states)
     with pytest.raises(SystemExit, match="check failed: distances differ"):
         mod.check(bad, o, g, "log")
+
+
+def test_ctc_sweep_prints_a_row_per_shape_and_thread_count():
+    """benchmarks/ctc_sweep.py on its smallest shape: both losses agree (the script checks), a row with both
+    timings, the ratio, both peak-memory figures (fresh subprocesses) and the load."""
+    script = SCRIPT.parent / "ctc_sweep.py"
+    out = subprocess.run([sys.executable, str(script), "--B", "8", "--T", "200", "--C", "28", "--U", "40",
+                          "--rounds", "1", "--threads", "1"], capture_output=True, text=True, check=True,
+                         cwd=SCRIPT.parents[2]).stdout
+    rows = [x for x in out.splitlines() if x.startswith("| 8 | 200 | 28 | 40 |")]
+    assert len(rows) == 1, out
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    threads, load, p_ms, t_ms, ratio, p_mib, t_mib, loss = cells[4:]
+    assert threads == "1" and float(load) >= 0 and float(p_ms) > 0 and float(t_ms) > 0 and float(ratio) > 0
+    assert float(p_mib) >= 0 and float(t_mib) > 0 and loss == "4376.30"
+    assert "worst project / torch: " in out
+    with pytest.raises(subprocess.CalledProcessError):  # no shape with U < T
+        subprocess.run([sys.executable, str(script), "--T", "40", "--U", "40", "--no-memory"], capture_output=True,
+                       check=True)

@@ -174,6 +174,27 @@ def test_ctc_loss_matches_torch(backend, case, reduction, dtype, rtol, atol):
 
 
 @pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+@pytest.mark.parametrize("dtype,rtol,atol", [(torch.float64, 1e-9, 1e-12), (torch.float32, 1e-4, 1e-6)])
+def test_ctc_loss_large_vocabulary(backend, dtype, rtol, atol):
+    """A speech-sized vocabulary (C = 3000, each sequence reads at most U + 1 of its columns, so the frame loops
+    run on the gathered columns): loss and gradient through log_softmax equal torch's, with random lengths,
+    repeated labels and a blank that is not 0; the gradient is laid out like the input ([T, N, C])."""
+    T, N, C = 40, 3, 3000
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(T, N, C, generator=g, dtype=dtype) * 2
+    blank = 17
+    targets = torch.randint(0, C - 1, (N, 15), generator=g)
+    targets = targets + (targets >= blank).to(targets.dtype)  # never the blank
+    targets[0, 3:6] = targets[0, 3]
+    il, tl = torch.tensor([40, 33, 21]), torch.tensor([15, 9, 0])
+    for reduction in ("none", "mean"):
+        compare(logits, targets, il, tl, rtol, atol, blank=blank, reduction=reduction)
+    lp = logits.log_softmax(-1).requires_grad_(True)
+    gtn.ctc_loss(lp, targets, il, tl, blank=blank).backward()
+    assert lp.grad.is_contiguous() and int((lp.grad != 0).sum(-1).max()) <= 16
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_ctc_loss_impossible_is_inf_with_zero_grad(backend):
     lp = torch.randn(3, 2, 4, dtype=torch.float64).log_softmax(-1).requires_grad_(True)
     targets = torch.tensor([[1, 1, 2], [1, 2, 3]])

@@ -266,6 +266,179 @@ def test_long_sequences_numba_matches_torch_float32():
     assert res[0][1].dtype == torch.float32
 
 
+def sparse_label_case(seed, B=3, T=9, C=40, used=5, dtype=torch.float64):
+    """Random graphs that read only ``used`` of ``C`` emission columns (a different subset per graph), and
+    emissions laid out ``[T, B, C]`` as `ctc_loss` gives them (seen as ``[B, T, C]``: not contiguous)."""
+    gen = torch.Generator().manual_seed(seed)
+    graphs = []
+    for _ in range(B):
+        g = random_graph(gen, int(torch.randint(2, 6, (1,), generator=gen)), int(torch.randint(2, 12, (1,),
+                         generator=gen)), used, dtype)
+        cols = torch.randperm(C, generator=gen)[:used]
+        arcs = g.arcs.clone()
+        arcs[:, 2] = torch.where(arcs[:, 2] >= 0, cols[arcs[:, 2].clamp(min=0)], arcs[:, 2])
+        graphs.append(gtn.Fsa(arcs, g.scores, num_states=g.num_states))
+    lp = torch.randn(T, B, C, generator=gen, dtype=dtype).log_softmax(-1).transpose(0, 1)
+    lengths = torch.randint(0, T + 1, (B,), generator=gen)
+    return gtn.FsaVec(graphs), lp, lengths
+
+
+def test_narrow_columns_plan():
+    """The plan keeps, per sequence, the distinct labels of its graph (ascending, padded with column 0) and
+    relabels the arcs into them; graphs that read more than half of the symbols are left alone."""
+    g = gtn.FsaVec([gtn.Fsa([(0, 1, 7), (1, 1, 3), (1, 2, -1)]), gtn.Fsa([(0, 1, 9), (1, 2, -1)])])
+    plan = D._Plan(g, gtn.DenseFsaVec(torch.zeros(2, 4, 10)))
+    cols = plan.narrow_columns()
+    assert cols.tolist() == [[3, 7], [9, 0]] and plan.C == 2
+    assert plan.lab.tolist() == [1, 0, -1, 0, -1]
+    shared = gtn.Fsa([(0, 1, 1), (1, 1, 2), (1, 2, -1), (0, 2, -1)])
+    plan = D._Plan(shared, gtn.DenseFsaVec(torch.zeros(3, 4, 4)))  # 2 of 4 columns: narrowed, for each sequence
+    assert plan.narrow_columns().tolist() == [[1, 2]] * 3
+    assert plan.lab.tolist() == [lab - 1 if lab >= 0 else -1 for lab in shared.labels.tolist()]
+    assert D._Plan(shared, gtn.DenseFsaVec(torch.zeros(3, 4, 3))).narrow_columns() is None  # 2 of 3 columns
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_narrowed_columns_equal_the_lattice_route(dtype):
+    """Law: with graphs that read few of many symbols (the frame loops run on the gathered columns), scores
+    and gradients equal the lattice route's (`forward_score(intersect_dense(...))`, which reads every column
+    through its own gather), on both backends; the emission gradient is laid out like the emissions."""
+    tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
+    for seed in range(8):
+        g, lp, lengths = sparse_label_case(seed, dtype=dtype)
+        assert D._Plan(g, gtn.DenseFsaVec(lp, lengths)).narrow_columns() is not None
+        ref = None
+        for route in ("lattice", "numba", "torch"):
+            sc = g.scores.detach().clone().requires_grad_(True)
+            x = lp.detach().clone().transpose(0, 1).contiguous().transpose(0, 1).requires_grad_(True)
+            gg = g.clone()
+            gg.scores = sc
+            d = gtn.DenseFsaVec(x, lengths)
+            if route == "lattice":
+                z = gtn.forward_score(gtn.intersect_dense(gg, d))
+            else:
+                z = gtn.dense_forward_score(gg, d, backend=route)
+            w = torch.linspace(0.5, 1.5, z.numel(), dtype=z.dtype)
+            torch.where(torch.isfinite(z), z * w, torch.zeros_like(z)).sum().backward()
+            got = (z.detach(), sc.grad, x.grad)
+            if ref is None:
+                ref = got
+                continue
+            assert x.grad.stride() == x.stride() and x.grad.dtype == dtype, route
+            for a, b in zip(got, ref):
+                assert torch.allclose(a, b, **tol), (seed, route, (a - b).abs().max())
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+@pytest.mark.parametrize("log", [True, False])
+def test_checkpoint_boundaries(log):
+    """The scaled kernels keep alpha every S = floor(sqrt(frames)) frames and recompute the rest in the
+    backward: lengths on, just before and just after a checkpoint (S = 7 here), 0 and 1 frames."""
+    targets = torch.randint(1, 5, (6, 5), generator=torch.Generator().manual_seed(3))
+    g = gtn.ctc_graph(targets.tolist(), dtype=torch.float64)
+    lp = torch.randn(6, 49, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).log_softmax(-1)
+    _numba_vs_torch(g, lp, torch.tensor([49, 48, 43, 42, 14, 13]), log=log)
+    short = gtn.Fsa([(0, 0, 1), (0, 1, -1)], dtype=torch.float64)
+    _numba_vs_torch(short, lp[:3, :7], torch.tensor([0, 1, 7]), log=log)
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+def test_underflow_is_certified_not_recomputed(monkeypatch):
+    """Emissions spanning hundreds of nats over long targets: the scaled forward sees products below 1e-290
+    and marks the sequences; the backward pass certifies them (posterior mass of every frame far above the
+    underflow) -- run in the forward with the gradient when one is wanted, as a check-only pass without --
+    so no sequence goes to the log-domain kernels, and the results equal the torch frame loop (log domain
+    throughout) and torch's own ctc_loss."""
+    from gtn.kernels import dense_numba as K
+    seen = {}
+    lin = K.dense_forward_lin
+
+    def spy_lin(*a):
+        lin(*a)
+        seen["flag"] = a[-2].copy()
+
+    def no_log(*a):
+        raise AssertionError("a sequence went to the log-domain kernels")
+
+    T, C, U = 60, 300, 20
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(T, 3, C, generator=g, dtype=torch.float64) * 40
+    targets = torch.randint(1, C, (3, U), generator=g)
+    il, tl = torch.tensor([T, T - 5, T - 17]), torch.tensor([U, U - 3, U - 7])
+    res = []
+    for backend in ("numba", "torch"):
+        with monkeypatch.context() as m:
+            if backend == "numba":
+                m.setattr(K, "dense_forward_lin", spy_lin)
+                m.setattr(K, "dense_forward", no_log)
+                m.setattr(K, "dense_backward_log", no_log)
+            x = logits.clone().requires_grad_(True)
+            loss = gtn.ctc_loss(x.log_softmax(-1), targets, il, tl, reduction="none", backend=backend)
+            loss.sum().backward()
+        res.append((loss.detach(), x.grad))
+        if backend == "numba":  # without gradients: the marked totals are certified by the check-only pass
+            with monkeypatch.context() as m, torch.no_grad():
+                m.setattr(K, "dense_forward_lin", spy_lin)
+                m.setattr(K, "dense_forward", no_log)
+                seen.clear()
+                inference = gtn.ctc_loss(logits.log_softmax(-1), targets, il, tl, reduction="none",
+                                         backend="numba")
+            assert seen["flag"].all() and torch.equal(inference, loss.detach())
+    assert seen["flag"].all()
+    x = logits.clone().requires_grad_(True)
+    ref = torch.nn.functional.ctc_loss(x.log_softmax(-1), targets, il, tl, reduction="none")
+    ref.sum().backward()
+    for loss, grad in res:
+        assert torch.allclose(loss, ref.detach(), rtol=1e-10) and torch.allclose(grad, x.grad, rtol=1e-7, atol=1e-9)
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+@pytest.mark.parametrize("shared", [False, True])
+def test_threads_split_the_batch(monkeypatch, shared):
+    """With several torch threads the scaled kernels run on parts of the batch in parallel (each with its own
+    scratch and graph-score gradient, summed after): the same scores and gradients as one thread, eager
+    posteriors (emission gradient wanted) and the lazy backward (a shared graph's scores need a gradient)."""
+    monkeypatch.setattr(D, "_PARALLEL_WORK", 0)
+    gen = torch.Generator().manual_seed(5)
+    targets = torch.randint(1, 6, (7, 9), generator=gen)
+    g = gtn.ctc_graph([1, 2, 2, 3], dtype=torch.float64) if shared else gtn.ctc_graph(targets.tolist(),
+                                                                                       dtype=torch.float64)
+    g.scores = torch.randn(g.num_arcs, dtype=torch.float64, generator=gen) * 0.1
+    lp = torch.randn(7, 30, 6, dtype=torch.float64, generator=gen).log_softmax(-1)
+    lengths = torch.tensor([30, 29, 25, 30, 18, 22, 21])
+    res = []
+    n = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            sc = g.scores.detach().clone().requires_grad_(True)
+            x = lp.clone().requires_grad_(True)
+            gg = g.clone()
+            gg.scores = sc
+            z = gtn.dense_forward_score(gg, gtn.DenseFsaVec(x, lengths), backend="numba")
+            (z * torch.linspace(0.5, 1.5, 7, dtype=z.dtype)).sum().backward()
+            res.append((z.detach(), x.grad, sc.grad))
+    finally:
+        torch.set_num_threads(n)
+    (z1, x1, s1), (z2, x2, s2) = res
+    assert torch.equal(z1, z2) and torch.equal(x1, x2) and torch.allclose(s1, s2, rtol=1e-12, atol=1e-14)
+    assert torch.isfinite(z1).all() and (s1 != 0).any()
+
+
+@pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
+def test_retained_graph_differentiates_twice():
+    """The kernels' saved arrays go through save_for_backward and the plan's index arrays are dropped after
+    the backward: a retained graph must still give the same gradient a second time."""
+    targets = torch.randint(1, 50, (2, 4), generator=torch.Generator().manual_seed(0))
+    x = torch.randn(12, 2, 60, dtype=torch.float64).requires_grad_(True)
+    for backend in BACKENDS:
+        loss = gtn.ctc_loss(x.log_softmax(-1), targets, [12, 10], [4, 3], backend=backend)
+        g1, = torch.autograd.grad(loss, x, retain_graph=True)
+        g2, = torch.autograd.grad(loss, x)
+        assert torch.equal(g1, g2)
+
+
 @pytest.mark.both_backends  # runs the numba and the torch path itself: once in CI
 def test_env_var_forces_torch(monkeypatch):
     from gtn import kernels

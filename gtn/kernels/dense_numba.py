@@ -209,20 +209,39 @@ def dense_backward_viterbi(lp, lens, gidx, soff, ns, in_splits, in_arc, in_src, 
 # with alpha renormalised to sum 1 at each frame (the log of the normaliser accumulates into the total): only
 # multiply-adds per arc, no exp/log. In the backward the posteriors of one frame sum to 1, so
 # ``posterior = q / sum(q)`` with ``q = alpha_t[src] * w * P * beta_{t+1}[dst]`` and beta renormalised per
-# frame too. The guard: any product that falls below TINY while its factors are nonzero (a possible underflow:
-# a path whose relative weight is below ~1e-300 at some frame, which later frames could still make
-# dominant) marks the sequence, and the caller recomputes it with the log-domain kernels above. Exact zeros
-# (-inf scores, unreachable states) are not underflows.
+# frame too.
+#
+# Exactness. Scaling is linear, so the only error beyond ordinary rounding is gradual underflow: a product
+# below ~1e-308 keeps an absolute error of at most ~5e-324 (or becomes 0). An absolute error ``e`` in
+# ``alpha_t[s]`` (or ``beta_t[s]``) moves the total by ``e * beta_t[s] / sum_s alpha_t[s] beta_t[s]``, relative,
+# which with both normalised to sum 1 is at most ``e * deg / sq_t``, ``sq_t`` = the sum of the q's of frame
+# t (posterior mass before normalisation; the same bound holds in absolute terms for every posterior). So
+# the result is exact (to ~1e-30 here) whenever ``sq_t > TINY`` at every frame -- which the backward checks.
+# The forward alone cannot see beta: it marks (``flag``) a sequence in which some product fell below TINY
+# while its factors were nonzero, and the caller certifies it with a check-only backward pass
+# (``write=False``). A sequence fails (``ok`` cleared, the caller recomputes it with the log-domain kernels
+# above) when that check fails, when a frame's alpha sum itself falls below TINY, or when a marked sequence
+# dies (its alpha all zero: the lost paths might have been the only ones). Exact zeros (-inf scores,
+# unreachable states) are not underflows.
+#
+# Memory: alpha is kept only at the checkpoint frames 0, S, 2S, ... (``alpha_ck``, ``ck_off[b]`` per sequence);
+# the backward recomputes the S frames of a segment from its checkpoint when it reaches them (the same
+# operations in the same order as the forward, so the same numbers), one extra forward pass of arithmetic for
+# ``[frames / S + S, states]`` of float64 instead of ``[frames, states]``.
+# The scaled kernels release the GIL: `gtn.dense` runs them on parts of the batch in several threads.
 TINY = 1e-290  # the default ``tiny`` threshold (a parameter, so tests can force the fallbacks)
 
 
-@njit(cache=True)
-def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w, alpha_off, alpha, P, logz, ok,
-                      tiny):
-    """Scaled forward for the sequences with ``ok[b]``; clears ``ok[b]`` on a possible underflow.
+@njit(cache=True, nogil=True)
+def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w, ck_off, S, alpha_ck, ra, rb, P,
+                      logz, ok, flag, tiny):
+    """Scaled forward for the sequences with ``ok[b]``: clears ``ok[b]`` when the scaled recursion cannot be
+    trusted, sets ``flag[b]`` when it needs the backward's check (a product fell below ``tiny``).
 
-    Fills ``P[b, t, c] = exp(lp[b, t, c] - max_c lp[b, t])`` for the backward. ``logz[b]`` gets the total
-    in the scaled units plus the emission maxima (the caller adds the score offset)."""
+    Keeps the normalised alpha of frames 0, S, 2S, ... in ``alpha_ck[ck_off[b] + (t // S) * n + s]``
+    (``ra``/``rb``: scratch rows of length >= max states). Fills ``P[b, t, c] = exp(lp[b, t, c] - max_c
+    lp[b, t])`` for the backward. ``logz[b]`` gets the total in the scaled units plus the emission maxima (the
+    caller adds the score offset)."""
     B = lens.shape[0]
     C = lp.shape[2]
     for b in range(B):
@@ -232,15 +251,20 @@ def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w,
         L = lens[b]
         n = ns[g]
         s0 = soff[g]
-        base = alpha_off[b]
+        cb = ck_off[b]
         if n == 0:
             logz[b] = NEG_INF
             continue
+        prev = ra
+        cur = rb
         for s in range(n):
-            alpha[base + s] = 0.0
-        alpha[base] = 1.0
+            prev[s] = 0.0
+        prev[0] = 1.0
+        for s in range(n):
+            alpha_ck[cb + s] = prev[s]
         acc_log = 0.0
         dead = False
+        marked = False
         for t in range(L):
             # this frame's emission probabilities, relative to its best symbol
             Pt = P[b, t]
@@ -259,61 +283,103 @@ def dense_forward_lin(lp, lens, gidx, soff, ns, in_splits, in_src, in_lab, in_w,
             if not ok[b]:
                 break
             acc_log += m
-            prev = base + t * n
-            cur = prev + n
             tot = 0.0
             bad = False
             for s in range(n - 1):
                 x = 0.0
                 for k in range(in_splits[s0 + s], in_splits[s0 + s + 1]):
-                    a = alpha[prev + in_src[k]]
+                    a = prev[in_src[k]]
                     wp = in_w[k] * Pt[in_lab[k]]
                     term = a * wp
                     if term < tiny:
                         if a > 0.0 and wp > 0.0:
                             bad = True
                     x += term
-                alpha[cur + s] = x
+                cur[s] = x
                 tot += x
-            alpha[cur + n - 1] = 0.0
+            cur[n - 1] = 0.0
             if bad:
-                ok[b] = False
-                break
+                marked = True
+                if not (tot > tiny):
+                    ok[b] = False
+                    break
             if tot == 0.0:
                 dead = True
                 break
             inv = 1.0 / tot
             for s in range(n - 1):
-                alpha[cur + s] *= inv
+                cur[s] *= inv
             acc_log += math.log(tot)
+            if (t + 1) % S == 0:
+                o = cb + ((t + 1) // S) * n
+                for s in range(n):
+                    alpha_ck[o + s] = cur[s]
+            tmp = prev
+            prev = cur
+            cur = tmp
         if not ok[b]:
             continue
         if dead:
-            logz[b] = NEG_INF
+            if marked:
+                ok[b] = False
+            else:
+                logz[b] = NEG_INF
             continue
-        last = base + L * n
         x = 0.0
         for k in range(in_splits[s0 + n - 1], in_splits[s0 + n]):
-            a = alpha[last + in_src[k]]
+            a = prev[in_src[k]]
             term = a * in_w[k]
             if term < tiny and a > 0.0 and in_w[k] > 0.0:
-                ok[b] = False
+                marked = True
             x += term
-        if not ok[b]:
+        if marked and not (x > tiny):
+            ok[b] = False
             continue
+        flag[b] = marked
         logz[b] = acc_log + math.log(x) if x > 0.0 else NEG_INF
 
 
-@njit(cache=True)
-def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab, w, alpha_off, alpha, logz, gz, ok,
-                       glp, gsc, beta_a, beta_b, qbuf, gloc, row, tiny):
-    """Scaled backward for the sequences with ``ok[b]`` (alpha and P from `dense_forward_lin`); clears
-    ``ok[b]`` on a possible underflow, leaving ``gsc`` untouched for that sequence (its ``glp[b]`` rows must be
-    re-zeroed by the caller).
+@njit(cache=True, nogil=True)
+def _alpha_segment(alpha_ck, cb, j, S, last, n, s0, in_splits, in_src, in_lab, in_w, Pb, seg):
+    """``seg[r * n + s]``: the normalised alpha of frame ``j * S + r`` for ``r = 0 .. last - j * S``, recomputed
+    from checkpoint ``j`` exactly as `dense_forward_lin` computed it."""
+    t0 = j * S
+    o = cb + j * n
+    for s in range(n):
+        seg[s] = alpha_ck[o + s]
+    for r in range(last - t0):
+        Pt = Pb[t0 + r]
+        prev = r * n
+        cur = prev + n
+        tot = 0.0
+        for s in range(n - 1):
+            x = 0.0
+            for k in range(in_splits[s0 + s], in_splits[s0 + s + 1]):
+                a = seg[prev + in_src[k]]
+                wp = in_w[k] * Pt[in_lab[k]]
+                x += a * wp
+            seg[cur + s] = x
+            tot += x
+        seg[cur + n - 1] = 0.0
+        inv = 1.0 / tot
+        for s in range(n - 1):
+            seg[cur + s] *= inv
 
-    ``qbuf``/``gloc``: scratch of length >= the arcs of the largest graph; ``row``: length >= symbols."""
+
+@njit(cache=True, nogil=True)
+def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab, w, in_splits, in_src, in_lab,
+                       in_w, ck_off, S, alpha_ck, seg, logz, gz, ok, glp, gsc, beta_a, beta_b, qbuf, gloc, row, tiny,
+                       write):
+    """Scaled backward for the sequences with ``ok[b]`` (checkpoints and P from `dense_forward_lin`); clears
+    ``ok[b]`` when the posterior mass of a frame falls below ``tiny`` (see above), leaving ``gsc`` untouched
+    for that sequence (its ``glp[b]`` rows must be re-zeroed by the caller). ``write=False``: the check only
+    (``glp``, ``gsc`` untouched). ``glp`` (float32 or float64) is written at frames ``t < lens[b]`` of the
+    sequences processed; the caller zeroes it first.
+
+    ``seg``: scratch of length >= (S + 1) * max states; ``beta_a``/``beta_b``: >= max states; ``qbuf``/``gloc``:
+    >= the arcs of the largest graph; ``row``: >= symbols."""
     B = lens.shape[0]
-    C = glp.shape[2]
+    C = P.shape[2]
     for c in range(C):
         row[c] = 0.0
     for b in range(B):
@@ -328,33 +394,40 @@ def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab,
         s0 = soff[g]
         a0 = aoff[g]
         na = naf[g]
-        base = alpha_off[b]
-        for j in range(na):
-            gloc[j] = 0.0
+        cb = ck_off[b]
+        Pb = P[b]
+        if write:
+            for j in range(na):
+                gloc[j] = 0.0
         nxt = beta_a
         cur = beta_b
+        # the segment holding frame L
+        t0 = (L // S) * S
+        _alpha_segment(alpha_ck, cb, L // S, S, L, n, s0, in_splits, in_src, in_lab, in_w, Pb, seg)
         # frame L: the -1 arcs into the final state (beta of the final state = 1)
-        last = base + L * n
+        last = (L - t0) * n
         sq = 0.0
         btot = 0.0
         for s in range(n - 1):
-            a_s = alpha[last + s]
+            a_s = seg[last + s]
             bs = 0.0
             for k in range(out_splits[s0 + s], out_splits[s0 + s + 1]):
                 q = 0.0
                 if lab[k] == -1:
                     bs += w[k]
                     q = a_s * w[k]
-                qbuf[k - a0] = q
+                if write:
+                    qbuf[k - a0] = q
                 sq += q
             cur[s] = bs
             btot += bs
         if not (sq > tiny) or not (btot > 0.0):
             ok[b] = False
             continue
-        sc = wb / sq
-        for j in range(na):
-            gloc[j] += qbuf[j] * sc
+        if write:
+            sc = wb / sq
+            for j in range(na):
+                gloc[j] += qbuf[j] * sc
         inv = 1.0 / btot
         for s in range(n - 1):
             cur[s] *= inv
@@ -363,42 +436,44 @@ def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab,
         nxt = cur
         cur = tmp
         for t in range(L - 1, -1, -1):
-            rowa = base + t * n
-            Pt = P[b, t]
+            if t < t0:  # entering the previous segment: recompute its alpha from its checkpoint
+                t0 -= S
+                _alpha_segment(alpha_ck, cb, t0 // S, S, t0 + S - 1, n, s0, in_splits, in_src, in_lab, in_w, Pb,
+                               seg)
+            rowa = (t - t0) * n
+            Pt = Pb[t]
             sq = 0.0
             btot = 0.0
-            bad = False
             for s in range(n - 1):
-                a_s = alpha[rowa + s]
+                a_s = seg[rowa + s]
                 bs = 0.0
                 for k in range(out_splits[s0 + s], out_splits[s0 + s + 1]):
                     q = 0.0
                     lk = lab[k]
                     if lk >= 0:
-                        wp = w[k] * Pt[lk]
-                        bn = nxt[dst[k]]
-                        term = wp * bn
-                        if term < tiny:
-                            if wp > 0.0 and bn > 0.0:
-                                bad = True
+                        term = w[k] * Pt[lk] * nxt[dst[k]]
                         bs += term
                         q = a_s * term
-                        row[lk] += q
-                    qbuf[k - a0] = q
+                        if write:
+                            row[lk] += q
+                    if write:
+                        qbuf[k - a0] = q
                     sq += q
                 cur[s] = bs
                 btot += bs
-            if bad or not (sq > tiny) or not (btot > 0.0):
+            if not (sq > tiny) or not (btot > 0.0):
                 ok[b] = False
-                for c in range(C):
-                    row[c] = 0.0
+                if write:
+                    for c in range(C):
+                        row[c] = 0.0
                 break
-            sc = wb / sq
-            for j in range(na):
-                gloc[j] += qbuf[j] * sc
-            for c in range(C):
-                glp[b, t, c] = row[c] * sc
-                row[c] = 0.0
+            if write:
+                sc = wb / sq
+                for j in range(na):
+                    gloc[j] += qbuf[j] * sc
+                for c in range(C):
+                    glp[b, t, c] = row[c] * sc
+                    row[c] = 0.0
             inv = 1.0 / btot
             for s in range(n - 1):
                 cur[s] *= inv
@@ -406,6 +481,30 @@ def dense_backward_lin(P, lens, gidx, soff, ns, aoff, naf, out_splits, dst, lab,
             tmp = nxt
             nxt = cur
             cur = tmp
-        if ok[b]:
+        if ok[b] and write:
             for j in range(na):
                 gsc[a0 + j] += gloc[j]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The narrowed emission columns (`gtn.dense._GatherColumns`): single-threaded loops, so that small problems pay
+# no intra-op thread-pool latency (torch's gather / scatter_add_ wake its pool even for a few thousand values).
+@njit(cache=True)
+def gather_columns(lp, cols, out):
+    """``out[b, t, k] = lp[b, t, cols[b, k]]`` (``lp`` in any layout)."""
+    B, T, K = out.shape
+    for b in range(B):
+        for t in range(T):
+            for k in range(K):
+                out[b, t, k] = lp[b, t, cols[b, k]]
+
+
+@njit(cache=True)
+def scatter_columns(g, cols, out):
+    """``out[b, t, cols[b, k]] += g[b, t, k]`` into a zeroed ``out`` (any layout; padding columns repeat a
+    column with a zero gradient, hence the add)."""
+    B, T, K = g.shape
+    for b in range(B):
+        for t in range(T):
+            for k in range(K):
+                out[b, t, cols[b, k]] += g[b, t, k]
