@@ -67,11 +67,20 @@ def machine() -> dict:
 CONFIGS = {
     "default": dict(iso_epochs=60, iso_limit=None, distort=True, train_strings=4000, global_epochs=8,
                     workers=1, fresh=True, batch_size=16, test_strings=1000, monitor_strings=200, lr=1e-3,
-                    seg_lr=1e-2, vary=False, cut_paths=0.0, max_pieces=6, grid_strings=200),
+                    seg_lr=1e-2, vary=False, cut_paths=0.0, max_pieces=6, grid_strings=200,
+                    val_digits=500, val_strings=500),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
                   workers=1, fresh=False, batch_size=16, test_strings=40, monitor_strings=24, lr=1e-3,
-                  seg_lr=1e-2, vary=False, cut_paths=0.0, max_pieces=6, grid_strings=2),
+                  seg_lr=1e-2, vary=False, cut_paths=0.0, max_pieces=6, grid_strings=2,
+                  val_digits=100, val_strings=24),
 }
+#: The segmentation reader holds out the last ``val_digits`` training digits from both trainings and, after
+#: global training, tunes its segmentation bias (the score each segment of a path earns) on ``val_strings``
+#: strings of them, drawn with varied rendering (`lenet.strings.RenderRanges`): the current bias plus each of
+#: `BIAS_OFFSETS`, smallest changes first. Global training learns the bias on training strings, whose digits the
+#: network reads with lower penalties than new ones, which leaves it too low for new digits: the reader then
+#: merges neighbouring digits into one segment (docs/multi_digit.md, "Tuning the segmentation bias").
+BIAS_OFFSETS = (0.0, 2.0, -2.0, 4.0, -4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.0, 20.0, 24.0, 28.0)
 #: ``--vary`` trains on strings of varied styles (`lenet.strings.RenderRanges`' documented defaults: overlap 0–4
 #: columns, 0–60 % of pairs touching, heights 24–40, slant ±15°, stroke thickness −0.5..1, vertical jitter 0–3 px,
 #: digit sizes ×0.8–1.15) and ``--cut-paths 0.3 --max-pieces 10`` segments with least-ink cut paths. Both are off
@@ -115,6 +124,10 @@ def parse(argv=None):
     p.add_argument("--max-pieces", type=int, help="segmentation: most pieces in one segment")
     p.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
                    help="train on strings of varied rendering settings (lenet.strings.RenderRanges; default off)")
+    p.add_argument("--val-digits", type=int,
+                   help="segmentation reader: training digits held out of both trainings, on whose strings the "
+                        "segmentation bias is tuned after global training (0: none, the bias stays as learned)")
+    p.add_argument("--val-strings", type=int, help="validation strings drawn from the held-out digits")
     p.add_argument("--grid-strings", type=int, help="strings per cell of the robustness grid (0: skip the grid)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (default 1: LeNet-5's small batches gain little from more)")
@@ -166,15 +179,21 @@ def run(args, ctx=SINGLE):
     # under torchrun the training strings are lazy (lenet.strings.StringSet): every rank makes every string's
     # random draws, and draws the pixels of its own shares alone; rank 0 alone draws the test strings
     lazy = ctx.distributed
-    train_strings = make_strings(cfg["train_strings"], "train", lengths, seed=args.seed + 1, vary=vary, lazy=lazy)
-    monitor = make_strings(cfg["monitor_strings"], "train", lengths, seed=args.seed + 2, vary=vary)
+    # the segmentation reader holds the last val_digits training digits out of both trainings (see BIAS_OFFSETS)
+    held = cfg["val_digits"] if args.system == "hos" else 0
+    digits = lenet.load_digits("train", raw=True)
+    fit = (digits[0][:len(digits[0]) - held], digits[1][:len(digits[1]) - held])
+    train_strings = make_strings(cfg["train_strings"], "train", lengths, seed=args.seed + 1, vary=vary, lazy=lazy,
+                                 digits=fit)
+    monitor = make_strings(cfg["monitor_strings"], "train", lengths, seed=args.seed + 2, vary=vary, digits=fit)
     test_digits = lenet.load_digits("test", raw=True)
     test_strings = make_strings(cfg["test_strings"], "test", lengths, seed=args.seed + 3, digits=test_digits,
                                 lazy=not ctx.is_main)
     timings["render strings"] = time.perf_counter() - t
     per_pass = " per pass, new ones every pass" if cfg.get("fresh") else ""
     if ctx.is_main:
-        print(f"{len(train_strings)} training strings (train digits{', varied rendering' if vary else ''}){per_pass}, "
+        print(f"{len(train_strings)} training strings ({len(fit[0])} train digits{', varied rendering' if vary else ''})"
+              f"{per_pass}, "
               f"{len(test_strings)} test strings (test digits), "
               f"lengths {lengths[0]}-{lengths[1]}; {100 * touching_fraction(test_strings):.0f} % of neighbouring "
               f"test digits touch or overlap")
@@ -187,8 +206,10 @@ def run(args, ctx=SINGLE):
         print(f"isolated-digit LeNet-5 from {args.lenet}")
     else:
         from lenet.train import train
+        # isolated training holds out the same digits (with iso_limit, the first iso_limit digits lie before them)
         model, iso_history = train(out=None, epochs=cfg["iso_epochs"], seed=args.seed, distort=cfg["distort"],
-                                   limit=cfg["iso_limit"], progress=progress, plots=False, ctx=ctx,
+                                   limit=cfg["iso_limit"], validation=held if cfg["iso_limit"] is None else 0,
+                                   progress=progress, plots=False, ctx=ctx,
                                    states=States(out, "isolated", args.resume and "auto", writer=ctx.is_main))
     timings["(a) isolated training"] = time.perf_counter() - t
     model = model.float()
@@ -196,7 +217,7 @@ def run(args, ctx=SINGLE):
     if args.system == "hos":
         reader = StringReader(model, SegmentParams(cut_paths=cfg["cut_paths"], max_pieces=cfg["max_pieces"]),
                               lengths=lengths)
-        bias = reader.calibrate(lenet.load_digits("train", raw=True)[0])
+        bias = reader.calibrate(fit[0])
         bias = reader.tune_bias([s.image for s in monitor], [s.label for s in monitor])
         print(f"segmentation bias (median best penalty of isolated training digits, then the best multiple "
               f"of it on the {len(monitor)} monitor training strings): {bias:.3f}")
@@ -229,7 +250,8 @@ def run(args, ctx=SINGLE):
     t = time.perf_counter()
     hist = train_globally(reader, train_strings, GlobalRecipe.of(cfg), args.seed, progress, monitor,
                           render=lambda k: make_strings(cfg["train_strings"], "train", lengths,
-                                                        seed=args.seed + 100 + k, vary=vary, lazy=lazy),
+                                                        seed=args.seed + 100 + k, vary=vary, lazy=lazy,
+                                                        digits=fit),
                           ctx=ctx, states=States(out, "global", args.resume, writer=ctx.is_main))
     timings["(b) global training"] = time.perf_counter() - t
     if not ctx.is_main:  # rank 0 alone evaluates, reports and writes
@@ -237,6 +259,18 @@ def run(args, ctx=SINGLE):
     if hist.get("unreachable"):
         print(f"{hist['unreachable']} training strings had a label no path of their graph could spell "
               f"(digits no segmentation separates); left out of the loss")
+    tuning = None
+    if args.system == "hos" and held and cfg["val_strings"] > 0:
+        val = make_strings(cfg["val_strings"], "train", lengths, seed=args.seed + 4,
+                           digits=(digits[0][-held:], digits[1][-held:]), vary=RenderRanges())
+        learned = float(reader.transformer.seg_bias.detach())
+        bias, accs = reader.tune_bias([s.image for s in val], [s.label for s in val], offsets=BIAS_OFFSETS,
+                                      details=True)
+        tuning = {"learned": learned, "tuned": bias, "strings": len(val), "digits": held,
+                  "accuracy": {f"{b:.3f}": a for b, a in accs.items()}}
+        print(f"segmentation bias tuned on {len(val)} validation strings (varied rendering) of the {held} "
+              f"held-out training digits: {learned:.2f} (learned) -> {bias:.2f}; string accuracy there "
+              f"{100 * accs[learned]:.1f} % -> {100 * accs[bias]:.1f} %")
     after, preds_b, conf_b = evaluate(reader, test_strings, progress, "evaluate (b)")
     after.update(system=args.system, training="(b) + global training")
     if args.system == "hos":
@@ -278,6 +312,7 @@ def run(args, ctx=SINGLE):
     print("wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     metrics = {"before": before, "after": after, "known_length": known, "monitor_loss_before": loss0, "monitor_loss_after": loss1,
                "timings": timings, "config": cfg, "seed": args.seed, "system": args.system, "grid": grid,
+               "bias_tuning": tuning,
                "machine": machine()}
     if args.system == "hos":
         path = save_reader(reader, out, metrics=json.dumps(metrics), history=hist)

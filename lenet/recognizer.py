@@ -285,17 +285,29 @@ class StringReader(nn.Module):
 
     @torch.no_grad()
     def tune_bias(self, images, labels: Sequence[str], factors=(0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
-                  batch_size: int = 50) -> float:
-        """Choose the segmentation bias among ``factors`` × the current bias by string accuracy on
-        (training) ``images``/``labels``, without touching the network: the interpretation graphs are
-        computed once and only the bias added to their digit arcs changes. Sets and returns the best bias."""
+                  batch_size: int = 50, offsets: Optional[Sequence[float]] = None, details: bool = False):
+        """Choose the segmentation bias by string accuracy on ``images``/``labels``, without touching the
+        network: the interpretation graphs are computed once and only the bias added to their digit arcs
+        changes. The candidates are ``factors`` × the current bias, or, with ``offsets``, the current bias plus
+        each offset (tried in the order given: on a tie the first wins, so list the smallest changes first).
+        Sets and returns the best bias; with ``details``, returns ``(best, {candidate: string accuracy})``.
+
+        The bias is the score every segment of a path earns, so it sets how readily the reader merges
+        neighbouring digits into one segment or splits one digit into several. Global training learns it on
+        training strings, whose digits the network reads with lower penalties than digits it has never seen;
+        tuned on strings of *held-out* digits (`examples/multi_digit.py` does, after global training) it suits
+        new digits."""
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        if not len(images):
+            raise ValueError("tune_bias needs at least one image")
         b0 = float(self.transformer.seg_bias.detach())
+        candidates = [b0 + float(o) for o in offsets] if offsets is not None else [b0 * f for f in factors]
         graphs = []
         for k in range(0, len(images), batch_size):
             graphs.append(self.interpret(images[k:k + batch_size]))
-        best, best_acc = b0, -1.0
-        for f in factors:
-            b = b0 * f
+        best, best_acc, table = b0, -1.0, {}
+        for b in candidates:
             right = 0
             for j, (g, segs) in enumerate(graphs):
                 shifted = g._derive(g.arcs, torch.arange(g.num_arcs), g.arc_splits, g.state_splits,
@@ -303,10 +315,11 @@ class StringReader(nn.Module):
                 texts = self._read(shifted, segs)
                 right += sum(t == l for t, l in zip(texts, labels[j * batch_size:(j + 1) * batch_size]))
             acc = right / len(images)
+            table[b] = acc
             if acc > best_acc:
                 best, best_acc = b, acc
         self.transformer.seg_bias.fill_(best)
-        return best
+        return (best, table) if details else best
 
     def plot_decoding(self, image, ax=None, title: str = "", truth: Optional[str] = None, out=None):
         """Draw ``image`` with its candidate cuts and the decoded path (a box and the digit per segment)."""

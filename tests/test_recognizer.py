@@ -470,3 +470,45 @@ def test_lexicon_reading_and_confidence_equal_the_composed_graphs(tiny):
             else:
                 assert (texts[i], paths[i]) == (free_texts[i], free_paths[i])
                 assert abs(float(conf[i]) - float(free_conf[i])) < 1e-12
+
+
+class InkPenalties(torch.nn.Module):
+    """Penalties that grow with a crop's ink (digit 0 always cheapest): segmentations then trade off against
+    the segmentation bias smoothly enough that a few biases read differently."""
+    num_classes = 10
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        m = (x > 0).to(self.w.dtype).mean((1, 2, 3)) * 40 * self.w
+        return m[:, None] + torch.arange(10, dtype=m.dtype) * (1 + m[:, None] % 1)
+
+
+def test_tune_bias_scores_each_candidate_as_decoding_with_that_bias():
+    """The law of `StringReader.tune_bias`: each candidate's accuracy is the string accuracy `decode` gets with
+    the bias set to that candidate; the best (the first on ties) is set and returned."""
+    reader = StringReader(InkPenalties(), lengths=(3, 6)).eval()
+    images = [s.image for s in make_strings(12, "test", (3, 5), seed=5)]
+    b0 = 0.5
+    reader.transformer.seg_bias.data.fill_(b0 - 10.0)
+    labels = reader.decode(images)            # the readings at b0 - 10: accuracy 1 there
+    offsets = (0.0, 5.0, -5.0, -10.0, -20.0, 10.0)
+    expected = {}
+    for o in offsets:
+        reader.transformer.seg_bias.data.fill_(b0 + o)
+        expected[b0 + o] = sum(t == l for t, l in zip(reader.decode(images), labels)) / len(images)
+    assert expected[b0 - 10.0] == 1.0 and min(expected.values()) < 1.0     # the bias changes what is read
+    reader.transformer.seg_bias.data.fill_(b0)
+    best, table = reader.tune_bias(images, labels, offsets=offsets, details=True, batch_size=5)
+    assert table == pytest.approx(expected)
+    first = next(b0 + o for o in offsets if expected[b0 + o] == 1.0)
+    assert best == first and float(reader.transformer.seg_bias.detach()) == pytest.approx(first)
+    reader.transformer.seg_bias.data.fill_(-2.0)
+    got = reader.tune_bias(images, labels, factors=(1.0, 2.0, 4.0))
+    assert got in (-2.0, -4.0, -8.0) and float(reader.transformer.seg_bias.detach()) == got
+    with pytest.raises(ValueError):
+        reader.tune_bias(images, labels[:-1])
+    with pytest.raises(ValueError):
+        reader.tune_bias([], [])
