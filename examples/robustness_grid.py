@@ -1,6 +1,7 @@
 """The robustness grid of a trained reader: string accuracy, digit error and ceiling at every rendering setting.
 
     python examples/robustness_grid.py runs/reader.pt [--strings 200] [--json out.json]
+    python examples/robustness_grid.py runs/reader.pt --cut-paths 0.3 --max-pieces 10   # read with cut paths
 
 Reads ``--strings`` strings of 3-6 test digits at every cell of `lenet.strings.GRID` (heights 24/32/40; no
 touching pairs, or 30 % / 60 % touching with ink boxes overlapping by up to 0-4 columns) with the checkpoint's
@@ -23,14 +24,25 @@ def main(argv=None):
     ap.add_argument("--strings", type=int, default=200, help="strings per cell (default 200)")
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cut-paths", type=float, help="segmentation reader: read with these cut paths instead of "
+                                                     "the checkpoint's (× ink height; 0: straight cuts)")
+    ap.add_argument("--max-pieces", type=int, help="segmentation reader: most pieces in one segment")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     reader = lenet.load(a.checkpoint)
     if not hasattr(reader, "decode"):
         sys.exit(f"{a.checkpoint} is not a reader checkpoint (lenet.recognize reads readers; this is "
                  f"{type(reader).__name__})")
+    if a.cut_paths is not None or a.max_pieces is not None:
+        if not hasattr(reader, "params"):
+            sys.exit("--cut-paths and --max-pieces apply to segmentation readers only")
+        import dataclasses
+        change = {k: v for k, v in (("cut_paths", a.cut_paths), ("max_pieces", a.max_pieces)) if v is not None}
+        reader.params = dataclasses.replace(reader.params, **change)
     rows = robustness(reader, strings_per_cell=a.strings, progress=sys.stderr.isatty())
-    print(f"{a.checkpoint}: {a.strings} strings of test digits per cell")
+    seg = getattr(reader, "params", None)
+    how = f" (segmentation: cut_paths {seg.cut_paths}, max_pieces {seg.max_pieces})" if seg is not None else ""
+    print(f"{a.checkpoint}: {a.strings} strings of test digits per cell{how}")
     print(robustness_table(rows))
     if a.json:
         with open(a.json, "w") as f:

@@ -83,14 +83,19 @@ def test_grid_script_reads_a_checkpoint(tmp_path):
     from lenet.recognizer import StringReader, save_reader
     script = Path(__file__).resolve().parents[1] / "examples" / "robustness_grid.py"
     ckpt = save_reader(StringReader(build("paper")), tmp_path / "r.pt")
-    out = subprocess.run([sys.executable, str(script), str(ckpt), "--strings", "1", "--json", str(tmp_path / "g.json")],
+    out = subprocess.run([sys.executable, str(script), str(ckpt), "--strings", "1", "--json", str(tmp_path / "g.json"),
+                          "--cut-paths", "0.3", "--max-pieces", "10"],
                          capture_output=True, text=True, check=True).stdout
     assert out.count("\n| ") == 35       # header, rule and 33 cells
+    assert "(segmentation: cut_paths 0.3, max_pieces 10)" in out
     import json
     assert len(json.loads((tmp_path / "g.json").read_text())) == 33
     from lenet.checkpoint import save_model
     lenet_ckpt = save_model(build("paper"), tmp_path / "l.pt")
     r = subprocess.run([sys.executable, str(script), str(lenet_ckpt)], capture_output=True, text=True)
+    assert r.returncode != 0
+    r = subprocess.run([sys.executable, str(script), str(lenet_ckpt), "--cut-paths", "0.3"], capture_output=True,
+                       text=True)
     assert r.returncode != 0
 
 
