@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from . import njit
+from .compose_numba import _grow  # 1-D workspace doubling, shared with compose
 
 
 def available() -> bool:
@@ -35,19 +36,18 @@ def available() -> bool:
 
 
 @njit(cache=True)
+def _walk_scratch(S, sc):
+    """The per-state workspace of the epsilon-closure walks (forward and backward kernels alike): visit
+    stamps, post-order, the DFS stack (state, arc), closure values (``sc``'s dtype), path lengths, winners."""
+    return (np.full(S, -1, np.int64), np.empty(S, np.int64), np.empty(S, np.int64), np.empty(S, np.int64),
+            np.empty(S, sc.dtype), np.empty(S, np.int64), np.empty(S, np.int64))
+
+
+@njit(cache=True)
 def _grow2(a, n):
     if n <= a.shape[0]:
         return a
     b = np.empty((max(2 * a.shape[0], n), a.shape[1]), a.dtype)
-    b[:a.shape[0]] = a
-    return b
-
-
-@njit(cache=True)
-def _grow(a, n):
-    if n <= a.shape[0]:
-        return a
-    b = np.empty(max(2 * a.shape[0], n), a.dtype)
     b[:a.shape[0]] = a
     return b
 
@@ -282,13 +282,7 @@ def _rmeps(arcs, aux, state_splits, arc_splits, sc, connect, tropical, want_pair
             new_id[s] = c
             c += keep[s]
         out_states[m] = c
-    stamp = np.full(S, -1, np.int64)
-    post = np.empty(S, np.int64)
-    stk_s = np.empty(S, np.int64)
-    stk_a = np.empty(S, np.int64)
-    val = np.empty(S, sc.dtype)
-    ln = np.empty(S, np.int64)
-    win = np.empty(S, np.int64)
+    stamp, post, stk_s, stk_a, val, ln, win = _walk_scratch(S, sc)
     cap = 2 * A + 16
     out_arcs = np.empty((cap, 3), np.int64)
     out_map = np.empty(cap, np.int64)
@@ -367,13 +361,7 @@ def _rmeps_backward(g, out_map, pair_splits, pair_q, pair_arc_splits, dst, e_spl
     grad = np.zeros(A, g.dtype)
     for j in range(g.shape[0]):
         grad[out_map[j]] += g[j]
-    stamp = np.full(S, -1, np.int64)
-    post = np.empty(S, np.int64)
-    stk_s = np.empty(S, np.int64)
-    stk_a = np.empty(S, np.int64)
-    val = np.empty(S, sc.dtype)
-    ln = np.empty(S, np.int64)
-    win = np.empty(S, np.int64)
+    stamp, post, stk_s, stk_a, val, ln, win = _walk_scratch(S, sc)
     adj = np.zeros(S, g.dtype)
     for p in range(S):
         if e_splits[p] == e_splits[p + 1]:
