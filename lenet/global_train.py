@@ -174,9 +174,9 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
         hist, first, step = state["history"], state["pass"], state["step"]
         set_rng_states(state["rng"])
     reader.train()
-    with progress_bar(total_steps, "global training", "step", enabled=progress) as bar:
-        if state is not None and ctx.is_main:
-            bar.update(step)
+    resumed = state is not None and ctx.is_main
+    with progress_bar(total_steps, "global training", "step", enabled=progress, initial=step if resumed else 0) as bar:
+        if resumed:
             bar.write(f"resumed from {states.resumed_from} (after pass {first}/{cfg.global_epochs})")
         for epoch in range(first, cfg.global_epochs):
             data = PassBatches(epoch, strings, render if cfg.fresh else None, cfg.batch_size, seed,

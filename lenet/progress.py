@@ -38,32 +38,35 @@ def _is_terminal(stream) -> bool:
 
 
 def progress_bar(total: Optional[int] = None, desc: Optional[str] = None, unit: str = "it", enabled: bool = True,
-                 file=None, interval: Optional[float] = None):
+                 file=None, interval: Optional[float] = None, initial: int = 0):
     """A progress bar over ``total`` steps, used like ``tqdm`` (``update``, ``set_postfix``,
     ``set_description``, ``write``, ``close``, a context manager).
 
     ``enabled=False``: a disabled bar (prints nothing; ``write`` still prints). ``file``: the bar's stream
     (default ``sys.stderr``). A terminal, or a notebook, gets a live ``tqdm.auto`` bar; any other stream a
     `LogLines` that writes a line at most every ``interval`` seconds (default: ``LENET_PROGRESS_INTERVAL`` or
-    `LOG_INTERVAL`) and one at the end."""
+    `LOG_INTERVAL`) and one at the end. ``initial``: steps already done (a resumed run): the bar starts there,
+    and its rate counts only the steps made since."""
     from tqdm.auto import tqdm
     from tqdm.autonotebook import tqdm as notebook_tqdm
     from tqdm.std import tqdm as plain_tqdm
     stream = sys.stderr if file is None else file
     if not enabled:
-        return tqdm(total=total, desc=desc, unit=unit, disable=True)
+        return tqdm(total=total, desc=desc, unit=unit, disable=True, initial=initial)
     if notebook_tqdm is not plain_tqdm or _is_terminal(stream):  # a notebook widget redraws in place too
-        return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
-    return LogLines(total, desc, unit, stream, _interval() if interval is None else interval)
+        return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, initial=initial)
+    return LogLines(total, desc, unit, stream, _interval() if interval is None else interval, initial)
 
 
 class LogLines:
     """The part of tqdm's interface the package uses, writing plain lines (``desc: n/total unit (p %),
-    elapsed, rate, postfix``) at most every ``interval`` seconds and once on `close`."""
+    elapsed, rate, postfix``) at most every ``interval`` seconds and once on `close`. ``initial``: steps done
+    before (not counted in the rate)."""
 
-    def __init__(self, total: Optional[int], desc: Optional[str], unit: str, file, interval: float):
+    def __init__(self, total: Optional[int], desc: Optional[str], unit: str, file, interval: float,
+                 initial: int = 0):
         self.total, self.desc, self.unit, self.file, self.interval = total, desc, unit, file, float(interval)
-        self.n = 0
+        self.n = self.initial = int(initial)
         self.postfix = ""
         self.start = self.last = time.monotonic()
         self.closed = False
@@ -104,7 +107,8 @@ class LogLines:
         elapsed = now - self.start
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         pct = f" ({100 * self.n / self.total:.0f} %)" if self.total else ""
-        rate = f", {self.n / elapsed:.2f} {self.unit}/s" if elapsed > 0 else ""
+        made = self.n - self.initial
+        rate = f", {made / elapsed:.2f} {self.unit}/s" if elapsed > 0 and made > 0 else ""
         text = (f"{self.desc}: " if self.desc else "") + f"{done} {self.unit}{pct}, {elapsed:.0f} s{rate}"
         self.file.write(text + (f", {self.postfix}" if self.postfix else "") + "\n")
         self.file.flush()

@@ -301,9 +301,7 @@ def train(out: Optional[Union[str, Path]] = None, epochs: Optional[int] = None, 
     bar = None
     if progress:
         from .progress import progress_bar
-        bar = progress_bar(total_steps, unit="step")
-        if first:
-            bar.update(first * steps)
+        bar = progress_bar(total_steps, unit="step", initial=first * steps)
     model.train()
     for epoch in range(first, epochs):
         if ctx.distributed and isinstance(distorter, RandomAffine) and distorter.draws_apart():

@@ -109,3 +109,22 @@ def test_global_training_and_evaluation_stay_quiet_in_a_log(capsys):
     assert len(err) == 2 and err[0].startswith("global training: 6/6 step (100 %)") and \
         err[1].startswith("evaluate: 6/6 str (100 %)"), out.err
     assert sum(line.startswith("pass ") for line in records(out.out)) == 2
+
+
+def test_a_resumed_bar_starts_at_its_initial_steps_and_rates_only_the_new_ones(monkeypatch):
+    import lenet.progress as P
+    clock = iter([100.0, 110.0, 110.0])  # start, then close after 10 s
+    monkeypatch.setattr(P.time, "monotonic", lambda: next(clock))
+    log = io.StringIO()
+    with progress_bar(1000, "training", "step", file=log, interval=3600, initial=900) as bar:
+        bar.update(50)
+    assert log.getvalue() == "training: 950/1000 step (95 %), 10 s, 5.00 step/s\n"
+    # a resumed phase with nothing left to do reports no rate (it made no step)
+    clock = iter([0.0, 1.0])
+    log = io.StringIO()
+    with progress_bar(1000, "training", "step", file=log, initial=1000):
+        pass
+    assert log.getvalue() == "training: 1000/1000 step (100 %), 1 s\n"
+    from tqdm.std import tqdm
+    with progress_bar(10, "x", file=FakeTerminal(), initial=4) as bar:
+        assert isinstance(bar, tqdm) and bar.n == 4
