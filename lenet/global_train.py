@@ -88,14 +88,15 @@ def evaluate(reader, strings, progress, desc):
 
 @torch.no_grad()
 def mean_loss(reader, strings, size=32):
-    """Mean loss over the strings whose label the graph can spell (see `train_globally`)."""
+    """Mean loss over the strings whose label the graph can spell (see `train_globally`); ``nan`` when there
+    is none (no strings, or none spellable)."""
     total, count = 0.0, 0
     for b in batches(strings, size):
         losses = reader.loss([s.image for s in b], [s.label for s in b], reduction="none")
         finite = torch.isfinite(losses)
         total += float(losses[finite].sum())
         count += int(finite.sum())
-    return total / max(count, 1)
+    return total / count if count else float("nan")
 
 
 class PassBatches(torch.utils.data.IterableDataset):
@@ -216,8 +217,10 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
             hist["epoch_loss"].append(total / max(counted, 1))
             hist["monitor_loss"].append(mean_loss(reader, monitor) if ctx.is_main else float("nan"))
             if ctx.is_main:
-                bar.write(f"pass {epoch + 1}/{cfg.global_epochs}: mean training loss {hist['epoch_loss'][-1]:.4f}, "
-                          f"loss on the {len(monitor)} monitor strings {hist['monitor_loss'][-1]:.4f}")
+                seen = (f", loss on the {len(monitor)} monitor strings {hist['monitor_loss'][-1]:.4f}"
+                        if len(monitor) else "")
+                bar.write(f"pass {epoch + 1}/{cfg.global_epochs}: mean training loss {hist['epoch_loss'][-1]:.4f}"
+                          + seen)
             if states is not None:
                 states.save(epoch + 1, {"model": reader.state_dict(), "optimizer": opt.state_dict(),
                                         "history": hist, "step": step, "rng": rng_states()})

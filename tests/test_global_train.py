@@ -79,3 +79,18 @@ def test_train_globally_is_deterministic_and_lowers_the_monitor_loss():
     m, preds, conf = evaluate(reader, strings[:6], progress=False, desc="eval")
     assert len(preds) == 6 == len(conf) and 0 <= m["string_accuracy"] <= 1 and m["seconds"] >= 0
     assert abs(mean_loss(reader, strings[:8]) - hists[1]["monitor_loss"][-1]) < 1e-4
+
+
+def test_without_monitor_strings_no_monitor_loss_is_claimed(capsys):
+    """No monitor: the per-pass line says nothing of a monitor loss (it used to print 0.0000 on 0 strings),
+    and the history holds nan, not a made-up zero."""
+    torch.manual_seed(0)
+    reader = StringReader(LeNet5(), lengths=(3, 6))
+    reader.calibrate(load_digits("train", raw=True)[0][:200])
+    strings = make_strings(8, "train", seed=12)
+    hist = train_globally(reader, strings, GlobalRecipe(global_epochs=1, batch_size=8, lr=1e-3, seg_lr=1e-2),
+                          seed=3, progress=True, monitor=[])
+    out = capsys.readouterr().out
+    assert "pass 1/1: mean training loss" in out and "monitor" not in out
+    assert len(hist["monitor_loss"]) == 2 and all(v != v for v in hist["monitor_loss"])
+    assert mean_loss(reader, []) != mean_loss(reader, [])  # nan
