@@ -36,7 +36,7 @@ class GlobalRecipe:
     ``fresh``: every pass after the first trains on new strings (``render(pass)``); ``workers``: data-loading
     worker processes that render, segment and crop the batches while the network trains (0: none)."""
 
-    global_epochs: int = 8
+    global_epochs: int = 16
     batch_size: int = 16
     lr: float = 1e-3
     seg_lr: float = 1e-2
