@@ -44,3 +44,22 @@ def path_dp(through, S):   # pragma: no cover - compiled (tested against the num
                     acc[y, k, q] = from_right + through[y, k, q]
                     back[y, k, q] = arg
     return acc, back
+
+
+@njit(cache=True)
+def follow_paths(back_down, back_up, ka, ya, start):   # pragma: no cover - compiled (tested against numpy)
+    """The positions of each anchored path in every row (see `lenet.segment._follow_paths`, the reference):
+    from its anchor row ``ya[a]`` at window position ``start[a]``, down along ``back_up`` and up along
+    ``back_down`` (the tables of start column ``ka[a]``)."""
+    H = back_down.shape[0]
+    A = ka.shape[0]
+    j = np.zeros((A, H), dtype=np.int64)
+    for a in range(A):
+        k = ka[a]
+        y0 = ya[a]
+        j[a, y0] = start[a]
+        for y in range(y0, H - 1):
+            j[a, y + 1] = back_up[y, k, j[a, y]]
+        for y in range(y0, 0, -1):
+            j[a, y - 1] = back_down[y, k, j[a, y]]
+    return j

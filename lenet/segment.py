@@ -313,16 +313,39 @@ def _path_dp(through: np.ndarray, S: np.ndarray, compiled: Optional[bool] = None
     return acc, back
 
 
-def _compiled_dp():
-    """`lenet.cutpath_numba.path_dp` when numba imports and gtn's kernels are enabled, else ``None``."""
+def _follow_paths(back_down, back_up, ka, ya, start, compiled: Optional[bool] = None) -> np.ndarray:
+    """``j [A, H]``: the window position of each anchored path in every row, from its anchor row ``ya[a]``
+    (position ``start[a]``) down along the upward table's pointers ``back_up`` and up along the downward
+    table's ``back_down``, both of start column ``ka[a]``. This numpy version (a loop over rows) is the
+    reference; ``compiled`` (default: as for `_path_dp`) runs `lenet.cutpath_numba.follow_paths`, the same
+    walk without a Python step per row."""
+    kernel = _compiled_dp("follow_paths") if compiled is None or compiled else None
+    if compiled and kernel is None:
+        raise RuntimeError("the compiled cut-path walk needs numba (and GTN_NO_NUMBA unset)")
+    ka, ya, start = (np.asarray(v, dtype=np.int64) for v in (ka, ya, start))
+    if kernel is not None:
+        return kernel(np.ascontiguousarray(back_down), np.ascontiguousarray(back_up), ka, ya, start)
+    H, A = back_down.shape[0], len(ka)
+    j = np.zeros((A, H), dtype=np.int64)
+    j[np.arange(A), ya] = start
+    for y in range(H - 1):            # below each anchor: follow the upward table's pointers down
+        j[:, y + 1] = np.where(ya <= y, back_up[y, ka, j[:, y]], j[:, y + 1])
+    for y in range(H - 1, 0, -1):     # above each anchor: the downward table's pointers up
+        j[:, y - 1] = np.where(ya >= y, back_down[y, ka, j[:, y]], j[:, y - 1])
+    return j
+
+
+def _compiled_dp(name: str = "path_dp"):
+    """The kernel ``name`` of `lenet.cutpath_numba` (``path_dp``, ``follow_paths``) when numba imports and gtn's
+    kernels are enabled, else ``None``."""
     import gtn.kernels
     if not gtn.kernels.use_numba():
         return None
     try:
-        from .cutpath_numba import path_dp
+        from . import cutpath_numba
     except Exception:   # numba missing or broken: the numpy reference is always there
         return None
-    return path_dp
+    return getattr(cutpath_numba, name)
 
 
 def _cut_paths(jobs, radius: int):
@@ -380,15 +403,10 @@ def _cut_paths(jobs, radius: int):
     ya = np.array([y for _, y in anchors])
     A = len(anchors)
     free = ya < 0                                    # no ink at the start column: the best path through the window
-    j = np.zeros((A, H), dtype=np.int64)
     start = np.where(free, up[0, ka].argmin(1), centre)
     ya = np.where(free, 0, ya)
-    j[np.arange(A), ya] = start
     costs = np.where(free, up[0, ka, start], down[ya, ka, start] + up[ya, ka, start] - through[ya, ka, start])
-    for y in range(H - 1):            # below each anchor: follow the upward table's pointers down
-        j[:, y + 1] = np.where(ya <= y, back_up[y, ka, j[:, y]], j[:, y + 1])
-    for y in range(H - 1, 0, -1):     # above each anchor: the downward table's pointers up
-        j[:, y - 1] = np.where(ya >= y, back_down[y, ka, j[:, y]], j[:, y - 1])
+    j = _follow_paths(back_down, back_up, ka, ya, start)
     paths = pos[ka[:, None], j]                                          # [A, H]
     job_of = np.asarray(owner)[ka]
     out = []

@@ -356,9 +356,30 @@ def test_compiled_cut_path_program_equals_the_numpy_reference():
     for compiled in (False, True):
         orig = segment_module._compiled_dp
         if not compiled:
-            segment_module._compiled_dp = lambda: None
+            segment_module._compiled_dp = lambda *name: None
         try:
             maps[compiled] = [segment(s.image, PATHS).piece_map for s in strings]
         finally:
             segment_module._compiled_dp = orig
     assert all(torch.equal(a, b) for a, b in zip(maps[False], maps[True]))
+
+
+def test_compiled_path_walk_equals_the_numpy_reference():
+    """The numba walk along the cut-path program's pointers gives the same rows as the numpy reference, for
+    anchors anywhere (first row, last row, in between) and pointer tables taken from real programs."""
+    rng = np.random.default_rng(2)
+    for trial in range(60):
+        H, K, J = int(rng.integers(2, 30)), int(rng.integers(1, 6)), int(rng.integers(1, 12))
+        through = rng.integers(0, 3, (H, K, J)).astype(np.float64)
+        S = np.concatenate([np.zeros((H - 1, K, 1)), np.cumsum(rng.integers(0, 2, (H - 1, K, J - 1)), 2)], 2)
+        _, back_down = segment_module._path_dp(through, S, compiled=False)
+        _, back_up = segment_module._path_dp(through[::-1], S[::-1], compiled=False)
+        back_up = back_up[::-1]
+        A = int(rng.integers(1, 8))
+        ka, ya, start = rng.integers(0, K, A), rng.integers(0, H, A), rng.integers(0, J, A)
+        ya[0] = 0
+        ya[-1] = H - 1
+        j0 = segment_module._follow_paths(back_down, back_up, ka, ya, start, compiled=False)
+        j1 = segment_module._follow_paths(back_down, back_up, ka, ya, start, compiled=True)
+        np.testing.assert_array_equal(j0, j1)
+        assert (j0[np.arange(A), ya] == start).all() and ((0 <= j0) & (j0 < J)).all()
