@@ -288,9 +288,7 @@ def _path_dp(through: np.ndarray, S: np.ndarray, compiled: Optional[bool] = None
     cost of a path from the top row to each position of each row, and ``back [H, K, J]`` its predecessor.
     This numpy version is the reference; ``compiled`` (default: when numba imports and gtn's kernels are on)
     runs its numba twin, `lenet.cutpath_numba.path_dp`, which gives the same tables."""
-    kernel = _compiled_dp() if compiled is None or compiled else None
-    if compiled and kernel is None:
-        raise RuntimeError("the compiled cut-path program needs numba (and GTN_NO_NUMBA unset)")
+    kernel = _kernel("path_dp", compiled, "program")
     if kernel is not None:
         return kernel(np.ascontiguousarray(through, dtype=np.float64), np.ascontiguousarray(S, dtype=np.float64))
     H, K, J = through.shape
@@ -319,9 +317,7 @@ def _follow_paths(back_down, back_up, ka, ya, start, compiled: Optional[bool] = 
     table's ``back_down``, both of start column ``ka[a]``. This numpy version (a loop over rows) is the
     reference; ``compiled`` (default: as for `_path_dp`) runs `lenet.cutpath_numba.follow_paths`, the same
     walk without a Python step per row."""
-    kernel = _compiled_dp("follow_paths") if compiled is None or compiled else None
-    if compiled and kernel is None:
-        raise RuntimeError("the compiled cut-path walk needs numba (and GTN_NO_NUMBA unset)")
+    kernel = _kernel("follow_paths", compiled, "walk")
     ka, ya, start = (np.asarray(v, dtype=np.int64) for v in (ka, ya, start))
     if kernel is not None:
         return kernel(np.ascontiguousarray(back_down), np.ascontiguousarray(back_up), ka, ya, start)
@@ -333,6 +329,15 @@ def _follow_paths(back_down, back_up, ka, ya, start, compiled: Optional[bool] = 
     for y in range(H - 1, 0, -1):     # above each anchor: the downward table's pointers up
         j[:, y - 1] = np.where(ya >= y, back_down[y, ka, j[:, y]], j[:, y - 1])
     return j
+
+
+def _kernel(name: str, compiled: Optional[bool], what: str):
+    """The numba kernel ``name`` for ``compiled`` (``None``: when available; ``False``: none, the numpy
+    reference; ``True``: required, an error without numba)."""
+    kernel = _compiled_dp(name) if compiled is None or compiled else None
+    if compiled and kernel is None:
+        raise RuntimeError(f"the compiled cut-path {what} needs numba (and GTN_NO_NUMBA unset)")
+    return kernel
 
 
 def _compiled_dp(name: str = "path_dp"):
