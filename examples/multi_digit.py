@@ -70,11 +70,11 @@ CONFIGS = {
     "default": dict(iso_epochs=60, iso_limit=None, distort=True, train_strings=4000, global_epochs=16,
                     workers=1, fresh=True, batch_size=16, test_strings=1000, monitor_strings=200, lr=1e-3,
                     seg_lr=1e-2, vary=False, cut_paths=0.0, max_pieces=6, grid_strings=200,
-                    val_digits=500, val_strings=500),
+                    val_digits=500, val_strings=500, isolated_weight=0.0),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
                   workers=1, fresh=False, batch_size=16, test_strings=40, monitor_strings=24, lr=1e-3,
                   seg_lr=1e-2, vary=False, cut_paths=0.0, max_pieces=6, grid_strings=2,
-                  val_digits=100, val_strings=24),
+                  val_digits=100, val_strings=24, isolated_weight=0.0),
 }
 #: The segmentation reader holds out the last ``val_digits`` training digits from both trainings and, after
 #: global training, tunes its segmentation bias (the score each segment of a path earns) on ``val_strings``
@@ -121,6 +121,9 @@ def parse(argv=None):
         p.add_argument("--" + k.replace("_", "-"), type=int, help=f"override the config's {k}")
     for k in ("lr", "seg_lr"):
         p.add_argument("--" + k.replace("_", "-"), type=float, help=f"override the config's {k}")
+    p.add_argument("--isolated-weight", type=float,
+                   help="global training: weight of an isolated-digit term (LeNet-5's loss on distorted single "
+                        "training digits, added to every step's string loss; 0: strings alone)")
     p.add_argument("--cut-paths", type=float, help="segmentation: radius of the least-ink cut paths inside a "
                                                     "component, × ink height (0: straight vertical cuts)")
     p.add_argument("--max-pieces", type=int, help="segmentation: most pieces in one segment")
@@ -254,7 +257,8 @@ def run(args, ctx=SINGLE):
                           render=lambda k: make_strings(cfg["train_strings"], "train", lengths,
                                                         seed=args.seed + 100 + k, vary=vary, lazy=lazy,
                                                         digits=fit),
-                          ctx=ctx, states=States(out, "global", args.resume, writer=ctx.is_main))
+                          ctx=ctx, states=States(out, "global", args.resume, writer=ctx.is_main),
+                          digits=fit)
     timings["(b) global training"] = time.perf_counter() - t
     if not ctx.is_main:  # rank 0 alone evaluates, reports and writes
         return 0

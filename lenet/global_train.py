@@ -23,7 +23,7 @@ from .metrics import error_reject, string_metrics
 from .progress import progress_bar
 from .resume import States, rng_states, set_rng_states
 
-__all__ = ["GlobalRecipe", "train_globally", "PassBatches", "evaluate", "mean_loss", "batches"]
+__all__ = ["GlobalRecipe", "train_globally", "PassBatches", "IsolatedDigits", "evaluate", "mean_loss", "batches"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,11 @@ class GlobalRecipe:
     ``global_epochs``: passes over ``len(strings)`` training strings; ``batch_size``: strings per step;
     ``lr``: peak Adam rate of the network; ``seg_lr``: peak rate of the reader's other parameters;
     ``fresh``: every pass after the first trains on new strings (``render(pass)``); ``workers``: data-loading
-    worker processes that render, segment and crop the batches while the network trains (0: none)."""
+    worker processes that render, segment and crop the batches while the network trains (0: none).
+    ``isolated_weight``: weight of an *isolated-digit term* added to every step's loss: the network's own
+    criterion (``model.loss``, LeNet-5's MAP loss) on ``isolated_batch`` training digits shown alone, freshly
+    distorted as in isolated training (`IsolatedDigits`). It holds the recognizer's reading of single digits
+    while the graph's criterion adapts it to segments (not in the paper; 0, off, trains on strings alone)."""
 
     global_epochs: int = 16
     batch_size: int = 16
@@ -42,6 +46,13 @@ class GlobalRecipe:
     seg_lr: float = 1e-2
     fresh: bool = True
     workers: int = 1
+    isolated_weight: float = 0.0
+    isolated_batch: int = 16
+
+    def __post_init__(self):
+        if self.isolated_weight < 0 or self.isolated_batch < 1:
+            raise ValueError(f"isolated_weight must be >= 0 and isolated_batch >= 1, got {self.isolated_weight} "
+                             f"and {self.isolated_batch}")
 
     @classmethod
     def of(cls, recipe: Union["GlobalRecipe", Mapping[str, Any]]) -> "GlobalRecipe":
@@ -133,8 +144,36 @@ class PassBatches(torch.utils.data.IterableDataset):
                 yield self.prepare([s.image for s in b]), [s.label for s in b]
 
 
+class IsolatedDigits:
+    """Batches of single training digits for the isolated-digit term of global training
+    (``GlobalRecipe.isolated_weight``). ``digits``: ``(images, labels)``, MNIST-style ``[N, 28, 28]`` (raw
+    ``uint8`` or floats, see `lenet.data.prepare`) or already prepared ``[N, 1, 32, 32]``. Step ``k``'s batch
+    (`batch`) is ``size`` digits drawn at random and distorted by the isolated training's `RandomAffine`
+    (rotation ±10°), all from a generator seeded by ``(seed, k)`` alone: the same step draws the same batch in a
+    resumed run, on every rank of a data-parallel run, and in any process."""
+
+    def __init__(self, digits, size: int, seed: int):
+        from .data import RandomAffine, prepare
+        from .train import DEFAULTS
+        images, labels = digits
+        images = torch.as_tensor(images)
+        self.x = images.float() if images.dim() == 4 and images.shape[-1] == 32 else prepare(images)
+        self.y = torch.as_tensor(labels).long()
+        if len(self.x) != len(self.y) or len(self.y) == 0:
+            raise ValueError(f"isolated digits: {len(self.x)} images and {len(self.y)} labels; need as many, "
+                             "and at least one")
+        self.size, self.seed = int(size), int(seed)
+        self.distort = RandomAffine(rotate=DEFAULTS["rotate"])
+
+    def batch(self, step: int):
+        """Step ``step``'s ``(images [size, 1, 32, 32], labels [size])``."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + 7 + step)
+        rows = torch.randint(len(self.y), (self.size,), generator=gen)
+        return self.distort(self.x[rows], generator=gen), self.y[rows]
+
+
 def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any]], seed: int, progress: bool,
-                   monitor, render=None, ctx: Context = SINGLE, states: Optional[States] = None):
+                   monitor, render=None, ctx: Context = SINGLE, states: Optional[States] = None, digits=None):
     """Discriminative forward training through the graph; returns the history (per-step and per-epoch).
 
     ``strings`` are the first pass's training strings; with ``recipe.fresh`` every later pass trains on new
@@ -150,8 +189,15 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
     ``ctx`` (`lenet.distributed.init` under torchrun): data-parallel training, each process segmenting and
     training on its share of every batch, the gradient that of the mean over the whole batch; only rank 0
     computes the monitor loss (``nan`` elsewhere) and writes resume states. ``states`` (`lenet.resume.States`):
-    write a resume state after every pass, and start from the one ``states.resume`` names."""
+    write a resume state after every pass, and start from the one ``states.resume`` names. ``digits``
+    (``(images, labels)`` of training digits, see `IsolatedDigits`): needed when ``recipe.isolated_weight`` > 0;
+    the history then holds each pass's mean isolated-digit loss (``isolated_loss``)."""
     cfg = GlobalRecipe.of(recipe)
+    anchor = None
+    if cfg.isolated_weight > 0:
+        if digits is None:
+            raise ValueError("recipe.isolated_weight > 0 needs digits=(images, labels) of training digits")
+        anchor = IsolatedDigits(digits, cfg.isolated_batch, seed)
     net_params = list(reader.model.parameters())
     net_ids = {id(p) for p in net_params}
     other = [p for p in reader.parameters() if id(p) not in net_ids]
@@ -167,7 +213,7 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
     first = 0
     step = 0
     if state is None:
-        hist = {"step_loss": [], "epoch_loss": [], "unreachable": 0,
+        hist = {"step_loss": [], "epoch_loss": [], "unreachable": 0, "isolated_loss": [],
                 "monitor_loss": [mean_loss(reader, monitor) if ctx.is_main else float("nan")]}
     else:
         reader.load_state_dict(state["model"])
@@ -184,7 +230,7 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
                                prepare, shard=ctx.shard if ctx.distributed else None)
             if workers > 0:
                 data = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4)
-            total, counted = 0.0, 0
+            total, counted, iso_total, iso_steps = 0.0, 0, 0.0, 0
             for images, labels in data:
                 factor = 0.5 * (1 + math.cos(math.pi * step / total_steps))
                 for group, peak in zip(opt.param_groups, peaks):
@@ -202,7 +248,16 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
                 if not count:
                     continue
                 opt.zero_grad(set_to_none=True)
-                if loss is not None:
+                if anchor is not None:
+                    x, y = anchor.batch(step - 1)
+                    iso = reader.model.loss(reader.model(x.to(net_params[0].dtype)), y)
+                    iso_total += float(iso.detach())
+                    iso_steps += 1
+                    # every rank draws the same batch and adds its share: the gradients summed over the ranks
+                    # (ctx.average_gradients) hold the term once, as in one process
+                    total_loss = (cfg.isolated_weight / ctx.world_size) * iso + (loss if loss is not None else 0.0)
+                    total_loss.backward()
+                elif loss is not None:
                     loss.backward()
                 ctx.average_gradients(params)
                 opt.step()
@@ -215,12 +270,15 @@ def train_globally(reader, strings, recipe: Union[GlobalRecipe, Mapping[str, Any
                 counted += count
                 bar.set_postfix(loss=f"{v:.3f}", refresh=False)
             hist["epoch_loss"].append(total / max(counted, 1))
+            if anchor is not None:
+                hist.setdefault("isolated_loss", []).append(iso_total / max(iso_steps, 1))
             hist["monitor_loss"].append(mean_loss(reader, monitor) if ctx.is_main else float("nan"))
             if ctx.is_main:
                 seen = (f", loss on the {len(monitor)} monitor strings {hist['monitor_loss'][-1]:.4f}"
                         if len(monitor) else "")
+                iso = f", isolated-digit loss {hist['isolated_loss'][-1]:.4f}" if anchor is not None else ""
                 bar.write(f"pass {epoch + 1}/{cfg.global_epochs}: mean training loss {hist['epoch_loss'][-1]:.4f}"
-                          + seen)
+                          + iso + seen)
             if states is not None:
                 states.save(epoch + 1, {"model": reader.state_dict(), "optimizer": opt.state_dict(),
                                         "history": hist, "step": step, "rng": rng_states()})

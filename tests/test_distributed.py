@@ -23,8 +23,10 @@ from lenet.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# two steps: 6 strings (3 + 3 per rank), then 1 (rank 0's share empty: it must still take part)
-RECIPE = GlobalRecipe(global_epochs=1, batch_size=6, lr=1e-2, seg_lr=1e-1, fresh=False, workers=0)
+# two steps: 6 strings (3 + 3 per rank), then 1 (rank 0's share empty: it must still take part); with the
+# isolated-digit term, which every rank draws alike and adds its share of
+RECIPE = GlobalRecipe(global_epochs=1, batch_size=6, lr=1e-2, seg_lr=1e-1, fresh=False, workers=0,
+                      isolated_weight=0.5, isolated_batch=4)
 ISOLATED = dict(epochs=1, limit=40, batch_size=16, seed=1, distort=True, dtype=torch.float64, progress=False,
                 log=lambda *a: None)  # 3 steps: 16, 16, 8 digits
 
@@ -50,8 +52,9 @@ def _strings(lazy=False):
 def _both_trainers(ctx):
     reader = _reader()
     # the ranks draw only their shares of lazy strings; one process draws them all at once, as ever
+    digits = lenet.load_digits("train", raw=True)
     hist = train_globally(reader, _strings(lazy=ctx.distributed), RECIPE, seed=0, progress=False, monitor=[],
-                          ctx=ctx)
+                          ctx=ctx, digits=(digits[0][:100], digits[1][:100]))
     model, history = train(ctx=ctx, **ISOLATED)
     return reader, hist, model, history
 
@@ -133,6 +136,7 @@ def test_two_processes_make_the_steps_of_one(tmp_path):
         for k, v in model.state_dict().items():
             assert torch.allclose(got["lenet"][k], v, rtol=0, atol=1e-6), k
         assert got["hist"]["step_loss"] == pytest.approx(hist["step_loss"], abs=1e-6)
+        assert got["hist"]["isolated_loss"] == pytest.approx(hist["isolated_loss"], abs=1e-6)
         assert got["hist"]["unreachable"] == hist["unreachable"]
         assert got["train_loss"] == pytest.approx(history[-1]["train_loss"], abs=1e-6)
     assert len(hist["step_loss"]) == 2 - (hist["unreachable"] == 1)

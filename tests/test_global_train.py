@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lenet.global_train import GlobalRecipe, PassBatches, batches, evaluate, mean_loss, train_globally
-from lenet.data import load_digits
+from lenet.global_train import (GlobalRecipe, IsolatedDigits, PassBatches, batches, evaluate, mean_loss,
+                                train_globally)
+from lenet.data import load_digits, prepare
 from lenet.model import LeNet5
 from lenet.recognizer import StringReader, prepare_batch
 from lenet.strings import make_strings
@@ -94,3 +95,85 @@ def test_without_monitor_strings_no_monitor_loss_is_claimed(capsys):
     assert "pass 1/1: mean training loss" in out and "monitor" not in out
     assert len(hist["monitor_loss"]) == 2 and all(v != v for v in hist["monitor_loss"])
     assert mean_loss(reader, []) != mean_loss(reader, [])  # nan
+
+
+def test_isolated_digits_are_drawn_by_the_step_alone():
+    """The isolated-digit term's batches: the same (seed, step) gives the same batch whichever object draws it
+    and in whatever order (a resumed run, another rank), raw and prepared digits give the same batch, the
+    digits are distorted (not the prepared originals) and keep their labels."""
+    x, y = load_digits("train", raw=True)
+    x, y = x[:500], y[:500]
+    a, b = IsolatedDigits((x, y), 16, seed=4), IsolatedDigits((prepare(x), y), 16, seed=4)
+    later = b.batch(7)
+    first = a.batch(0)
+    assert torch.equal(first[0], b.batch(0)[0]) and torch.equal(first[1], b.batch(0)[1])
+    assert torch.equal(a.batch(7)[0], later[0])
+    assert first[0].shape == (16, 1, 32, 32) and first[1].shape == (16,)
+    assert not torch.equal(first[1], a.batch(1)[1]) or not torch.equal(first[0], a.batch(1)[0])
+    assert not torch.equal(first[1], IsolatedDigits((x, y), 16, seed=5).batch(0)[1])
+    # distorted copies of the drawn digits: the labels are theirs, the pixels are not the originals'
+    rows = [int(torch.nonzero(torch.all(prepare(x).flatten(1) == im.flatten(), 1)).numel()) for im in first[0]]
+    assert sum(rows) == 0
+    with pytest.raises(ValueError, match="500 images and 499 labels"):
+        IsolatedDigits((x, y[:-1]), 16, seed=0)
+
+
+def test_the_isolated_term_adds_its_weighted_gradient():
+    """Law: the first step of global training with the isolated-digit term descends the gradient of
+    (mean string loss + isolated_weight × the network's loss on step 0's isolated batch). Adam's first step
+    moves every parameter by the peak rate against the sign of its gradient, so the step taken shows the sign
+    of the gradient that was used; it is compared with the gradient computed here, apart."""
+    torch.manual_seed(0)
+    net = LeNet5()
+    digits = load_digits("train", raw=True)
+    digits = (digits[0][:400], digits[1][:400])
+    strings = make_strings(6, "train", seed=13)
+    for weight in (0.0, 3.0):
+        reader = StringReader(LeNet5(), lengths=(3, 6))
+        reader.model.load_state_dict(net.state_dict())
+        reader.calibrate(digits[0][:200])
+        ref = StringReader(LeNet5(), lengths=(3, 6))
+        ref.load_state_dict(reader.state_dict())
+        before = [p.detach().clone() for p in reader.parameters()]
+        recipe = GlobalRecipe(global_epochs=1, batch_size=6, lr=1e-3, seg_lr=1e-2, fresh=False, workers=0,
+                              isolated_weight=weight, isolated_batch=8)
+        hist = train_globally(reader, strings, recipe, seed=9, progress=False, monitor=[], digits=digits)
+        assert len(hist["isolated_loss"]) == (1 if weight else 0)
+        # the gradient, apart: the finite string losses' mean plus the weighted isolated term
+        ref.train()
+        losses = ref.loss([s.image for s in strings], [s.label for s in strings], reduction="none")
+        loss = losses[torch.isfinite(losses)].mean()
+        if weight:
+            xb, yb = IsolatedDigits(digits, 8, seed=9).batch(0)
+            iso = ref.model.loss(ref.model(xb), yb)
+            assert abs(hist["isolated_loss"][0] - float(iso.detach())) < 1e-4 * max(1.0, float(iso.detach()))
+            loss = loss + weight * iso
+        grads = torch.autograd.grad(loss, list(ref.parameters()), allow_unused=True, retain_graph=True)
+        checked = 0
+        for p0, p1, g in zip(before, reader.parameters(), grads):
+            if g is None:
+                continue
+            big = g.abs() > 1e-4  # Adam's eps (1e-8) shrinks the steps of tiny gradients only
+            step = (p1.detach() - p0)[big]
+            assert torch.equal(torch.sign(step), -torch.sign(g[big])), "a parameter moved against the gradient"
+            checked += int(big.sum())
+        assert checked > 1000
+        if weight:  # and the term changed the step: without it some parameters would have moved the other way
+            plain = torch.autograd.grad(losses[torch.isfinite(losses)].mean(), list(ref.model.parameters()),
+                                        retain_graph=True)
+            full = torch.autograd.grad(loss, list(ref.model.parameters()))
+            flips = sum(int((torch.sign(a) != torch.sign(b))[(a.abs() > 1e-4) & (b.abs() > 1e-4)].sum())
+                        for a, b in zip(plain, full))
+            assert flips > 10
+
+
+def test_the_isolated_term_needs_digits_and_a_sane_recipe():
+    strings = make_strings(4, "train", seed=12)
+    reader = StringReader(LeNet5(), lengths=(3, 6))
+    with pytest.raises(ValueError, match="needs digits"):
+        train_globally(reader, strings, GlobalRecipe(global_epochs=1, isolated_weight=1.0), seed=0,
+                       progress=False, monitor=[])
+    with pytest.raises(ValueError, match="isolated_weight must be >= 0"):
+        GlobalRecipe(isolated_weight=-1.0)
+    with pytest.raises(ValueError, match="isolated_batch >= 1"):
+        GlobalRecipe(isolated_weight=1.0, isolated_batch=0)

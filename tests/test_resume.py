@@ -77,14 +77,18 @@ def _reader(net):
     return reader
 
 
-def test_a_crashed_global_training_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("isolated_weight", [0.0, 0.5])
+def test_a_crashed_global_training_resumes_to_the_uninterrupted_result(tmp_path, isolated_weight):
     """Three passes of fresh strings; the crashed run dies while rendering pass 3's strings, after the state of
     pass 2 was written; resumed with "auto", it ends with the same parameters, optimiser state and history,
-    bit for bit."""
+    bit for bit. Also with the isolated-digit term, whose batches are drawn by step."""
     torch.manual_seed(0)
     net = LeNet5()
     strings = make_strings(12, "train", seed=11)
-    recipe = GlobalRecipe(global_epochs=3, batch_size=6, lr=1e-3, seg_lr=1e-2, fresh=True, workers=0)
+    recipe = GlobalRecipe(global_epochs=3, batch_size=6, lr=1e-3, seg_lr=1e-2, fresh=True, workers=0,
+                          isolated_weight=isolated_weight, isolated_batch=4)
+    digits = load_digits("train", raw=True)
+    digits = (digits[0][:300], digits[1][:300])
     monitor = strings[:4]
 
     def render(k):
@@ -96,17 +100,19 @@ def test_a_crashed_global_training_resumes_to_the_uninterrupted_result(tmp_path)
         return render(k)
 
     whole = _reader(net)
-    hist = train_globally(whole, strings, recipe, 3, False, monitor, render, states=States(tmp_path / "a.pt", "global"))
+    hist = train_globally(whole, strings, recipe, 3, False, monitor, render, states=States(tmp_path / "a.pt", "global"),
+                          digits=digits)
     crashed = _reader(net)
     with pytest.raises(Crash):
         train_globally(crashed, strings, recipe, 3, False, monitor, crashing,
-                       states=States(tmp_path / "b.pt", "global"))
+                       states=States(tmp_path / "b.pt", "global"), digits=digits)
     states = States(tmp_path / "b.pt", "global", resume="auto")
     assert states.latest() == states.path(2)
     resumed = _reader(net)  # a new process: the network as at the start; the state brings back the rest
-    hist_b = train_globally(resumed, strings, recipe, 3, False, monitor, render, states=states)
+    hist_b = train_globally(resumed, strings, recipe, 3, False, monitor, render, states=states, digits=digits)
     assert states.resumed_from == states.path(2)
     assert hist_b == hist and len(hist["epoch_loss"]) == 3
+    assert len(hist["isolated_loss"]) == (3 if isolated_weight else 0)
     for k, v in whole.state_dict().items():
         assert torch.equal(resumed.state_dict()[k], v), k
     a = torch.load(States(tmp_path / "a.pt", "global").path(3), weights_only=True)
