@@ -1,6 +1,6 @@
 """Train and evaluate the 1998 GTN multi-digit reader end to end, from string labels alone.
 
-    python examples/multi_digit.py --out reader.pt            # the default run (< 15 min on a 2-core CPU)
+    python examples/multi_digit.py --out reader.pt            # the default run (about an hour on a 2-core CPU shared with other runs)
     python examples/multi_digit.py --out reader.pt --quick    # a smoke run (< 1 min); CI runs this one
     python examples/multi_digit.py --out sdnn.pt --system sdnn
 
@@ -89,7 +89,9 @@ BIAS_OFFSETS = (0.0, 2.0, -2.0, 4.0, -4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0, 18.
 #: by default: with both on, three seeds read fewer test strings and fewer strings over the robustness grid than
 #: the default did with the same isolated network (docs/multi_digit.md, "Results"). The test strings stay at the
 #: renderer's own defaults (30 % touching, overlaps up to 2 columns, height 32); the robustness grid
-#: (`lenet.strings.GRID`) reads strings of every other setting.
+#: (`lenet.strings.GRID`) reads strings of every other setting. ``--isolated-weight`` (0, off, by default) adds
+#: LeNet-5's own loss on single training digits to global training: it keeps the network's isolated error lower
+#: and reads fewer strings over the robustness grid (three seeds, docs/multi_digit.md).
 #: The SDNN: (a) after the isolated digits, "isolated-character" training on windows of strings rendered from
 #: the isolated training digits (each window labelled digit / blank from the renderer's digit positions: the
 #: paper's SDNN training images), fresh strings every pass; (b) global training from string labels. Its
