@@ -2,6 +2,7 @@
 
     python examples/robustness_grid.py runs/reader.pt [--strings 200] [--json out.json]
     python examples/robustness_grid.py runs/reader.pt --cut-paths 0.3 --max-pieces 10   # read with cut paths
+    python examples/robustness_grid.py runs/reader.pt --split-coverage   # right among covered / uncovered strings
 
 Reads ``--strings`` strings of 3-6 test digits at every cell of `lenet.strings.GRID` (heights 24/32/40; no
 touching pairs, or 30 % / 60 % touching with ink boxes overlapping by up to 0-4 columns) with the checkpoint's
@@ -27,6 +28,9 @@ def main(argv=None):
     ap.add_argument("--cut-paths", type=float, help="segmentation reader: read with these cut paths instead of "
                                                      "the checkpoint's (× ink height; 0: straight cuts)")
     ap.add_argument("--max-pieces", type=int, help="segmentation reader: most pieces in one segment")
+    ap.add_argument("--split-coverage", action="store_true",
+                    help="segmentation reader: also count the strings whose true segmentation is not a path of "
+                         "the graph, and how many of them (and of the others) are read right")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     reader = lenet.load(a.checkpoint)
@@ -39,11 +43,22 @@ def main(argv=None):
         import dataclasses
         change = {k: v for k, v in (("cut_paths", a.cut_paths), ("max_pieces", a.max_pieces)) if v is not None}
         reader.params = dataclasses.replace(reader.params, **change)
-    rows = robustness(reader, strings_per_cell=a.strings, progress=sys.stderr.isatty())
+    if a.split_coverage and not hasattr(reader, "interpret"):
+        sys.exit("--split-coverage applies to segmentation readers only")
+    rows = robustness(reader, strings_per_cell=a.strings, progress=sys.stderr.isatty(),
+                      split_coverage=a.split_coverage)
     seg = getattr(reader, "params", None)
     how = f" (segmentation: cut_paths {seg.cut_paths}, max_pieces {seg.max_pieces})" if seg is not None else ""
     print(f"{a.checkpoint}: {a.strings} strings of test digits per cell{how}")
     print(robustness_table(rows))
+    if a.split_coverage:
+        n = sum(r["strings"] for r in rows)
+        unc = sum(r["uncovered"] for r in rows)
+        unc_right = sum(r["uncovered_right"] for r in rows)
+        right = sum(round(r["string_accuracy"] * r["strings"]) for r in rows)
+        print(f"true segmentation not a path of the graph (tolerance 0.1): {unc} of {n} strings; read right: "
+              f"{unc_right} of those {unc} ({100 * unc_right / max(unc, 1):.1f} %), {right - unc_right} of the other "
+              f"{n - unc} ({100 * (right - unc_right) / max(n - unc, 1):.1f} %)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -63,12 +63,13 @@ def isolated_misread(reader, digits) -> torch.Tensor:
 
 
 @torch.no_grad()
-def error_causes(reader, strings, misread: torch.Tensor, tolerance: float = 0.1, batch_size: int = 50
-                 ) -> Tuple[List[str], Dict[str, int]]:
+def error_causes(reader, strings, misread: torch.Tensor, tolerance: float = 0.1, batch_size: int = 50,
+                 covered: Optional[List[bool]] = None) -> Tuple[List[str], Dict[str, int]]:
     """Read ``strings`` (`lenet.strings.DigitString` with owner maps) with a segmentation reader and sort the
     wrong readings by cause. ``misread``: ``bool [N]`` over the digits the strings were drawn from (their
     ``sources``), e.g. `isolated_misread`. Returns the readings and ``{cause: count}`` over `CAUSES` (see the
-    module docstring); right readings are not counted."""
+    module docstring); right readings are not counted. ``covered``: a list to which, for every string (right
+    ones too), whether its true segmentation is a path of its graph is appended."""
     from .crops import standardize, standardize_owner
     from .segment import true_path
 
@@ -82,14 +83,19 @@ def error_causes(reader, strings, misread: torch.Tensor, tolerance: float = 0.1,
         read, segs, paths = reader._read(g, segs, return_paths=True)
         texts += read
         for s, text, seg, path in zip(chunk, read, segs, paths):
+            if s.owner is None and (text != s.label or covered is not None):
+                raise ValueError("error_causes needs strings with owner maps (lenet.strings.make_strings)")
+            truth = None
+            if covered is not None:
+                truth = true_path(seg, standardize(s.image), standardize_owner(s.image, s.owner), tolerance)
+                covered.append(truth is not None)
             if text == s.label:
                 continue
-            if s.owner is None:
-                raise ValueError("error_causes needs strings with owner maps (lenet.strings.make_strings)")
             if bool(misread[s.sources].any()):
                 cause = "recognizer"
             else:
-                truth = true_path(seg, standardize(s.image), standardize_owner(s.image, s.owner), tolerance)
+                if covered is None:
+                    truth = true_path(seg, standardize(s.image), standardize_owner(s.image, s.owner), tolerance)
                 if truth is None:
                     cause = "coverage"
                 elif list(path) == list(truth):
@@ -102,13 +108,16 @@ def error_causes(reader, strings, misread: torch.Tensor, tolerance: float = 0.1,
 
 def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cell: int = 200, seed: int = 20_000,
                lengths: Tuple[int, int] = (3, 6), batch_size: int = 50, progress: bool = False,
-               causes: Optional[bool] = None, tolerance: float = 0.1) -> List[Dict]:
+               causes: Optional[bool] = None, tolerance: float = 0.1, split_coverage: bool = False) -> List[Dict]:
     """Read ``strings_per_cell`` strings of ``lengths`` digits at every cell of ``grid`` (dicts of
     `lenet.strings.render_string` keywords). ``digits``: ``(uint8 [N, 28, 28], labels [N])``, default the test
     split. Returns one dict per cell: its settings, ``string_accuracy``, ``digit_error``, ``ceiling`` (see the
     module docstring), ``strings`` and ``seconds`` (decoding time, causes included when counted); with
     ``causes`` (default: for segmentation readers) also ``causes``, the wrong strings by cause
-    (`error_causes`, the true segmentation at ``tolerance``)."""
+    (`error_causes`, the true segmentation at ``tolerance``). With ``split_coverage`` (segmentation readers;
+    it looks for the true path of every string, right ones too) also ``uncovered``, the strings whose true
+    segmentation is not a path of their graph, and ``uncovered_right``, how many of those the reader reads
+    right all the same (through other segments)."""
     from .data import load_digits
     from .metrics import string_metrics
     from .progress import progress_bar
@@ -120,6 +129,8 @@ def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cel
     bad = isolated_misread(reader, digits)
     if causes is None:
         causes = hasattr(reader, "interpret")
+    if split_coverage and not causes:
+        raise ValueError("split_coverage needs a segmentation reader and causes on")
     was = reader.training
     reader.eval()
     rows = []
@@ -129,8 +140,9 @@ def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cel
                 strings = make_strings(strings_per_cell, "test", lengths, seed=seed + i, digits=digits, **cell)
                 t = time.perf_counter()
                 preds, why = [], None
+                cov = [] if split_coverage else None
                 if causes:
-                    preds, why = error_causes(reader, strings, bad, tolerance, batch_size)
+                    preds, why = error_causes(reader, strings, bad, tolerance, batch_size, covered=cov)
                     bar.update(len(strings))
                 else:
                     for k in range(0, len(strings), batch_size):
@@ -143,6 +155,9 @@ def robustness(reader, digits=None, grid: Sequence[dict] = GRID, strings_per_cel
                              "ceiling": ceiling, "strings": len(strings), "seconds": seconds})
                 if why is not None:
                     rows[-1]["causes"] = why
+                if cov is not None:
+                    rows[-1]["uncovered"] = sum(not c for c in cov)
+                    rows[-1]["uncovered_right"] = sum(not c and p == s.label for c, p, s in zip(cov, preds, strings))
     finally:
         reader.train(was)
     return rows

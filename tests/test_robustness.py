@@ -84,10 +84,11 @@ def test_grid_script_reads_a_checkpoint(tmp_path):
     script = Path(__file__).resolve().parents[1] / "examples" / "robustness_grid.py"
     ckpt = save_reader(StringReader(build("paper")), tmp_path / "r.pt")
     out = subprocess.run([sys.executable, str(script), str(ckpt), "--strings", "1", "--json", str(tmp_path / "g.json"),
-                          "--cut-paths", "0.3", "--max-pieces", "10"],
+                          "--cut-paths", "0.3", "--max-pieces", "10", "--split-coverage"],
                          capture_output=True, text=True, check=True).stdout
     assert out.count("\n| ") == 35       # header, rule and 33 cells
     assert "(segmentation: cut_paths 0.3, max_pieces 10)" in out
+    assert "true segmentation not a path of the graph (tolerance 0.1): " in out and " of 33 strings; read right" in out
     import json
     assert len(json.loads((tmp_path / "g.json").read_text())) == 33
     from lenet.checkpoint import save_model
@@ -148,6 +149,13 @@ def test_error_causes_sorts_each_wrong_string_under_its_cause():
     assert len(texts) == 8 and texts[0] == strings[0].label and texts[7] == strings[7].label
     assert counts == dict(recognizer=1, coverage=1, context=1, merge=1, split=1, shifted=1)
     assert tuple(counts) == CAUSES
+    # covered=: every string's coverage, right ones too; string 7, read right, loses its true path the same way
+    strings[7].owner = torch.where(strings[7].owner >= 0, len(strings[7].label) - 1 - strings[7].owner, -1)
+    covered = []
+    texts_b, counts_b = error_causes(ScriptedReader(strings, script), strings, misread, batch_size=3,
+                                     covered=covered)
+    assert covered == [True] * 6 + [False, False]
+    assert texts_b[7] == strings[7].label and counts_b == counts  # the causes do not change
     with pytest.raises(TypeError):
         error_causes(object(), strings, misread)
 
@@ -166,3 +174,40 @@ def test_grid_causes_add_up_to_the_wrong_strings():
     assert sum(r["causes"].values()) == wrong > 0
     assert "wrong: recognizer / coverage" in robustness_table(rows)
     assert "causes" not in robustness(reader, digits, grid=grid, strings_per_cell=2, seed=11, causes=False)[0]
+
+
+def test_split_coverage_counts_the_uncovered_strings_and_those_read_right():
+    """robustness(split_coverage=True): per cell, the uncovered strings are those lenet.segment.coverage finds
+    without a true path (the same graphs, counted by another route), the uncovered strings read wrong are at
+    least those the causes put under coverage, and the right ones are at most the uncovered ones."""
+    from lenet.recognizer import StringReader
+    from lenet.segment import coverage
+    from lenet.crops import standardize, standardize_owner
+    import dataclasses
+    digits = lenet.load_digits("test", raw=True)
+    torch.manual_seed(0)
+    reader = StringReader(build("paper"))
+    grid = [dict(max_overlap=4, touch=0.6, height=24), dict(max_overlap=0, touch=0.0, height=32)]
+    rows = robustness(reader, digits, grid=grid, strings_per_cell=12, seed=11, split_coverage=True)
+    for i, (cell, r) in enumerate(zip(grid, rows)):
+        strings = make_strings(12, "test", (3, 6), seed=11 + i, digits=digits, **cell)
+        # the reader segments the standardized image: count coverage on that one
+        std = [dataclasses.replace(s, image=standardize(s.image), owner=standardize_owner(s.image, s.owner))
+               for s in strings]
+        assert r["uncovered"] == 12 - coverage(std, reader.params)["covered"]
+        assert 0 <= r["uncovered_right"] <= r["uncovered"]
+        assert r["uncovered"] - r["uncovered_right"] >= r["causes"]["coverage"]
+    assert rows[0]["uncovered"] > 0 and rows[1]["uncovered"] == 0
+    with pytest.raises(ValueError, match="split_coverage"):
+        robustness(reader, digits, grid=grid, strings_per_cell=1, causes=False, split_coverage=True)
+
+    class Oracle(StringReader):  # reads every string right, whatever its graph holds
+        def _read(self, g, segs, return_paths=False):
+            return [self.labels.pop(0) for _ in segs], segs, [[] for _ in segs]
+
+    oracle = Oracle(build("paper"))
+    oracle.labels = [s.label for i, cell in enumerate(grid)
+                     for s in make_strings(12, "test", (3, 6), seed=11 + i, digits=digits, **cell)]
+    rows_o = robustness(oracle, digits, grid=grid, strings_per_cell=12, seed=11, split_coverage=True)
+    assert [r["string_accuracy"] for r in rows_o] == [1.0, 1.0] and not oracle.labels
+    assert [(r["uncovered"], r["uncovered_right"]) for r in rows_o] == [(r["uncovered"],) * 2 for r in rows]
