@@ -83,25 +83,26 @@ def error_causes(reader, strings, misread: torch.Tensor, tolerance: float = 0.1,
         read, segs, paths = reader._read(g, segs, return_paths=True)
         texts += read
         for s, text, seg, path in zip(chunk, read, segs, paths):
-            if s.owner is None and (text != s.label or covered is not None):
+            if text == s.label and covered is None:
+                continue
+            if s.owner is None:
                 raise ValueError("error_causes needs strings with owner maps (lenet.strings.make_strings)")
+            misread_here = bool(misread[s.sources].any())
             truth = None
-            if covered is not None:
+            if covered is not None or not misread_here:  # the true path, only where it is needed
                 truth = true_path(seg, standardize(s.image), standardize_owner(s.image, s.owner), tolerance)
+            if covered is not None:
                 covered.append(truth is not None)
             if text == s.label:
                 continue
-            if bool(misread[s.sources].any()):
+            if misread_here:
                 cause = "recognizer"
+            elif truth is None:
+                cause = "coverage"
+            elif list(path) == list(truth):
+                cause = "context"
             else:
-                if covered is None:
-                    truth = true_path(seg, standardize(s.image), standardize_owner(s.image, s.owner), tolerance)
-                if truth is None:
-                    cause = "coverage"
-                elif list(path) == list(truth):
-                    cause = "context"
-                else:
-                    cause = "merge" if len(path) < len(truth) else "split" if len(path) > len(truth) else "shifted"
+                cause = "merge" if len(path) < len(truth) else "split" if len(path) > len(truth) else "shifted"
             counts[cause] += 1
     return texts, counts
 
