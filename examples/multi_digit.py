@@ -42,26 +42,13 @@ import lenet
 from lenet.global_train import GlobalRecipe, evaluate, train_globally
 from lenet.metrics import error_budget, error_reject, string_metrics
 from lenet.recognizer import StringReader, save_reader
-from lenet.report import budget_lines, plot_curves, plot_example, plot_reject, reject_lines, table
+from lenet.report import budget_lines, machine, plot_curves, plot_example, plot_reject, reject_lines, table
 from lenet.robustness import robustness, robustness_table
 from lenet.segment import SegmentParams
 from lenet.strings import RenderRanges, make_strings, touching_fraction
 from lenet.distributed import SINGLE, init, teardown  # torchrun: data-parallel training (README)
 from lenet.resume import States
 
-
-def machine() -> dict:
-    """What a run's figures depend on besides the seed: torch's version and threads, and the CPU kernels
-    (float results differ in their last bits between CPU instruction sets, and training amplifies that)."""
-    import platform
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 #: Run sizes. The default run takes about an hour on this project's 2-core CPU with other runs beside it (16
 #: global passes: 8 read 0.6 points fewer test strings and 1.0 fewer over the robustness grid, docs/multi_digit.md);

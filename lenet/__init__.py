@@ -7,3 +7,4 @@ from .model import LeNet5, LeNet5FullC3, LeNet5Modern, build, digit_prototypes, 
 from .optim import SDLM, gauss_newton_diagonal, paper_learning_rate
 from .predict import classify
 from .recognizer import StringReader, RecognitionTransformer, recognize, save_reader
+from .combined import CombinedReader, save_combined

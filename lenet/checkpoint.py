@@ -68,6 +68,8 @@ _ABOUT: Dict[str, Tuple[str, str]] = {
     "lenet5": ("a LeNet-5 digit classifier (written by python -m lenet.train)", "lenet.classify"),
     "string_reader": ("a segmentation string reader (written by examples/multi_digit.py)", "lenet.recognize"),
     "sdnn_reader": ("an SDNN string reader (written by examples/multi_digit.py --system sdnn)", "lenet.recognize"),
+    "combined_reader": ("several string readers read together (written by examples/combine_readers.py)",
+                        "lenet.recognize"),
 }
 
 
@@ -173,3 +175,4 @@ register("lenet5", _load_lenet5)
 # the readers' kinds, by name: registering them here imports nothing until such a checkpoint is loaded
 register("string_reader", "lenet.recognizer:_load_reader")
 register("sdnn_reader", "lenet.sdnn:_load_sdnn")
+register("combined_reader", "lenet.combined:_load_combined")

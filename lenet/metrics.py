@@ -63,7 +63,8 @@ def error_reject(confidence, correct, errors: Sequence[float] = (0.005, 0.01, 0.
 def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
     """How much of a reader's string error its recognizer explains on its own.
 
-    ``model``: the reader's 10-class LeNet-5 (or a `StringReader`, whose network is used; anything else, e.g.
+    ``model``: the reader's 10-class LeNet-5 (or a `StringReader`, whose network is used, or a
+    `lenet.combined.CombinedReader`, whose members' networks read each digit together; anything else, e.g.
     an SDNN reader, whose network also has a blank output, raises ``TypeError``); ``strings``: the
     `lenet.strings.DigitString` s that were read (from `make_strings`, so they carry ``sources``, and not
     distorted); ``predicted``: the texts read for them; ``digits``: ``(uint8 images [N, 28, 28], labels [N])``,
@@ -74,9 +75,10 @@ def error_budget(model, strings, predicted: Sequence[str], digits) -> dict:
     accuracy, context aside), and, of the ``wrong`` strings, how many contain such a digit
     (``wrong_with_misread_digit``) and how many do not (``wrong_without``: errors of segmentation, or of reading
     a digit in its string that the network reads right alone)."""
+    from .combined import CombinedReader, PenaltySum
     from .recognizer import StringReader
-    net = model.model if isinstance(model, StringReader) else model
-    if not isinstance(net, LeNetBase) or net.num_classes != 10:
+    net = model.model if isinstance(model, (StringReader, CombinedReader)) else model
+    if not isinstance(net, (LeNetBase, PenaltySum)) or net.num_classes != 10:
         raise TypeError(f"error_budget needs a StringReader or a 10-class LeNet-5 that reads isolated digits, got "
                         f"{type(model).__name__}" + (f" with {net.num_classes} outputs" if isinstance(net, LeNetBase)
                                                      else ""))

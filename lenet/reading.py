@@ -56,9 +56,10 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, le
         raise ValueError(f"ink must be None, 'light' or 'dark', got {ink!r}")
     if lexicon is not None:
         lexicon = as_lexicon(lexicon)  # once for all batches; checked before any image is read
+    from .combined import CombinedReader
     from .recognizer import StringReader
     from .sdnn import SDNNReader
-    readers = (StringReader, SDNNReader)
+    readers = (StringReader, SDNNReader, CombinedReader)
     reader = model
     if not isinstance(reader, readers):
         if isinstance(reader, (str, bytes)) or hasattr(reader, "__fspath__"):
@@ -72,11 +73,11 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, le
                                  f"reader checkpoint (examples/multi_digit.py --out PATH){hint}")
         elif isinstance(reader, nn.Module) and getattr(reader, "num_classes", None) is not None:
             raise TypeError(f"recognize got a {type(model).__name__}, a digit classifier (read isolated digits with "
-                            f"lenet.classify); recognize needs a string reader: a StringReader or SDNNReader, or the "
-                            f"path of a checkpoint written by examples/multi_digit.py")
+                            f"lenet.classify); recognize needs a string reader: a StringReader, SDNNReader or "
+                            f"CombinedReader, or the path of a checkpoint written by examples/multi_digit.py")
         else:
-            raise TypeError(f"model must be a StringReader or SDNNReader or the path of a checkpoint written by "
-                            f"examples/multi_digit.py, got {type(model).__name__}")
+            raise TypeError(f"model must be a StringReader, SDNNReader or CombinedReader or the path of a checkpoint "
+                            f"written by examples/multi_digit.py, got {type(model).__name__}")
     single = isinstance(images, (np.ndarray, torch.Tensor))
     if single:
         batch = [images]

@@ -6,7 +6,21 @@ import torch
 
 from .metrics import error_reject
 
-__all__ = ["table", "budget_lines", "reject_lines", "plot_curves", "plot_example", "plot_reject"]
+__all__ = ["machine", "table", "budget_lines", "reject_lines", "plot_curves", "plot_example", "plot_reject"]
+
+
+def machine() -> dict:
+    """What a run's figures depend on besides the seed: torch's version and threads, and the CPU kernels
+    (float results differ in their last bits between CPU instruction sets, and training amplifies that)."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def table(rows):
