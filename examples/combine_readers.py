@@ -53,7 +53,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, help="the test strings' seed is this + 3 (default: the readers' seed)")
     ap.add_argument("--test-strings", type=int, default=1000)
     ap.add_argument("--grid-strings", type=int, default=200, help="strings per grid cell (0: skip the grid)")
+    ap.add_argument("--lengths", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
+                    help="digits per test and grid string (as examples/multi_digit.py --lengths)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar over the grid")
     a = ap.parse_args(argv)
     if len(a.readers) < 2:
         ap.error("give at least two reader checkpoints")
@@ -78,7 +81,8 @@ def main(argv=None):
             sys.exit(f"the readers' seeds differ or are not recorded ({sorted(map(str, seeds))}): pass --seed")
         seed = seeds.pop()
     test_digits = lenet.load_digits("test", raw=True)
-    strings = make_strings(a.test_strings, "test", (3, 6), seed=seed + 3, digits=test_digits)
+    lengths = tuple(a.lengths)
+    strings = make_strings(a.test_strings, "test", lengths, seed=seed + 3, digits=test_digits)
     images, labels = [s.image for s in strings], [s.label for s in strings]
     t0 = time.perf_counter()
 
@@ -100,7 +104,7 @@ def main(argv=None):
     known = dict(string_metrics(known, labels), seconds=time.perf_counter() - t, system="combined",
                  training="combined, each length known")
 
-    print(f"test strings: {len(strings)} strings of 3-6 test-split digits (seed {seed + 3})")
+    print(f"test strings: {len(strings)} strings of {lengths[0]}-{lengths[1]} test-split digits (seed {seed + 3})")
     print("| reader | string accuracy | digit error | strings/s |")
     print("| --- | --- | --- | --- |")
     for path, r in rows.items():
@@ -120,7 +124,8 @@ def main(argv=None):
     grid = None
     if a.grid_strings > 0:
         t = time.perf_counter()
-        grid = robustness(both, test_digits, strings_per_cell=a.grid_strings, progress=sys.stderr.isatty())
+        grid = robustness(both, test_digits, strings_per_cell=a.grid_strings, lengths=lengths,
+                          progress=sys.stderr.isatty() and not a.no_progress)
         print(f"\nrobustness grid ({a.grid_strings} strings of test digits per cell; ceiling: the strings whose "
               f"digits the networks read right together, each digit alone), {time.perf_counter() - t:.0f} s:")
         print(robustness_table(grid))

@@ -3,6 +3,7 @@
     python examples/multi_digit.py --out reader.pt            # the default run (about an hour on a 2-core CPU shared with other runs)
     python examples/multi_digit.py --out reader.pt --quick    # a smoke run (< 1 min); CI runs this one
     python examples/multi_digit.py --out sdnn.pt --system sdnn
+    python examples/multi_digit.py --out both.pt --system both   # both readers, then the two read together
 
 What it does (LeCun, Bottou, Bengio, Haffner 1998, §IV–§VII):
 
@@ -99,8 +100,10 @@ def parse(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="checkpoint to write; the PNGs go beside it")
     p.add_argument("--quick", action="store_true", help="a tiny run (< 1 minute) that checks the pipeline")
-    p.add_argument("--system", choices=["hos", "sdnn"], default="hos",
-                   help="hos: heuristic over-segmentation + recognition transformer; sdnn: swept LeNet-5")
+    p.add_argument("--system", choices=["hos", "sdnn", "both"], default="hos",
+                   help="hos: heuristic over-segmentation + recognition transformer; sdnn: swept LeNet-5; both: "
+                        "the two, trained one after the other (<stem>_hos.pt, <stem>_sdnn.pt), then read together "
+                        "(examples/combine_readers.py; the other options apply to both runs)")
     p.add_argument("--seed", type=int, default=0, help="seed of everything random (deterministic runs)")
     p.add_argument("--lengths", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
                    help="string lengths of training and test strings (and the decoding grammar)")
@@ -135,11 +138,39 @@ def parse(argv=None):
 
 def main(argv=None):
     args = parse(argv)
+    if args.system == "both" and args.resume not in (None, "auto"):
+        sys.exit("--system both resumes with --resume auto only (each reader from its own states)")
     ctx = init("cpu")  # under torchrun: join the job (lenet.distributed); alone: SINGLE, as ever
     try:
-        return run(args, ctx)
+        return run_both(args, ctx) if args.system == "both" else run(args, ctx)
     finally:
         teardown(ctx)
+
+
+def run_both(args, ctx=SINGLE):
+    """``--system both``: the segmentation reader, then the SDNN, each as its own run beside ``--out``
+    (``<stem>_hos.pt``, ``<stem>_sdnn.pt``, with their figures and PNGs), then the two read together
+    (`lenet.combined.CombinedReader`) and evaluated by ``examples/combine_readers.py`` into ``--out``."""
+    stem = Path(args.out).with_suffix("")
+    paths, status = [], 0
+    for system in ("hos", "sdnn"):
+        sub = copy.copy(args)
+        sub.system, sub.out = system, f"{stem}_{system}.pt"
+        print(f"\n==== --system both: the {system.upper()} reader -> {sub.out}")
+        status = max(status, run(sub, ctx))
+        paths.append(sub.out)
+    if not ctx.is_main:
+        return status
+    cfg = dict(CONFIGS["quick" if args.quick else "default"])
+    tests = args.test_strings if args.test_strings is not None else cfg["test_strings"]
+    grid = args.grid_strings if args.grid_strings is not None else cfg["grid_strings"]
+    print(f"\n==== --system both: the two readers read together -> {args.out}")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import combine_readers
+    combine_readers.main([*paths, "--out", str(args.out), "--seed", str(args.seed), "--test-strings", str(tests),
+                          "--grid-strings", str(grid), "--threads", str(args.threads), "--lengths",
+                          *map(str, args.lengths)] + (["--no-progress"] if args.no_progress else []))
+    return status
 
 
 def run(args, ctx=SINGLE):

@@ -75,6 +75,29 @@ def test_quick_sdnn_run_trains_and_lowers_the_loss(tmp_path):
     assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
 
 
+def test_quick_both_run_trains_both_readers_and_reads_them_together(tmp_path):
+    import torch
+    from lenet.combined import CombinedReader
+    from lenet.sdnn import SDNNReader
+    p, out = run(tmp_path, "--quick", "--system", "both")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.stdout.count("global training lowered the loss") == 2
+    hos, sdnn = lenet.load(tmp_path / "reader_hos.pt"), lenet.load(tmp_path / "reader_sdnn.pt")
+    assert isinstance(hos, StringReader) and isinstance(sdnn, SDNNReader)
+    both = lenet.load(out)
+    assert isinstance(both, CombinedReader) and both.weights == [1.0, 1.0]
+    for member, saved in zip(both.members, (hos, sdnn)):   # the members are the two runs' readers
+        for x, y in zip(member.state_dict().values(), saved.state_dict().values()):
+            assert torch.equal(x, y)
+    m = json.loads((tmp_path / "reader_metrics.json").read_text())
+    assert m["system"] == "combined" and m["seed"] == 0 and len(m["grid"]) == 33
+    # the printed figure is what the saved combination reads on the run's test strings
+    test = make_strings(m["after"]["strings"], "test", (3, 6), seed=3, digits=lenet.load_digits("test", raw=True))
+    texts = recognize([x.image for x in test], out)
+    assert m["after"]["string_accuracy"] == string_metrics(texts, [x.label for x in test])["string_accuracy"]
+    assert "| **combined** |" in p.stdout
+
+
 @pytest.mark.slow
 def test_trained_checkpoint_reads_back_rendered_strings(tmp_path):
     """A mid-sized run (a few minutes): the trained reader reads most rendered test strings exactly."""
