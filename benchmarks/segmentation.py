@@ -1,6 +1,7 @@
 """Coverage of the segmentation graph over the robustness grid: how often the true segmentation is a path.
 
     python benchmarks/segmentation.py [--strings 200] [--tolerance 0.1 0.2] [--picture docs/img/cut_paths.png]
+    python benchmarks/segmentation.py --bounds   # also what any grouping of the pieces, or any vertical cuts, could
 
 For every cell of `lenet.strings.GRID` (heights 24/32/40; no touching pairs, or 30 % / 60 % touching with ink
 boxes overlapping by up to 0-4 columns) it renders ``--strings`` strings of 3-6 test digits and reports, for
@@ -21,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this folder's lenet.py would shadow the package
 import lenet  # noqa: E402
-from lenet.segment import SegmentParams, segment, true_path  # noqa: E402
+from lenet.segment import SegmentParams, column_bound, grouping_bound, segment, true_path  # noqa: E402
 from lenet.strings import GRID, make_strings  # noqa: E402
 
 CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10)}
@@ -61,6 +62,10 @@ def main():
     ap.add_argument("--strings", type=int, default=200, help="strings per grid cell")
     ap.add_argument("--tolerance", type=float, nargs="+", default=[0.1, 0.2])
     ap.add_argument("--picture", help="write a PNG of both segmentations of overlapping digits")
+    ap.add_argument("--bounds", action="store_true",
+                    help="also the bounds at the first tolerance: the share of strings whose pieces some grouping "
+                         "could make the true segmentation (lenet.segment.grouping_bound), and the share that "
+                         "vertical cuts at some columns could (lenet.segment.column_bound)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     digits = lenet.load_digits("test", raw=True)
@@ -74,8 +79,12 @@ def main():
             ms = 1000 * (time.perf_counter() - t) / len(strings)
             cov = [np.mean([true_path(g, s.image, s.owner, tol) is not None for g, s in zip(segs, strings)])
                    for tol in a.tolerance]
-            rows.append((cov, np.mean([g.num_segments for g in segs]), ms))
+            group = (np.mean([grouping_bound(g, s.image, s.owner, a.tolerance[0]) for g, s in zip(segs, strings)])
+                     if a.bounds else None)
+            rows.append((cov, np.mean([g.num_segments for g in segs]), ms, group))
         res[name] = rows
+    columns = ([np.mean([column_bound(s.image, s.owner, a.tolerance[0]) for s in strings]) for _, strings in cells]
+               if a.bounds else None)
     tols = " / ".join(f"{t:g}" for t in a.tolerance)
     head = " | ".join(f"{n}: coverage at {tols}, arcs" for n in CONFIGS)
     print(f"{a.strings} strings of 3-6 test digits per cell; tolerance {tols} of each digit's ink")
@@ -92,6 +101,26 @@ def main():
                             for k, t in enumerate(a.tolerance))
         print(f"{n}: {summary}; {np.mean([r[1] for r in res[n]]):.1f} arcs and "
               f"{np.mean([r[2] for r in res[n]]):.1f} ms per string")
+    if a.bounds:
+        t0 = a.tolerance[0]
+        print(f"\nbounds at tolerance {t0:g}: coverage / any grouping of the same pieces, per segmentation; and "
+              f"vertical cuts at any columns")
+        print("| height | touching | overlap ≤ | " + " | ".join(f"{n}: coverage / any grouping" for n in CONFIGS) +
+              " | cuts at any columns |")
+        print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " | --- |")
+        for i, (cell, _) in enumerate(cells):
+            parts = [f"{100 * res[n][i][0][0]:.1f} % / {100 * res[n][i][3]:.1f} %" for n in CONFIGS]
+            print(f"| {cell['height']} | {100 * cell['touch']:.0f} % | {cell['max_overlap']} | " + " | ".join(parts)
+                  + f" | {100 * columns[i]:.1f} % |")
+        ov = np.array([c["max_overlap"] for c, _ in cells])
+        for n in CONFIGS:
+            cov = np.array([r[0][0] for r in res[n]])
+            grp = np.array([r[3] for r in res[n]])
+            print(f"{n}: coverage mean {100 * cov.mean():.1f} %, any grouping of its pieces mean {100 * grp.mean():.1f} %"
+                  f" (the two differ in {int((cov != grp).sum())} of {len(cells)} cells)")
+        col = np.array(columns)
+        print(f"cuts at any columns: mean {100 * col.mean():.1f} %, worst {100 * col.min():.1f} % (overlap ≤ 2: worst "
+              f"{100 * col[ov <= 2].min():.1f} %, overlap 3: worst {100 * col[ov == 3].min():.1f} %)")
     if a.picture:
         picture(a.picture)
         print(f"wrote {a.picture}")

@@ -34,7 +34,7 @@ follows every later graph operation through the arc maps; ``Segmentation.boxes[s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ import torch
 import gtn
 
 __all__ = ["SegmentParams", "Segmentation", "WholeImage", "as_float_image", "find_cuts", "segment", "segment_batch",
-           "plot_segmentation", "NUM_SEG_FEATURES", "true_path", "coverage"]
+           "plot_segmentation", "NUM_SEG_FEATURES", "true_path", "coverage", "grouping_bound", "column_bound"]
 
 #: Ink threshold on grey levels in 0..1: fainter pixels are background for cutting (anti-aliasing halo).
 INK_THRESHOLD = 0.1
@@ -664,14 +664,9 @@ def plot_segmentation(image, seg: Optional[Segmentation] = None, path_segments: 
     return ax
 
 
-def true_path(seg: Segmentation, image, owner: torch.Tensor, tolerance: float = 0.1):
-    """The segments of a complete path of ``seg.graph`` that is the true segmentation, or ``None``.
-
-    ``owner`` is the renderer's owner map (``int [H, W]``: the digit owning each inked pixel, ``-1`` for none;
-    `lenet.strings.render_string`). Segment ``s`` *is* digit ``k`` when at least ``1 - tolerance`` of digit
-    ``k``'s ink (grey-level mass) lies in ``s`` and at least ``1 - tolerance`` of ``s``'s ink is digit ``k``'s.
-    A path is true when its ``L`` segments are the ``L`` digits in order. One pass over the arcs per digit.
-    """
+def _piece_mass(seg: Segmentation, image, owner) -> Tuple[torch.Tensor, int]:
+    """``(mass [P, L + 1], L)``: the ink (grey-level mass) of each digit in each piece; column ``L`` holds the
+    ink no digit owns (noise)."""
     x = as_float_image(image)
     own = torch.as_tensor(owner).long()
     if own.shape != x.shape:
@@ -680,12 +675,106 @@ def true_path(seg: Segmentation, image, owner: torch.Tensor, tolerance: float = 
     if L <= 0:
         raise ValueError("the owner map names no digit")
     ink = x > INK_THRESHOLD
-    P = seg.num_pieces
     pid = seg.piece_map[ink]
     w = x[ink].double()
     k = own[ink]
-    mass = torch.zeros(P, L + 1, dtype=torch.float64)          # column L: ink owned by no digit (noise)
+    mass = torch.zeros(int(seg.num_pieces), L + 1, dtype=torch.float64)
     mass.index_put_((pid, torch.where(k >= 0, k, torch.full_like(k, L))), w, accumulate=True)
+    return mass, L
+
+
+def grouping_bound(seg: Segmentation, image, owner: torch.Tensor, tolerance: float = 0.1) -> bool:
+    """Whether *some* grouping of ``seg``'s pieces into the string's digits meets `true_path`'s test — any
+    pieces together, in any order, not only runs of consecutive pieces: an upper bound on what any graph over
+    these pieces could cover. Where it is ``False`` the pieces themselves mix two digits' ink beyond the
+    tolerance, and no ordering or grouping of them helps; only other pieces would. (Ink no digit owns is left
+    out of every group, which can only loosen the bound.)"""
+    mass, L = _piece_mass(seg, image, owner)
+    return _groupable(mass[:, :L], tolerance)
+
+
+def column_bound(image, owner: torch.Tensor, tolerance: float = 0.1) -> bool:
+    """Whether straight vertical cuts across the whole image, at *some* columns, make the true segmentation
+    (`true_path`'s test, the digits left to right as runs of columns): the most any segmentation graph of
+    vertical cuts could cover, however many cuts it offered. A dynamic program over the digits, each step
+    vectorised over all column ranges."""
+    x = as_float_image(image)
+    H, W = x.shape
+    cols = torch.arange(W)[None].expand(H, W)
+    mass, L = _piece_mass(_Pieces(cols, W), image, owner)
+    cum = torch.cat([torch.zeros(1, L + 1, dtype=torch.float64), mass.cumsum(0)])      # [W + 1, L + 1]
+    span = cum[None, :, :] - cum[:, None, :]              # [a, b]: the ink of columns [a, b)
+    total = span.sum(2)
+    digit = mass[:, :L].sum(0)
+    forward = torch.ones(W + 1, W + 1, dtype=torch.bool).triu(1)        # a < b
+    reach = torch.zeros(W + 1, dtype=torch.bool)
+    reach[0] = True
+    for k in range(L):   # one step per digit
+        ok = forward & (span[:, :, k] >= (1 - tolerance) * digit[k]) & (span[:, :, k] >= (1 - tolerance) * total)
+        reach = (reach[:, None] & ok).any(0)
+        if not bool(reach.any()):
+            return False
+    return bool(reach[W])
+
+
+@dataclass
+class _Pieces:
+    """A bare piece map (what `_piece_mass` reads of a `Segmentation`)."""
+
+    piece_map: torch.Tensor
+    num_pieces: int
+
+
+#: `_groupable` tries every assignment of the mixed pieces up to this many; beyond, each mixed piece may go
+#: only to the two digits owning most of its ink.
+GROUPING_LIMIT = 1 << 16
+
+
+def _groupable(owned: torch.Tensor, tolerance: float) -> bool:
+    """``owned [P, L]``: digit ``k``'s ink in piece ``p``. Is there an assignment of pieces to digits where each
+    digit's group holds ≥ 1 − tolerance of its ink and ≥ 1 − tolerance of the group's ink is its own? A piece
+    need only be tried with the digits owning some of its ink (giving it to another digit adds ink foreign to
+    that group and nothing of its own); every such assignment of the pieces owned by two or more digits is tried
+    at once, as one tensor."""
+    P, L = owned.shape
+    digit = owned.sum(0)
+    has = owned > 0
+    n_own = has.sum(1)
+    pure = n_own == 1
+    group_in = torch.zeros(L, dtype=owned.dtype)
+    group_tot = torch.zeros(L, dtype=owned.dtype)
+    k_pure = owned[pure].argmax(1)
+    group_in.index_add_(0, k_pure, owned[pure].gather(1, k_pure[:, None])[:, 0])
+    group_tot.index_add_(0, k_pure, owned[pure].sum(1))
+    mixed = torch.nonzero(n_own > 1).flatten()
+    cands = [torch.nonzero(has[p]).flatten() for p in mixed.tolist()]
+    if int(np.prod([len(c) for c in cands], dtype=np.float64)) > GROUPING_LIMIT:
+        cands = [torch.sort(owned[p].topk(2).indices).values for p in mixed.tolist()]
+    if cands:
+        grids = torch.meshgrid(*cands, indexing="ij")            # every assignment of the mixed pieces
+        choice = torch.stack([g.reshape(-1) for g in grids], 1)  # [C, M] the digit of each mixed piece
+        C = choice.shape[0]
+        rows = owned[mixed]                                      # [M, L]
+        got = rows.gather(1, choice.T).T                         # [C, M] each piece's ink of its digit
+        tot = rows.sum(1).expand(C, -1)
+        gin = group_in.expand(C, L).clone().scatter_add_(1, choice, got)
+        gtot = group_tot.expand(C, L).clone().scatter_add_(1, choice, tot)
+    else:
+        gin, gtot = group_in[None], group_tot[None]
+    ok = (gin >= (1 - tolerance) * digit) & (gin >= (1 - tolerance) * gtot)
+    return bool(ok.all(1).any())
+
+
+def true_path(seg: Segmentation, image, owner: torch.Tensor, tolerance: float = 0.1):
+    """The segments of a complete path of ``seg.graph`` that is the true segmentation, or ``None``.
+
+    ``owner`` is the renderer's owner map (``int [H, W]``: the digit owning each inked pixel, ``-1`` for none;
+    `lenet.strings.render_string`). Segment ``s`` *is* digit ``k`` when at least ``1 - tolerance`` of digit
+    ``k``'s ink (grey-level mass) lies in ``s`` and at least ``1 - tolerance`` of ``s``'s ink is digit ``k``'s.
+    A path is true when its ``L`` segments are the ``L`` digits in order. One pass over the arcs per digit.
+    """
+    mass, L = _piece_mass(seg, image, owner)
+    P = seg.num_pieces
     cum = torch.cat([torch.zeros(1, L + 1, dtype=torch.float64), mass.cumsum(0)])
     first, last = seg.segments[:, 0], seg.segments[:, 1]
     seg_mass = cum[last] - cum[first]                          # [S, L + 1]
@@ -715,16 +804,21 @@ def true_path(seg: Segmentation, image, owner: torch.Tensor, tolerance: float = 
 
 def coverage(strings, params: SegmentParams = SegmentParams(), tolerance: float = 0.1) -> dict:
     """Share of ``strings`` (`lenet.strings.DigitString` with owner maps) whose true segmentation is a path of
-    their segmentation graph (`true_path`), with the graph sizes: ``{"coverage", "covered", "strings",
-    "arcs_per_string", "pieces_per_string"}``."""
-    covered, arcs, pieces = 0, 0, 0
+    their segmentation graph (`true_path`), with the graph sizes, the share whose pieces some grouping could
+    make the true segmentation (`grouping_bound`: the most any graph over these pieces could cover) and the
+    share that vertical cuts at some columns could segment truly (`column_bound`: the most any graph of
+    vertical cuts could cover): ``{"coverage", "covered", "strings", "arcs_per_string", "pieces_per_string",
+    "grouping_bound", "column_bound"}``."""
+    covered, groupable, columns, arcs, pieces = 0, 0, 0, 0, 0
     for s in strings:
         if s.owner is None:
             raise ValueError("coverage needs strings with owner maps (lenet.strings.make_strings makes them)")
         seg = segment(s.image, params)
         covered += true_path(seg, s.image, s.owner, tolerance) is not None
+        groupable += grouping_bound(seg, s.image, s.owner, tolerance)
+        columns += column_bound(s.image, s.owner, tolerance)
         arcs += seg.num_segments
         pieces += seg.num_pieces
     n = max(len(strings), 1)
     return {"coverage": covered / n, "covered": covered, "strings": len(strings), "arcs_per_string": arcs / n,
-            "pieces_per_string": pieces / n}
+            "pieces_per_string": pieces / n, "grouping_bound": groupable / n, "column_bound": columns / n}

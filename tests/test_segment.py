@@ -331,6 +331,94 @@ def test_true_path_and_coverage():
         coverage([type(s)(s.image, s.label, s.extents)])
 
 
+def _brute_groupable(owned, tol):
+    """Every assignment of every piece to every digit (the test oracle of `_groupable`)."""
+    import itertools
+    P, L = owned.shape
+    digit = owned.sum(0)
+    for assign in itertools.product(range(L), repeat=P):
+        a = torch.tensor(assign)
+        gin = torch.zeros(L, dtype=owned.dtype).index_add_(0, a, owned[torch.arange(P), a])
+        gtot = torch.zeros(L, dtype=owned.dtype).index_add_(0, a, owned.sum(1))
+        if bool(((gin >= (1 - tol) * digit) & (gin >= (1 - tol) * gtot)).all()):
+            return True
+    return False
+
+
+def test_groupable_agrees_with_every_assignment():
+    """The law behind `grouping_bound`: on 400 random ink tables (up to 6 pieces, 2-3 digits, most pieces owned
+    by one digit, some by two or three, some pieces empty) the search over each piece's own digits finds a
+    grouping exactly when one of all L^P assignments meets the tolerance; both answers occur."""
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(400):
+        P, L = int(torch.randint(2, 7, (1,), generator=g)), int(torch.randint(2, 4, (1,), generator=g))
+        owned = torch.rand(P, L, generator=g, dtype=torch.float64)
+        owned = owned * (torch.rand(P, L, generator=g) < 0.45)            # sparse ownership
+        owned[torch.arange(P), torch.randint(0, L, (P,), generator=g)] += 1.0   # every piece mostly one digit
+        owned[torch.rand(P, generator=g) < 0.1] = 0.0                     # some pieces hold no digit's ink
+        tol = float(torch.rand(1, generator=g)) * 0.4
+        want = _brute_groupable(owned, tol)
+        assert segment_module._groupable(owned, tol) == want, (owned, tol)
+        seen.add(want)
+    assert seen == {True, False}
+
+
+def test_bounds_are_above_the_graphs_coverage():
+    """On strings whose neighbours all touch and overlap by up to 3 columns: a string whose true segmentation is
+    a path of the graph has pieces that group into it (`grouping_bound`), and one whose straight-cut ("columns")
+    graph has it can be cut at some columns (`column_bound`); separate digits are always within both."""
+    strings = make_strings(60, "test", seed=12, touch=0.6, max_overlap=3)
+    count = {"path": 0, "group": 0, "columns path": 0, "column bound": 0}
+    for s in strings:
+        for params in (SegmentParams(), PATHS):
+            seg = segment(s.image, params)
+            has = true_path(seg, s.image, s.owner) is not None
+            grp = segment_module.grouping_bound(seg, s.image, s.owner)
+            assert grp or not has
+            count["path"] += has
+            count["group"] += grp
+        seg = segment(s.image, SegmentParams(pieces="columns"))
+        has = true_path(seg, s.image, s.owner) is not None
+        col = segment_module.column_bound(s.image, s.owner)
+        assert col or not has
+        count["columns path"] += has
+        count["column bound"] += col
+    assert count["column bound"] > count["columns path"]     # the bound is not the graph itself
+    for s in make_strings(20, "test", seed=13, touch=0.0, max_overlap=0):
+        assert segment_module.column_bound(s.image, s.owner)
+        assert segment_module.grouping_bound(segment(s.image), s.image, s.owner)
+
+
+def test_column_bound_agrees_with_every_pair_of_cuts():
+    """`column_bound` against its oracle on three-digit strings: every pair of cut columns tried."""
+    import itertools
+    seen = set()
+    for s in make_strings(25, "test", seed=14, lengths=(3, 3), touch=0.6, max_overlap=3):
+        x = as_float_image(s.image)
+        W = x.shape[1]
+        ink = x > INK_THRESHOLD
+        want = False
+        for a, b in itertools.combinations(range(1, W), 2):
+            parts = [(0, a), (a, b), (b, W)]
+            ok = True
+            for k, (c0, c1) in enumerate(parts):
+                inside = torch.zeros_like(ink)
+                inside[:, c0:c1] = True
+                mine = float(x[ink & inside & (s.owner == k)].double().sum())
+                seg_ink = float(x[ink & inside].double().sum())
+                digit = float(x[ink & (s.owner == k)].double().sum())
+                if not (mine >= 0.9 * digit and mine >= 0.9 * seg_ink):
+                    ok = False
+                    break
+            if ok:
+                want = True
+                break
+        assert segment_module.column_bound(s.image, s.owner) == want
+        seen.add(want)
+    assert seen == {True, False}
+
+
 def test_cut_paths_validated():
     with pytest.raises(ValueError):
         SegmentParams(cut_paths=-0.1)
@@ -383,3 +471,20 @@ def test_compiled_path_walk_equals_the_numpy_reference():
         j1 = segment_module._follow_paths(back_down, back_up, ka, ya, start, compiled=True)
         np.testing.assert_array_equal(j0, j1)
         assert (j0[np.arange(A), ya] == start).all() and ((0 <= j0) & (j0 < J)).all()
+
+
+def test_segmentation_benchmark_prints_coverage_and_bounds():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "segmentation.py"), "--strings", "2", "--bounds"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = r.stdout
+    bounds = out[out.index("bounds at tolerance 0.1"):]
+    assert sum(line.startswith("| 24 |") or line.startswith("| 32 |") or line.startswith("| 40 |")
+               for line in bounds.splitlines()) == 33
+    assert "cuts at any columns: mean" in bounds and "any grouping of its pieces mean" in bounds
