@@ -102,24 +102,54 @@ class CombinedReader(nn.Module):
         member with a positive weight cannot spell it, or, with a ``lexicon``, where it is not a word)."""
         if len(images) != len(texts):
             raise ValueError(f"{len(images)} images but {len(texts)} texts")
+        return self.candidate_energies(list(images), [[t] for t in texts], lexicon)
+
+    def candidate_energies(self, images, candidates: Sequence[Sequence[str]], lexicon=None) -> torch.Tensor:
+        """The total energy of every candidate text of every image (``candidates[i]``: image ``i``'s texts), one
+        flat ``float64`` tensor in that order; each member reads each image once (its ``candidate_losses``)."""
+        if len(images) != len(candidates):
+            raise ValueError(f"{len(images)} images but {len(candidates)} candidate lists")
+        texts = [t for c in candidates for t in c]
         total = torch.full((len(texts),), float("inf"), dtype=torch.float64)
-        idx = [i for i, t in enumerate(texts) if t]     # an empty reading (no digit) has no energy: +inf
-        if not idx:
+        # an empty reading (no digit) has no energy (+inf): only the images with a non-empty candidate are read
+        keep = [[t for t in c if t] for c in candidates]
+        rows = [i for i, c in enumerate(keep) if c]
+        if not rows:
             return total
-        ims, txt = [images[i] for i in idx], [texts[i] for i in idx]
-        part = torch.zeros(len(idx), dtype=torch.float64)
+        ims, cands = [images[i] for i in rows], [keep[i] for i in rows]
+        part = torch.zeros(sum(map(len, cands)), dtype=torch.float64)
         for w, m in zip(self.weights, self.members):
             if w == 0:
                 continue
             with torch.no_grad():
-                part = part + w * m.loss(ims, txt, reduction="none").detach().double()
+                part = part + w * _candidate_losses(m, ims, cands).detach().double()
+        flat = [t for c in cands for t in c]
         if lexicon is not None:
             import gtn
             lex = as_lexicon(lexicon, torch.float64)
-            words = gtn.linear_fsa([digits_to_labels(t) for t in txt], dtype=torch.float64)
+            words = gtn.linear_fsa([digits_to_labels(t) for t in flat], dtype=torch.float64)
             part = part - sum(self.weights) * gtn.compose_score(words, lex)
-        total[idx] = torch.where(torch.isnan(part), torch.full_like(part, float("inf")), part)
+        part = torch.where(torch.isnan(part), torch.full_like(part, float("inf")), part)
+        where = {}
+        k = 0
+        for i, c in zip(rows, cands):
+            for t in c:
+                where[(i, t)] = float(part[k])
+                k += 1
+        k = 0
+        for i, c in enumerate(candidates):
+            for t in c:
+                total[k] = where.get((i, t), float("inf"))
+                k += 1
         return total
+
+    def candidate_losses(self, images, candidates: Sequence[Sequence[str]]) -> torch.Tensor:
+        """``Σ_m w_m`` × each member's loss of every candidate text of every image (as the members'
+        ``candidate_losses``), so that a combination can itself be a member of another."""
+        if len(images) != len(candidates):
+            raise ValueError(f"{len(images)} images but {len(candidates)} candidate lists")
+        return sum(w * _candidate_losses(m, images, candidates) for w, m in zip(self.weights, self.members)
+                   if w != 0)
 
     def loss(self, images, labels: Sequence[str], reduction: str = "mean") -> torch.Tensor:
         """``Σ_m w_m · m.loss(images, labels)`` (the combination's energy of the labels; differentiable, so the
@@ -150,24 +180,38 @@ class CombinedReader(nn.Module):
                     seen.append(r[i])
             candidates.append(seen)
         first = next(k for k, w in enumerate(self.weights) if w > 0)
-        texts = [r for r in readings[first]]      # the fallback: the first weighted member's reading
-        pairs = [(i, t) for i, c in enumerate(candidates) for t in (c if return_confidence or len(c) > 1 else [])]
-        if pairs:
-            e = self.energies([images[i] for i, _ in pairs], [t for _, t in pairs], lexicon)
-            best = {}
-            for (i, t), v in zip(pairs, e.tolist()):
-                if i not in best or v < best[i][1]:   # strictly less: ties keep the earlier member's reading
-                    best[i] = (t, v)
-            texts = [best[i][0] if i in best and best[i][1] < float("inf") else texts[i]
-                     for i in range(len(images))]
+        texts = list(readings[first])      # the fallback: the first weighted member's reading
+        # the images to score: those the members disagree on (all of them for the confidence)
+        rows = [i for i, c in enumerate(candidates) if return_confidence or len(c) > 1]
+        energy = {}
+        if rows:
+            e = self.candidate_energies([images[i] for i in rows], [candidates[i] for i in rows], lexicon).tolist()
+            k = 0
+            for i in rows:
+                best, best_e = None, float("inf")
+                for t in candidates[i]:
+                    energy[(i, t)] = e[k]
+                    if e[k] < best_e:      # strictly less: ties keep the earlier member's reading
+                        best, best_e = t, e[k]
+                    k += 1
+                if best is not None:
+                    texts[i] = best
         if not return_confidence:
             return texts
-        energy = {(i, t): v for (i, t), v in zip(pairs, e.tolist())} if pairs else {}
         conf = torch.tensor([energy.get((i, t), float("inf")) for i, t in enumerate(texts)], dtype=torch.float64)
         return texts, torch.exp(-conf)
 
     def config(self):
         return {"members": [list(_member_record(m)) for m in self.members], "weights": list(self.weights)}
+
+
+def _candidate_losses(member: nn.Module, images, candidates: Sequence[Sequence[str]]) -> torch.Tensor:
+    """A member's loss of every candidate of every image: its ``candidate_losses`` (each image read once) when
+    it has one, else its ``loss`` on each image repeated once per candidate."""
+    if hasattr(member, "candidate_losses"):
+        return member.candidate_losses(images, candidates)
+    return member.loss([im for im, c in zip(images, candidates) for _ in c], [t for c in candidates for t in c],
+                       reduction="none")
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

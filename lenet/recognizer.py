@@ -189,6 +189,20 @@ class StringReader(nn.Module):
         loss = discriminative_forward(g, targets)
         return reduce_loss(loss, reduction)
 
+    def candidate_losses(self, images, candidates: Sequence[Sequence[str]]) -> torch.Tensor:
+        """The loss (`loss`) of every candidate text of every image, each image's interpretation graph built
+        once: ``candidates[i]`` are image ``i``'s texts; returns one flat tensor in that order."""
+        if len(images) != len(candidates):
+            raise ValueError(f"{len(images)} images but {len(candidates)} candidate lists")
+        idx = [i for i, c in enumerate(candidates) for _ in c]
+        texts = [t for c in candidates for t in c]
+        if not texts:
+            return torch.zeros(0, dtype=self.transformer.seg_weight.dtype)
+        g = self.interpret(images)[0]
+        g = FsaVec([g[i] for i in idx])
+        targets = gtn.linear_fsa([digits_to_labels(t) for t in texts], dtype=g.dtype)
+        return discriminative_forward(g, targets)
+
     @torch.no_grad()
     def decode(self, images, grammar: Optional[bool] = None, return_paths: bool = False, lexicon=None,
                return_confidence: bool = False):

@@ -407,7 +407,22 @@ class SDNNReader(nn.Module):
         ``+inf`` where no path of the frames spells the label)."""
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        return reduce_loss(self._loss(self.emissions(images), labels), reduction)
+
+    def candidate_losses(self, images, candidates: Sequence[Sequence[str]]) -> torch.Tensor:
+        """The loss (`loss`) of every candidate text of every image, each image swept once: ``candidates[i]``
+        are image ``i``'s texts; returns one flat tensor in that order."""
+        if len(images) != len(candidates):
+            raise ValueError(f"{len(images)} images but {len(candidates)} candidate lists")
+        idx = [i for i, c in enumerate(candidates) for _ in c]
+        texts = [t for c in candidates for t in c]
+        if not texts:
+            return torch.zeros(0, dtype=self.blank.dtype)
         dense = self.emissions(images)
+        idx = torch.tensor(idx, dtype=torch.int64)
+        return self._loss(gtn.DenseFsaVec(dense.log_probs[idx], dense.lengths[idx]), texts)
+
+    def _loss(self, dense, labels: Sequence[str]) -> torch.Tensor:
         dtype = self.blank.dtype
         free = gtn.dense_forward_score(character_model(dtype=dtype), dense)
         constrained = gtn.dense_forward_score(target_graphs([digits_to_labels(t) for t in labels], dtype),
@@ -415,9 +430,8 @@ class SDNNReader(nn.Module):
         # a target the frames cannot spell (more digits than frames allow) has no path: loss +inf, like the
         # segmentation reader's, and no gradient (the caller leaves it out of the mean)
         reachable = torch.isfinite(constrained)
-        loss = torch.where(reachable, free - torch.where(reachable, constrained, torch.zeros_like(constrained)),
+        return torch.where(reachable, free - torch.where(reachable, constrained, torch.zeros_like(constrained)),
                            torch.full_like(free, float("inf")))
-        return reduce_loss(loss, reduction)
 
     @torch.no_grad()
     def decode(self, images, return_frames: bool = False, lexicon=None, return_confidence: bool = False):

@@ -163,6 +163,29 @@ def test_energies_are_the_members_weighted_losses_and_the_reading_minimises_them
     assert bool(((conf >= 0) & (conf <= 1)).all())
 
 
+def test_candidate_losses_read_each_image_once_and_equal_the_losses(readers):
+    seg, sdnn, strings = readers
+    images = [s.image for s in strings]
+    cands = [[strings[0].label, "12"], [], ["7"], [strings[3].label, "905", "1"]]
+    rep_images = [images[i] for i, c in enumerate(cands) for _ in c]
+    flat = [t for c in cands for t in c]
+    both = CombinedReader([seg, sdnn], [1.0, 0.5])
+    for reader in (seg, sdnn, both):
+        got = reader.candidate_losses(images, cands)
+        want = reader.loss(rep_images, flat, reduction="none")
+        assert got.shape == (len(flat),)
+        assert torch.allclose(got, want, rtol=1e-5), (type(reader).__name__, got, want)
+    with_empty = [c + [""] for c in cands]
+    e = both.candidate_energies(images, with_empty)   # an empty candidate: +inf, in its place
+    texts = [t for c in with_empty for t in c]
+    assert e.shape == (len(texts),)
+    assert all(v == INF for v, t in zip(e.tolist(), texts) if not t)
+    nonempty = torch.tensor([bool(t) for t in texts])
+    assert torch.allclose(e[nonempty], both.energies(rep_images, flat), rtol=1e-5)
+    with pytest.raises(ValueError, match="candidate lists"):
+        seg.candidate_losses(images, cands[:2])
+
+
 def test_checkpoint_round_trip_recognize_and_kind_errors(readers, tmp_path):
     seg, sdnn, strings = readers
     images = [s.image for s in strings]
