@@ -12,6 +12,8 @@ says otherwise.
 Prints, on the same 1,000 test strings as ``examples/multi_digit.py --seed S`` (3-6 digits of the 1,000
 test-split digits, seed S + 3; S is the readers' own seed, read from their checkpoints, or ``--seed``): the
 string accuracy and digit error of every reader and of the combination, how often the readers agree, the
+share of strings each accepts at 0.5 / 1 / 2 % error when the least confident are rejected (the paper's way of
+reporting a reader; the combination's confidence is the product of the readers' posteriors of its reading), the
 combination with each string's length known, its error budget (the ceiling: strings whose digits the readers'
 networks read right together, each digit alone), and the robustness grid (`lenet.robustness`; the same strings
 as every other reader's grid). Writes the combined checkpoint at ``--out`` (``lenet.recognize(images, PATH)``
@@ -29,8 +31,8 @@ import torch
 
 import lenet
 from lenet.combined import CombinedReader, save_combined
-from lenet.metrics import error_budget, string_metrics
-from lenet.report import machine
+from lenet.metrics import error_budget, error_reject, string_metrics
+from lenet.report import machine, reject_lines
 from lenet.robustness import robustness, robustness_table
 from lenet.strings import make_strings
 
@@ -99,6 +101,16 @@ def main(argv=None):
     after["budget"] = error_budget(both, strings, preds, test_digits)
     agree = [all(r[i] == reads[0][i] for r in reads) for i in range(len(strings))]
     right_agree = sum(ok and reads[0][i] == labels[i] for i, ok in enumerate(agree))
+    # the paper's operating points: each reader's and the combination's confidence (for the combination, the
+    # product of the readers' posteriors of the string read)
+    rejects = {}
+    for name, r in [*zip(a.readers, members), ("combined", both)]:
+        read = lenet.recognize(images, r, confidence=True)
+        rejects[name] = {"training": name, "reject": error_reject([c for _, c in read],
+                                                                  [t == l for (t, _), l in zip(read, labels)])["points"]}
+    after["reject"] = rejects["combined"]["reject"]
+    for path in a.readers:
+        rows[path]["reject"] = rejects[path]["reject"]
     t = time.perf_counter()
     known = lenet.recognize(images, both, length=[len(s) for s in labels])
     known = dict(string_metrics(known, labels), seconds=time.perf_counter() - t, system="combined",
@@ -117,6 +129,7 @@ def main(argv=None):
     print(f"the readers agree on {n_agree} of {len(strings)} strings ({right_agree} of them right); where they "
           f"differ the combination reads {sum(p == l for p, l, ok in zip(preds, labels, agree) if not ok)} of "
           f"{len(strings) - n_agree} right")
+    print(reject_lines(list(rejects.values())))
     b = after["budget"]
     print(f"error budget: the networks together misread {100 * b['isolated_error']:.2f} % of the test digits "
           f"alone; ceiling {100 * b['ceiling']:.1f} %; of {b['wrong']} wrong strings {b['wrong_with_misread_digit']} "

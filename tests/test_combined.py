@@ -247,8 +247,11 @@ def test_combine_readers_script(readers, tmp_path):
     r = subprocess.run(cmd + ["--seed", "0"], capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr
     assert "| **combined** |" in r.stdout and "the readers agree on" in r.stdout
+    assert "rejecting the least confident strings" in r.stdout
     m = json.loads((tmp_path / "both_metrics.json").read_text())
     assert m["system"] == "combined" and m["seed"] == 0 and m["after"]["strings"] == 6
+    assert [p["error"] for p in m["after"]["reject"]] == [0.005, 0.01, 0.02]
+    assert all(0 <= p["accepted"] <= 1 for p in m["after"]["reject"])
     assert isinstance(lenet.load(tmp_path / "both.pt"), CombinedReader)
     r = subprocess.run([sys.executable, script, str(a), "--out", str(tmp_path / "x.pt")], capture_output=True,
                        text=True, cwd=ROOT, env=env)
