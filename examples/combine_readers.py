@@ -46,6 +46,40 @@ def checkpoint_seed(path):
         return None
 
 
+def picture(path, both, names, strings, reads, preds, n=6):
+    """The first ``n`` test strings the readers read differently: the image, every distinct reading with its
+    energy under each reader (minus the log of its posterior), the combination's choice marked."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [i for i in range(len(strings)) if len({r[i] for r in reads}) > 1][:n]
+    if not rows:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "the readers read every test string alike", ha="center", va="center")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return
+    fig, axes = plt.subplots(len(rows), 1, figsize=(6.5, 1.15 * max(len(rows), 1)), squeeze=False)
+    for ax, i in zip(axes[:, 0], rows):
+        s = strings[i]
+        cands = list(dict.fromkeys(r[i] for r in reads if r[i]))
+        per = [m.candidate_losses([s.image], [cands]).detach().double().tolist() for m in both.members]
+        ax.imshow(s.image.numpy(), cmap="gray", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        lines = [f"truth {s.label}"]
+        for k, c in enumerate(cands):
+            who = ", ".join(nm for nm, r in zip(names, reads) if r[i] == c)
+            energy = " + ".join(f"{p[k]:.1f}" for p in per)
+            mark = "  <- combined" if c == preds[i] else ""
+            lines.append(f"{c} ({who}): {energy}{mark}")
+        ax.text(1.02, 0.5, "\n".join(lines), transform=ax.transAxes, va="center", fontsize=7, family="monospace")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,6 +93,8 @@ def main(argv=None):
                     help="digits per test and grid string (as examples/multi_digit.py --lengths)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true", help="no progress bar over the grid")
+    ap.add_argument("--picture", help="write a PNG of test strings the readers read differently, with each "
+                                      "reading, its energy under each reader and the combination's choice")
     a = ap.parse_args(argv)
     if len(a.readers) < 2:
         ap.error("give at least two reader checkpoints")
@@ -144,6 +180,9 @@ def main(argv=None):
         print(f"\nrobustness grid ({a.grid_strings} strings of test digits per cell; ceiling: the strings whose "
               f"digits the networks read right together, each digit alone), {time.perf_counter() - t:.0f} s:")
         print(robustness_table(grid))
+    if a.picture:
+        picture(a.picture, both, [a_.split("/")[-1] for a_ in a.readers], strings, reads, preds)
+        print(f"wrote {a.picture}")
     timings = {"total": time.perf_counter() - t0}
     metrics = {"after": after, "known_length": known, "members": rows, "agree": n_agree, "seed": seed,
                "system": "combined", "weights": both.weights, "grid": grid, "timings": timings,

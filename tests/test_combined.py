@@ -244,8 +244,10 @@ def test_combine_readers_script(readers, tmp_path):
            "--grid-strings", "0"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode != 0 and "pass --seed" in r.stderr        # these checkpoints record no seed
-    r = subprocess.run(cmd + ["--seed", "0"], capture_output=True, text=True, cwd=ROOT, env=env)
+    r = subprocess.run(cmd + ["--seed", "0", "--picture", str(tmp_path / "p.png")], capture_output=True, text=True,
+                       cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr
+    assert (tmp_path / "p.png").stat().st_size > 1000
     assert "| **combined** |" in r.stdout and "the readers agree on" in r.stdout
     assert "rejecting the least confident strings" in r.stdout
     m = json.loads((tmp_path / "both_metrics.json").read_text())
