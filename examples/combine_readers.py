@@ -14,7 +14,8 @@ test-split digits, seed S + 3; S is the readers' own seed, read from their check
 string accuracy and digit error of every reader and of the combination, how often the readers agree, the
 share of strings each accepts at 0.5 / 1 / 2 % error when the least confident are rejected (the paper's way of
 reporting a reader; the combination's confidence is the product of the readers' posteriors of its reading), the
-combination with each string's length known, its error budget (the ceiling: strings whose digits the readers'
+combination with each string's length known, every reader on ``--varied-strings`` strings of test digits in
+varied styles (slant, stroke thickness, jitter, sizes: what the grid does not vary), its error budget (the ceiling: strings whose digits the readers'
 networks read right together, each digit alone), and the robustness grid (`lenet.robustness`; the same strings
 as every other reader's grid). Writes the combined checkpoint at ``--out`` (``lenet.recognize(images, PATH)``
 reads with it) and ``<stem>_metrics.json`` beside it, which ``examples/summarize_runs.py`` averages over seeds.
@@ -34,7 +35,7 @@ from lenet.combined import CombinedReader, save_combined
 from lenet.metrics import error_budget, error_reject, string_metrics
 from lenet.report import machine, reject_lines
 from lenet.robustness import robustness, robustness_table
-from lenet.strings import make_strings
+from lenet.strings import RenderRanges, make_strings
 
 
 def checkpoint_seed(path):
@@ -89,6 +90,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, help="the test strings' seed is this + 3 (default: the readers' seed)")
     ap.add_argument("--test-strings", type=int, default=1000)
     ap.add_argument("--grid-strings", type=int, default=200, help="strings per grid cell (0: skip the grid)")
+    ap.add_argument("--varied-strings", type=int, default=1000,
+                    help="also read this many strings of test digits drawn in varied styles "
+                         "(lenet.strings.RenderRanges: slant, stroke thickness, jitter, sizes, touching, overlap, "
+                         "height; seed S + 7) with every reader (0: skip)")
     ap.add_argument("--lengths", type=int, nargs=2, default=(3, 6), metavar=("MIN", "MAX"),
                     help="digits per test and grid string (as examples/multi_digit.py --lengths)")
     ap.add_argument("--threads", type=int, default=1)
@@ -168,6 +173,15 @@ def main(argv=None):
           f"differ the combination reads {sum(p == l for p, l, ok in zip(preds, labels, agree) if not ok)} of "
           f"{len(strings) - n_agree} right")
     print(reject_lines(list(rejects.values())))
+    varied = None
+    if a.varied_strings > 0:
+        vs = make_strings(a.varied_strings, "test", lengths, seed=seed + 7, digits=test_digits, vary=RenderRanges())
+        vl = [s.label for s in vs]
+        varied = {name: string_metrics(lenet.recognize([s.image for s in vs], r), vl)
+                  for name, r in [*zip(a.readers, members), ("combined", both)]}
+        print(f"{len(vs)} strings of test digits in varied styles (lenet.strings.RenderRanges, seed {seed + 7}): " +
+              "; ".join(f"{name} {100 * m['string_accuracy']:.1f} % ({100 * m['digit_error']:.2f} % digit error)"
+                        for name, m in varied.items()))
     b = after["budget"]
     print(f"error budget: the networks together misread {100 * b['isolated_error']:.2f} % of the test digits "
           f"alone; ceiling {100 * b['ceiling']:.1f} %; of {b['wrong']} wrong strings {b['wrong_with_misread_digit']} "
@@ -184,7 +198,7 @@ def main(argv=None):
         picture(a.picture, both, [a_.split("/")[-1] for a_ in a.readers], strings, reads, preds)
         print(f"wrote {a.picture}")
     timings = {"total": time.perf_counter() - t0}
-    metrics = {"after": after, "known_length": known, "members": rows, "agree": n_agree, "seed": seed,
+    metrics = {"after": after, "known_length": known, "members": rows, "agree": n_agree, "varied": varied, "seed": seed,
                "system": "combined", "weights": both.weights, "grid": grid, "timings": timings,
                "machine": machine()}
     out = Path(a.out)

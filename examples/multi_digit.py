@@ -168,6 +168,7 @@ def run_both(args, ctx=SINGLE):
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import combine_readers
     combine_readers.main([*paths, "--out", str(args.out), "--seed", str(args.seed), "--test-strings", str(tests),
+                          "--varied-strings", str(tests),
                           "--grid-strings", str(grid), "--threads", str(args.threads), "--lengths",
                           *map(str, args.lengths)] + (["--no-progress"] if args.no_progress else []))
     return status

@@ -241,7 +241,7 @@ def test_combine_readers_script(readers, tmp_path):
     script = str(ROOT / "examples" / "combine_readers.py")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, script, str(a), str(b), "--out", str(tmp_path / "both.pt"), "--test-strings", "6",
-           "--grid-strings", "0"]
+           "--grid-strings", "0", "--varied-strings", "4"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode != 0 and "pass --seed" in r.stderr        # these checkpoints record no seed
     r = subprocess.run(cmd + ["--seed", "0", "--picture", str(tmp_path / "p.png")], capture_output=True, text=True,
@@ -250,9 +250,11 @@ def test_combine_readers_script(readers, tmp_path):
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert "| **combined** |" in r.stdout and "the readers agree on" in r.stdout
     assert "rejecting the least confident strings" in r.stdout
+    assert "4 strings of test digits in varied styles" in r.stdout
     m = json.loads((tmp_path / "both_metrics.json").read_text())
     assert m["system"] == "combined" and m["seed"] == 0 and m["after"]["strings"] == 6
     assert [p["error"] for p in m["after"]["reject"]] == [0.005, 0.01, 0.02]
+    assert set(m["varied"]) == {str(a), str(b), "combined"} and m["varied"]["combined"]["strings"] == 4
     assert all(0 <= p["accepted"] <= 1 for p in m["after"]["reject"])
     assert isinstance(lenet.load(tmp_path / "both.pt"), CombinedReader)
     r = subprocess.run([sys.executable, script, str(a), "--out", str(tmp_path / "x.pt")], capture_output=True,
