@@ -31,20 +31,12 @@ from pathlib import Path
 import torch
 
 import lenet
+from lenet.checkpoint import from_checkpoint, read
 from lenet.combined import CombinedReader, save_combined
 from lenet.metrics import error_budget, error_reject, string_metrics
 from lenet.report import machine, reject_lines
 from lenet.robustness import robustness, robustness_table
 from lenet.strings import RenderRanges, make_strings
-
-
-def checkpoint_seed(path):
-    """The seed a reader checkpoint of ``examples/multi_digit.py`` was trained with, or ``None``."""
-    from lenet.checkpoint import read
-    try:
-        return json.loads(read(path).get("metrics", "{}")).get("seed")
-    except (OSError, ValueError):
-        return None
 
 
 def picture(path, both, names, strings, reads, preds, n=6):
@@ -104,22 +96,26 @@ def main(argv=None):
     if len(a.readers) < 2:
         ap.error("give at least two reader checkpoints")
     torch.set_num_threads(a.threads)
-    members = []
+    members, seeds = [], set()
     for path in a.readers:
         try:
-            r = lenet.load(path)
+            ckpt = read(path)
+            r = from_checkpoint(ckpt, path)
         except (OSError, ValueError) as e:
             sys.exit(str(e))
         if not hasattr(r, "decode"):
             sys.exit(f"{path} is not a string reader checkpoint (it holds a {type(r).__name__})")
         members.append(r)
+        try:   # the seed examples/multi_digit.py trained it with
+            seeds.add(json.loads(ckpt.get("metrics", "{}")).get("seed"))
+        except ValueError:
+            seeds.add(None)
     try:
         both = CombinedReader(members, a.weights)
     except (TypeError, ValueError) as e:
         sys.exit(str(e))
     seed = a.seed
     if seed is None:
-        seeds = {checkpoint_seed(p) for p in a.readers}
         if len(seeds) != 1 or None in seeds:
             sys.exit(f"the readers' seeds differ or are not recorded ({sorted(map(str, seeds))}): pass --seed")
         seed = seeds.pop()
@@ -148,9 +144,9 @@ def main(argv=None):
     # product of the readers' posteriors of the string read)
     rejects = {}
     for name, r in [*zip(a.readers, members), ("combined", both)]:
-        read = lenet.recognize(images, r, confidence=True)
-        rejects[name] = {"training": name, "reject": error_reject([c for _, c in read],
-                                                                  [t == l for (t, _), l in zip(read, labels)])["points"]}
+        sure = lenet.recognize(images, r, confidence=True)
+        rejects[name] = {"training": name, "reject": error_reject([c for _, c in sure],
+                                                                  [t == l for (t, _), l in zip(sure, labels)])["points"]}
     after["reject"] = rejects["combined"]["reject"]
     for path in a.readers:
         rows[path]["reject"] = rejects[path]["reject"]

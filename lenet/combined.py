@@ -27,7 +27,7 @@ and summed (a network's penalties are its negative log-scores; the SDNN's blank 
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -117,30 +117,19 @@ class CombinedReader(nn.Module):
         if not rows:
             return total
         ims, cands = [images[i] for i in rows], [keep[i] for i in rows]
-        part = torch.zeros(sum(map(len, cands)), dtype=torch.float64)
+        part = torch.zeros(len(texts) - texts.count(""), dtype=torch.float64)
         for w, m in zip(self.weights, self.members):
             if w == 0:
                 continue
             with torch.no_grad():
                 part = part + w * _candidate_losses(m, ims, cands).detach().double()
-        flat = [t for c in cands for t in c]
         if lexicon is not None:
             import gtn
             lex = as_lexicon(lexicon, torch.float64)
-            words = gtn.linear_fsa([digits_to_labels(t) for t in flat], dtype=torch.float64)
+            words = gtn.linear_fsa([digits_to_labels(t) for c in cands for t in c], dtype=torch.float64)
             part = part - sum(self.weights) * gtn.compose_score(words, lex)
-        part = torch.where(torch.isnan(part), torch.full_like(part, float("inf")), part)
-        where = {}
-        k = 0
-        for i, c in zip(rows, cands):
-            for t in c:
-                where[(i, t)] = float(part[k])
-                k += 1
-        k = 0
-        for i, c in enumerate(candidates):
-            for t in c:
-                total[k] = where.get((i, t), float("inf"))
-                k += 1
+        # the non-empty candidates, flattened, are in the order of the whole flat list with the empty ones left out
+        total[torch.tensor([bool(t) for t in texts])] = torch.where(torch.isnan(part), torch.inf, part)
         return total
 
     def candidate_losses(self, images, candidates: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -172,13 +161,8 @@ class CombinedReader(nn.Module):
         total energy; 0 where a member cannot spell it)."""
         images = list(images)
         readings = [m.decode(images, lexicon=lexicon) for m in self.members]
-        candidates = []
-        for i in range(len(images)):   # each image's distinct readings, in member order
-            seen: List[str] = []
-            for r in readings:
-                if r[i] not in seen:
-                    seen.append(r[i])
-            candidates.append(seen)
+        # each image's distinct readings, in member order
+        candidates = [list(dict.fromkeys(r[i] for r in readings)) for i in range(len(images))]
         first = next(k for k, w in enumerate(self.weights) if w > 0)
         texts = list(readings[first])      # the fallback: the first weighted member's reading
         # the images to score: those the members disagree on (all of them for the confidence)
