@@ -664,9 +664,9 @@ def plot_segmentation(image, seg: Optional[Segmentation] = None, path_segments: 
     return ax
 
 
-def _piece_mass(seg: Segmentation, image, owner) -> Tuple[torch.Tensor, int]:
-    """``(mass [P, L + 1], L)``: the ink (grey-level mass) of each digit in each piece; column ``L`` holds the
-    ink no digit owns (noise)."""
+def _piece_mass(piece_map: torch.Tensor, num_pieces: int, image, owner) -> Tuple[torch.Tensor, int]:
+    """``(mass [P, L + 1], L)``: the ink (grey-level mass) of each digit in each piece of ``piece_map``; column
+    ``L`` holds the ink no digit owns (noise)."""
     x = as_float_image(image)
     own = torch.as_tensor(owner).long()
     if own.shape != x.shape:
@@ -675,10 +675,10 @@ def _piece_mass(seg: Segmentation, image, owner) -> Tuple[torch.Tensor, int]:
     if L <= 0:
         raise ValueError("the owner map names no digit")
     ink = x > INK_THRESHOLD
-    pid = seg.piece_map[ink]
+    pid = piece_map[ink]
     w = x[ink].double()
     k = own[ink]
-    mass = torch.zeros(int(seg.num_pieces), L + 1, dtype=torch.float64)
+    mass = torch.zeros(int(num_pieces), L + 1, dtype=torch.float64)
     mass.index_put_((pid, torch.where(k >= 0, k, torch.full_like(k, L))), w, accumulate=True)
     return mass, L
 
@@ -688,8 +688,9 @@ def grouping_bound(seg: Segmentation, image, owner: torch.Tensor, tolerance: flo
     pieces together, in any order, not only runs of consecutive pieces: an upper bound on what any graph over
     these pieces could cover. Where it is ``False`` the pieces themselves mix two digits' ink beyond the
     tolerance, and no ordering or grouping of them helps; only other pieces would. (Ink no digit owns is left
-    out of every group, which can only loosen the bound.)"""
-    mass, L = _piece_mass(seg, image, owner)
+    out of every group, which can only loosen the bound. Exact while the pieces owned by several digits have at
+    most `GROUPING_LIMIT` assignments; beyond, each such piece is tried with its two main owners only.)"""
+    mass, L = _piece_mass(seg.piece_map, seg.num_pieces, image, owner)
     return _groupable(mass[:, :L], tolerance)
 
 
@@ -700,8 +701,7 @@ def column_bound(image, owner: torch.Tensor, tolerance: float = 0.1) -> bool:
     vectorised over all column ranges."""
     x = as_float_image(image)
     H, W = x.shape
-    cols = torch.arange(W)[None].expand(H, W)
-    mass, L = _piece_mass(_Pieces(cols, W), image, owner)
+    mass, L = _piece_mass(torch.arange(W)[None].expand(H, W), W, image, owner)   # a piece per column
     cum = torch.cat([torch.zeros(1, L + 1, dtype=torch.float64), mass.cumsum(0)])      # [W + 1, L + 1]
     span = cum[None, :, :] - cum[:, None, :]              # [a, b]: the ink of columns [a, b)
     total = span.sum(2)
@@ -715,14 +715,6 @@ def column_bound(image, owner: torch.Tensor, tolerance: float = 0.1) -> bool:
         if not bool(reach.any()):
             return False
     return bool(reach[W])
-
-
-@dataclass
-class _Pieces:
-    """A bare piece map (what `_piece_mass` reads of a `Segmentation`)."""
-
-    piece_map: torch.Tensor
-    num_pieces: int
 
 
 #: `_groupable` tries every assignment of the mixed pieces up to this many; beyond, each mixed piece may go
@@ -773,7 +765,7 @@ def true_path(seg: Segmentation, image, owner: torch.Tensor, tolerance: float = 
     ``k``'s ink (grey-level mass) lies in ``s`` and at least ``1 - tolerance`` of ``s``'s ink is digit ``k``'s.
     A path is true when its ``L`` segments are the ``L`` digits in order. One pass over the arcs per digit.
     """
-    mass, L = _piece_mass(seg, image, owner)
+    mass, L = _piece_mass(seg.piece_map, seg.num_pieces, image, owner)
     P = seg.num_pieces
     cum = torch.cat([torch.zeros(1, L + 1, dtype=torch.float64), mass.cumsum(0)])
     first, last = seg.segments[:, 0], seg.segments[:, 1]
