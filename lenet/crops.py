@@ -1,8 +1,10 @@
-"""Segment images as LeNet-5 input: `standardize` (any grey string image → the reader's float image) and
-`crop_segments` (every segment of a batch, normalised the way MNIST's digits were, in one ``grid_sample``)."""
+"""Segment images as LeNet-5 input: `clean_image` (a scanned or photographed string → the renderer's look:
+black background, no specks, full-contrast ink), `standardize` (any grey string image → the reader's float
+image) and `crop_segments` (every segment of a batch, normalised the way MNIST's digits were, in one
+``grid_sample``)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -11,11 +13,80 @@ import torch.nn.functional as F
 from .data import BACKGROUND, INK
 from .segment import INK_THRESHOLD, Segmentation, as_float_image
 
-__all__ = ["REFERENCE_INK_HEIGHT", "standardize", "standardize_owner", "crop_segments"]
+__all__ = ["REFERENCE_INK_HEIGHT", "clean_image", "standardize", "standardize_owner", "crop_segments"]
 
 #: The ink height a string is rescaled to when its own is far from what the reader was trained on.
 REFERENCE_INK_HEIGHT = 24
 _INK_HEIGHT_RANGE = (14, 40)
+
+
+#: `clean_image`: the background level is the median grey level of square blocks this share of the image's
+#: shorter side wide (at least ``_MIN_BACKGROUND_BLOCK`` pixels), each block's level the least of its own and its
+#: neighbours' medians (a block mostly inked, where bold digits overlap, takes a neighbour's).
+BACKGROUND_BLOCK = 0.5
+_MIN_BACKGROUND_BLOCK = 7
+#: `clean_image`: ink components smaller than this share of the largest one (and under 3 pixels always) are specks.
+SPECK_AREA = 0.02
+#: `clean_image`: ink whose strongest grey level (99th percentile of the ink) is below this is stretched to 1.
+FULL_CONTRAST = 0.9
+
+
+def clean_image(image, invert: bool = False) -> torch.Tensor:
+    """A string image as it comes from a scanner or a camera → the look of the strings the readers were trained
+    on: ``float32 [H, W]`` in 0..1, light ink on an exactly black background. `lenet.recognize` applies it to every
+    image (``clean=True``, the default). Three steps, each a no-op on the renderer's own strings apart from specks:
+
+    1. **background**: the image minus its background level: the median grey level of square blocks
+       ``BACKGROUND_BLOCK`` × the shorter side wide, each block taking the least of its own and its neighbours'
+       medians (so that a block mostly inked takes a neighbour's), interpolated between the blocks' centres; a
+       constant, uneven or noisy background goes to 0 (its median), the strokes stay;
+    2. **specks**: 8-connected ink components (grey level above ``INK_THRESHOLD``) smaller than ``SPECK_AREA``
+       of the largest component, or than 3 pixels, are erased: salt noise and dust would otherwise stretch the
+       string's ink height (every length of the segmentation is a fraction of it) and be read as digits;
+    3. **contrast**: if the ink's strongest level (its 99th percentile) is under ``FULL_CONTRAST``, the image
+       is scaled so that it is 1 (faint pencil, low-contrast photographs).
+
+    Accepts what `lenet.segment.as_float_image` accepts (``invert``: dark ink on light paper) and raises its
+    errors, and ``ValueError`` when nothing but specks is left."""
+    from scipy import ndimage
+
+    x = as_float_image(image, invert=invert).numpy().astype(np.float32)
+    back = _background(x)
+    if back is not None:   # (a black background: nothing to subtract, the image stays bit for bit)
+        x = np.clip(x - back, 0, 1)
+        rest = float(np.median(x[x <= INK_THRESHOLD]))   # what a neighbour's lower level left behind
+        if rest > 0:
+            x = np.clip(x - rest, 0, 1)
+    lab, n = ndimage.label(x > INK_THRESHOLD, structure=np.ones((3, 3), dtype=bool))
+    if n == 0:
+        raise ValueError("the image has no ink once its background is removed: nothing to read")
+    area = np.bincount(lab.ravel())
+    area[0] = 0
+    speck = area < max(3.0, SPECK_AREA * area.max())
+    speck[0] = False
+    if speck.any():
+        x = np.where(speck[lab], np.float32(0), x)
+    top = float(np.quantile(x[x > INK_THRESHOLD], 0.99))
+    if top < FULL_CONTRAST:
+        x = np.clip(x / top, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def _background(x: np.ndarray) -> Optional[np.ndarray]:
+    """The background level of every pixel of ``x`` (see `clean_image`), or ``None`` where it is black."""
+    from scipy import ndimage
+
+    H, W = x.shape
+    k = max(_MIN_BACKGROUND_BLOCK, int(round(BACKGROUND_BLOCK * min(H, W))))
+    nh, nw = -(-H // k), -(-W // k)
+    t = F.pad(torch.from_numpy(x)[None, None], (0, nw * k - W, 0, nh * k - H), mode="replicate")[0, 0]
+    level = t.reshape(nh, k, nw, k).permute(0, 2, 1, 3).reshape(nh, nw, k * k).median(2).values
+    level = torch.from_numpy(ndimage.minimum_filter(level.numpy(), size=3, mode="nearest"))
+    if float(level.max()) <= 0:
+        return None
+    # block levels at the blocks' centres, bilinear in between (and flat beyond the outer centres)
+    full = F.interpolate(level[None, None], size=(nh * k, nw * k), mode="bilinear", align_corners=False)
+    return full[0, 0, :H, :W].numpy()
 
 
 def _frame(x: torch.Tensor):

@@ -17,6 +17,7 @@ from torch import nn
 import gtn
 from gtn.fsa import FsaVec
 
+from .crops import clean_image
 from .grammars import as_lexicon, length_constraint
 from .segment import as_float_image
 
@@ -24,7 +25,7 @@ __all__ = ["recognize", "discriminative_forward"]
 
 
 def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, lexicon=None, length=None,
-              confidence: bool = False):
+              confidence: bool = False, clean: bool = True):
     """Read digit strings. ``images``: one grey image (``H×W`` numpy array or tensor, uint8 0..255 or float
     0..1, white ink on black) or a list of them, any width and height; ``model``: the path of a checkpoint
     written by ``examples/multi_digit.py --out PATH`` or a loaded `StringReader`. Returns a ``str`` for one
@@ -51,7 +52,13 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, le
     ``confidence=True``: return ``(text, confidence)`` for each image instead of the text, where confidence
     (a float in ``[0, 1]``) is the paper's rejection confidence ``exp(−E)``: the posterior of the string read
     among all the readings of its graph (see ``decode(..., return_confidence=True)`` of the readers). Reject
-    the images below a threshold; `error_reject` measures what a threshold buys on labelled strings."""
+    the images below a threshold; `error_reject` measures what a threshold buys on labelled strings.
+
+    ``clean=True`` (default): every image first goes through `lenet.crops.clean_image`, which removes a grey,
+    uneven or noisy background, erases specks and stretches faint ink to full contrast, so that scans and
+    photographs look like the strings the readers were trained on (a string drawn by `lenet.strings` passes
+    unchanged unless it has ink components of a pixel or two). ``clean=False`` reads the images as they are,
+    as the readers' own ``decode`` does."""
     if ink not in (None, "light", "dark"):
         raise ValueError(f"ink must be None, 'light' or 'dark', got {ink!r}")
     if lexicon is not None:
@@ -96,10 +103,12 @@ def recognize(images, model, batch_size: int = 64, ink: Optional[str] = None, le
                 raise ValueError(f"the image looks like dark ink on a light background (median grey level "
                                  f"{float(x.median()):.2f}); the reader reads light ink on black, like MNIST: "
                                  f"pass ink='dark' to invert it (or ink='light' to read it as it is)")
+            if clean:
+                x = clean_image(x)
         except (ValueError, TypeError) as e:
             raise type(e)(f"image {i}: {e}" if not single else str(e)) from None
         converted.append(x)
-    if ink == "dark":
+    if ink == "dark" or clean:
         batch = converted
     ranges = _length_ranges(length, len(batch), single)
     constraints = {r: lexicon if r is None else length_constraint(*r, lexicon=lexicon) for r in set(ranges)}

@@ -25,17 +25,25 @@ wrong (`CAUSES`, counted by `error_causes`, each wrong string under the first th
 * ``merge`` / ``split`` / ``shifted``: the best path has fewer segments than digits, more, or as many but
   cut elsewhere, though the true segmentation was a path of the graph: the scores preferred a wrong
   segmentation.
+
+**Other looks of the same strings.** `other_looks(reader, strings)` reads the same strings after each of
+`LOOKS` — what scanners, cameras and other renderers do to an image (a grey or uneven background, faint ink,
+salt or sensor noise, blur, another size, a stretch, a slight rotation) — both as they are and through
+`lenet.recognize`'s cleaning (`lenet.crops.clean_image`); `looks_table` prints it.
 """
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .strings import GRID, make_strings
 
-__all__ = ["robustness", "robustness_table", "isolated_misread", "error_causes", "CAUSES"]
+__all__ = ["robustness", "robustness_table", "isolated_misread", "error_causes", "CAUSES", "LOOKS", "other_looks",
+           "looks_table"]
 
 #: The causes of a wrong string, in the order they are tested (see the module docstring).
 CAUSES = ("recognizer", "coverage", "context", "merge", "split", "shifted")
@@ -204,3 +212,91 @@ def robustness_table(rows: Sequence[dict], goal_gap: float = 0.03, goal_floor: f
 def _count(v) -> str:
     """A count, or a mean count over seeds (`examples/summarize_runs.py` averages them)."""
     return f"{v:.0f}" if float(v).is_integer() else f"{v:.1f}"
+
+
+def _resize(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    down = rows < x.shape[0] or cols < x.shape[1]
+    return F.interpolate(x[None, None], size=(rows, cols), mode="bilinear", align_corners=False,
+                         antialias=down)[0, 0].clamp(0, 1)
+
+
+def _rotate(x: torch.Tensor, degrees: float) -> torch.Tensor:
+    from scipy import ndimage
+    return torch.from_numpy(ndimage.rotate(x.numpy(), degrees, reshape=True, order=1)).clamp(0, 1)
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    from scipy import ndimage
+    return torch.from_numpy(ndimage.gaussian_filter(x.numpy(), sigma)).clamp(0, 1)
+
+
+def _noise(x: torch.Tensor, rng: np.random.Generator, sigma: float) -> torch.Tensor:
+    return (x + torch.from_numpy((sigma * rng.standard_normal(x.shape)).astype(np.float32))).clamp(0, 1)
+
+
+#: Other looks of a string image (``float32 [H, W]`` in 0..1, light ink on black → the same string drawn
+#: otherwise; ``rng``: a `numpy.random.Generator` for the random ones), in the order `looks_table` prints them.
+LOOKS: Dict[str, Callable[[torch.Tensor, np.random.Generator], torch.Tensor]] = {
+    "as drawn": lambda x, rng: x,
+    "grey background (+0.08)": lambda x, rng: (x + 0.08).clamp(0, 1),
+    "uneven lighting (0 to +0.2 across)": lambda x, rng: (x + torch.linspace(0, 0.2, x.shape[1])[None, :]).clamp(0, 1),
+    "faint ink (x0.6)": lambda x, rng: x * 0.6,
+    "salt noise (0.3 % of pixels)": lambda x, rng: x.maximum(torch.from_numpy(rng.random(x.shape) < 0.003).float()),
+    "sensor noise (sigma 0.05)": lambda x, rng: _noise(x, rng, 0.05),
+    "grey noisy background (+0.1, sigma 0.03)": lambda x, rng: _noise((x + 0.1).clamp(0, 1), rng, 0.03),
+    "blurred (sigma 0.7 px)": lambda x, rng: _blur(x, 0.7),
+    "twice the size": lambda x, rng: _resize(x, 2 * x.shape[0], 2 * x.shape[1]),
+    "three quarters the size": lambda x, rng: _resize(x, round(0.75 * x.shape[0]), round(0.75 * x.shape[1])),
+    "stretched (width x1.3)": lambda x, rng: _resize(x, x.shape[0], round(1.3 * x.shape[1])),
+    "rotated 4 degrees": lambda x, rng: _rotate(x, 4.0),
+}
+
+
+@torch.no_grad()
+def other_looks(reader, strings, looks: Optional[Dict[str, Callable]] = None, seed: int = 0, batch_size: int = 50,
+                progress: bool = False) -> List[Dict]:
+    """Read ``strings`` (`lenet.strings.make_strings`' strings) in every look of ``looks`` (default `LOOKS`), each
+    look's random draws from ``seed`` and the string's index, so that two readers read the same images. Returns
+    one dict per look: ``look``, ``strings``, ``as_is`` and ``cleaned`` (each a `lenet.metrics.string_metrics`
+    dict: `lenet.recognize` with ``clean=False`` and with ``clean=True``) and ``seconds``."""
+    from .metrics import string_metrics
+    from .progress import progress_bar
+    from .reading import recognize
+
+    looks = LOOKS if looks is None else looks
+    if not strings:
+        raise ValueError("other_looks needs at least one string")
+    truth = [s.label for s in strings]
+    base = [s.image.float() / 255 if s.image.dtype == torch.uint8 else s.image.float() for s in strings]
+    rows = []
+    with progress_bar(2 * len(looks) * len(strings), "other looks", "str", enabled=progress) as bar:
+        for j, (name, look) in enumerate(looks.items()):
+            images = [look(x, np.random.default_rng([seed, j, i])) for i, x in enumerate(base)]
+            t = time.perf_counter()
+            row = {"look": name, "strings": len(strings)}
+            for key, clean in (("as_is", False), ("cleaned", True)):
+                preds = []
+                for k in range(0, len(images), batch_size):
+                    preds.extend(recognize(images[k:k + batch_size], reader, batch_size=batch_size, ink="light",
+                                           clean=clean))
+                    bar.update(min(batch_size, len(images) - k))
+                row[key] = string_metrics(preds, truth)
+            row["seconds"] = time.perf_counter() - t
+            rows.append(row)
+    return rows
+
+
+def looks_table(rows: Sequence[dict]) -> str:
+    """`other_looks`' rows as a text table: string accuracy and digit error of each look, as is and cleaned."""
+    lines = ["| look | as is: string accuracy | digit error | cleaned: string accuracy | digit error |",
+             "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        a, c = r["as_is"], r["cleaned"]
+        lines.append(f"| {r['look']} | {100 * a['string_accuracy']:.1f} % | {100 * a['digit_error']:.2f} % | "
+                     f"{100 * c['string_accuracy']:.1f} % | {100 * c['digit_error']:.2f} % |")
+    mean = {k: sum(r[k]["string_accuracy"] for r in rows) / max(len(rows), 1) for k in ("as_is", "cleaned")}
+    worst = {k: min((r[k]["string_accuracy"] for r in rows), default=0.0) for k in ("as_is", "cleaned")}
+    lines.append(f"mean string accuracy over the {len(rows)} looks: as is {100 * mean['as_is']:.1f} % (worst "
+                 f"{100 * worst['as_is']:.1f} %), cleaned {100 * mean['cleaned']:.1f} % (worst "
+                 f"{100 * worst['cleaned']:.1f} %)")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""A trained reader on the same test strings in other looks: scanner and camera backgrounds, faint ink, noise,
+blur, other sizes, a stretch, a slight rotation — read as they are and cleaned first (`lenet.recognize`'s
+default, `lenet.crops.clean_image`).
+
+    python examples/other_looks.py runs/reader.pt [--strings 500] [--seed 3] [--json out.json]
+    python examples/other_looks.py runs/reader.pt --picture docs/img/other_looks.png   # each look, as is and cleaned
+
+Renders ``--strings`` strings of 3-6 **test-split** digits at the renderer's default setting (the example's test
+setting: 30 % of neighbouring pairs touching, overlaps up to 2 columns, height 32; seed ``--seed``), turns each
+into every look of `lenet.robustness.LOOKS` and prints `lenet.robustness.looks_table`: string accuracy and digit
+error of each look with ``clean=False`` and with ``clean=True``. Any reader checkpoint (segmentation, SDNN or
+combined); the same ``--seed`` gives every reader the same images.
+"""
+import argparse
+import json
+import sys
+
+import torch
+
+import lenet
+from lenet.report import machine
+from lenet.robustness import LOOKS, looks_table, other_looks
+from lenet.strings import make_strings
+
+
+def picture(image, out: str):
+    """One string in every look (left) and cleaned (right), as `lenet.recognize` sees it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from lenet.crops import clean_image
+
+    x = image.float() / 255
+    fig, axes = plt.subplots(len(LOOKS), 2, figsize=(7, 0.75 * len(LOOKS) + 0.4))
+    for j, (name, look) in enumerate(LOOKS.items()):
+        y = look(x, np.random.default_rng([0, j, 0]))
+        for ax, im, what in ((axes[j, 0], y, name), (axes[j, 1], clean_image(y), "cleaned")):
+            ax.imshow(im.numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_ylabel(what if ax is axes[j, 0] else "", rotation=0, ha="right", va="center", fontsize=7)
+    axes[0, 0].set_title("as it comes", fontsize=8)
+    axes[0, 1].set_title("cleaned (lenet.crops.clean_image)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("checkpoint", help="a reader checkpoint written by examples/multi_digit.py or combine_readers.py")
+    ap.add_argument("--strings", type=int, default=500, help="test strings (default 500)")
+    ap.add_argument("--seed", type=int, default=3, help="the strings' seed and the looks' random draws (default 3)")
+    ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument("--picture", help="also draw the first string in every look, as is and cleaned (PNG)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if a.strings < 1:
+        sys.exit(f"--strings must be at least 1, got {a.strings}")
+    torch.set_num_threads(a.threads)
+    reader = lenet.load(a.checkpoint)
+    if not hasattr(reader, "decode"):
+        sys.exit(f"{a.checkpoint} is not a reader checkpoint (this is a {type(reader).__name__}; "
+                 f"examples/multi_digit.py --out PATH trains a reader)")
+    strings = make_strings(a.strings, "test", seed=a.seed)
+    rows = other_looks(reader, strings, seed=a.seed, progress=sys.stderr.isatty() and not a.no_progress)
+    m = machine()
+    print(f"{a.checkpoint}: {a.strings} strings of 3-6 test digits (seed {a.seed}) in {len(rows)} looks; {m['cpu']} "
+          f"({m['cpu_capability']}), torch {m['torch']}, {m['threads']} torch thread(s)")
+    print(looks_table(rows))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    if a.picture:
+        picture(strings[0].image, a.picture)
+        print(f"picture: {a.picture}")
+
+
+if __name__ == "__main__":
+    main()
