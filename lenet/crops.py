@@ -23,7 +23,7 @@ _INK_HEIGHT_RANGE = (14, 40)
 #: `clean_image`: the background level is the median grey level of square blocks this share of the image's
 #: shorter side wide (at least ``_MIN_BACKGROUND_BLOCK`` pixels), each block's level the least of its own and its
 #: neighbours' medians (a block mostly inked, where bold digits overlap, takes a neighbour's).
-BACKGROUND_BLOCK = 0.5
+BACKGROUND_BLOCK = 0.25
 _MIN_BACKGROUND_BLOCK = 7
 #: `clean_image`: ink components smaller than this share of the largest one (and under 3 pixels always) are specks.
 SPECK_AREA = 0.02
