@@ -287,6 +287,22 @@ def test_recognize_dark_ink_on_light_paper(tiny):
         recognize(imgs[0], reader, ink="white")
 
 
+def test_recognize_cleans_scans_first(tiny):
+    """``clean=True`` (the default) reads a string on a grey, uneven background with faint ink as the string
+    itself; ``clean=False`` reads the pixels as they are; a grey page with nothing on it is refused by index."""
+    from lenet.crops import clean_image
+    strings, reader = tiny
+    imgs = [s.image.float() / 255 for s in strings]
+    ref = recognize(imgs, reader, clean=False)
+    assert recognize([clean_image(x) for x in imgs], reader, clean=False) == recognize(imgs, reader)
+    scans = [0.85 * x + 0.1 + 0.05 * torch.linspace(0, 1, x.shape[1])[None, :] for x in imgs]
+    assert recognize(scans, reader) == ref
+    assert [clean_image(x).shape for x in scans] == [x.shape for x in imgs]
+    with pytest.raises(ValueError, match=r"image 1: the image has no ink once its background is removed"):
+        recognize([imgs[0], torch.full((32, 60), 0.4)], reader)
+    assert isinstance(recognize(torch.full((32, 60), 0.4), reader, clean=False), str)   # read as it is
+
+
 def test_interpretation_graph_any_number_of_classes():
     """interpretation_graph works for any class count (e.g. a rubbish class) and keeps gradients."""
     seg = gtn.Fsa([(0, 1, 1), (0, 2, 1), (1, 2, 1), (2, 3, -1)], segment=torch.tensor([0, 1, 2, -1]))

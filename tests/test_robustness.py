@@ -1,4 +1,4 @@
-"""Tests of lenet.robustness: the robustness grid of a reader."""
+"""Tests of lenet.robustness: the robustness grid of a reader, and the same strings in other looks."""
 import pytest
 import torch
 
@@ -211,3 +211,69 @@ def test_split_coverage_counts_the_uncovered_strings_and_those_read_right():
     rows_o = robustness(oracle, digits, grid=grid, strings_per_cell=12, seed=11, split_coverage=True)
     assert [r["string_accuracy"] for r in rows_o] == [1.0, 1.0] and not oracle.labels
     assert [(r["uncovered"], r["uncovered_right"]) for r in rows_o] == [(r["uncovered"],) * 2 for r in rows]
+
+
+def test_every_look_is_an_image_of_the_same_string_and_repeats_with_its_seed():
+    import numpy as np
+    from lenet.robustness import LOOKS
+    from lenet.segment import INK_THRESHOLD
+    x = make_strings(1, "test", seed=4)[0].image.float() / 255
+    assert list(LOOKS)[0] == "as drawn" and len(LOOKS) == 12
+    for name, look in LOOKS.items():
+        y = look(x, np.random.default_rng([1, 2]))
+        assert y.dtype == torch.float32 and y.dim() == 2 and float(y.min()) >= 0 and float(y.max()) <= 1, name
+        assert bool((y > INK_THRESHOLD).any()), name
+        assert torch.equal(y, look(x, np.random.default_rng([1, 2]))), name          # its seed repeats it
+        assert not torch.equal(x, y) or name == "as drawn", name
+    assert LOOKS["twice the size"](x, None).shape == (2 * x.shape[0], 2 * x.shape[1])
+    noisy = LOOKS["sensor noise (sigma 0.05)"]
+    assert not torch.equal(noisy(x, np.random.default_rng(0)), noisy(x, np.random.default_rng(1)))
+
+
+def test_other_looks_reads_each_look_as_is_and_cleaned():
+    """Each row's two figures are `string_metrics` of `lenet.recognize` on that look's images, without and with
+    cleaning, the looks' draws made from the seed and each string's index."""
+    import numpy as np
+    from lenet.metrics import string_metrics
+    from lenet.recognizer import StringReader
+    from lenet.robustness import LOOKS, looks_table, other_looks
+    torch.manual_seed(0)
+    reader = StringReader(build("paper"), lengths=(1, 8))
+    strings = make_strings(4, "test", seed=5)
+    looks = {k: LOOKS[k] for k in ("as drawn", "grey background (+0.08)", "salt noise (0.3 % of pixels)")}
+    rows = other_looks(reader, strings, looks=looks, seed=7)
+    assert [r["look"] for r in rows] == list(looks)
+    truth = [s.label for s in strings]
+    for j, (name, look) in enumerate(looks.items()):
+        images = [look(s.image.float() / 255, np.random.default_rng([7, j, i])) for i, s in enumerate(strings)]
+        with torch.no_grad():
+            assert rows[j]["as_is"] == string_metrics(reader.decode(images), truth)
+        assert rows[j]["cleaned"] == string_metrics(lenet.recognize(images, reader), truth)
+        assert rows[j]["strings"] == 4
+    table = looks_table(rows)
+    assert table.count("\n| ") == 4 and "mean string accuracy over the 3 looks: as is " in table
+    with pytest.raises(ValueError, match="at least one string"):
+        other_looks(reader, [])
+
+
+def test_looks_script_reads_a_checkpoint(tmp_path):
+    """examples/other_looks.py on a saved (untrained) reader: a row per look, the JSON and the picture; a LeNet-5
+    checkpoint and no strings are refused."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    from lenet.checkpoint import save_model
+    from lenet.recognizer import StringReader, save_reader
+    script = Path(__file__).resolve().parents[1] / "examples" / "other_looks.py"
+    ckpt = save_reader(StringReader(build("paper")), tmp_path / "r.pt")
+    out = subprocess.run([sys.executable, str(script), str(ckpt), "--strings", "2", "--json", str(tmp_path / "l.json"),
+                          "--picture", str(tmp_path / "l.png")], capture_output=True, text=True, check=True).stdout
+    assert out.count("\n| ") == 14 and "2 strings of 3-6 test digits (seed 3) in 12 looks" in out
+    assert [r["look"] for r in json.loads((tmp_path / "l.json").read_text())][:2] == ["as drawn",
+                                                                                   "grey background (+0.08)"]
+    assert (tmp_path / "l.png").stat().st_size > 10_000
+    lenet_ckpt = save_model(build("paper"), tmp_path / "m.pt")
+    for args in ([str(lenet_ckpt)], [str(ckpt), "--strings", "0"]):
+        r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
