@@ -43,7 +43,7 @@ def picture(image, out: str):
     axes[0, 0].set_title("as it comes", fontsize=8)
     axes[0, 1].set_title("cleaned (lenet.crops.clean_image)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=80)
     plt.close(fig)
 
 

@@ -79,11 +79,12 @@ def _background(x: np.ndarray) -> Optional[np.ndarray]:
     H, W = x.shape
     k = max(_MIN_BACKGROUND_BLOCK, int(round(BACKGROUND_BLOCK * min(H, W))))
     nh, nw = -(-H // k), -(-W // k)
-    t = F.pad(torch.from_numpy(x)[None, None], (0, nw * k - W, 0, nh * k - H), mode="replicate")[0, 0]
-    level = t.reshape(nh, k, nw, k).permute(0, 2, 1, 3).reshape(nh, nw, k * k).median(2).values
-    level = torch.from_numpy(ndimage.minimum_filter(level.numpy(), size=3, mode="nearest"))
+    t = np.pad(x, ((0, nh * k - H), (0, nw * k - W)), mode="edge")
+    level = np.median(t.reshape(nh, k, nw, k).transpose(0, 2, 1, 3).reshape(nh, nw, k * k), axis=2)
+    level = ndimage.minimum_filter(level, size=3, mode="nearest")
     if float(level.max()) <= 0:
         return None
+    level = torch.from_numpy(np.ascontiguousarray(level, dtype=np.float32))
     # block levels at the blocks' centres, bilinear in between (and flat beyond the outer centres)
     full = F.interpolate(level[None, None], size=(nh * k, nw * k), mode="bilinear", align_corners=False)
     return full[0, 0, :H, :W].numpy()
