@@ -273,6 +273,10 @@ def test_looks_script_reads_a_checkpoint(tmp_path):
     assert [r["look"] for r in json.loads((tmp_path / "l.json").read_text())][:2] == ["as drawn",
                                                                                    "grey background (+0.08)"]
     assert (tmp_path / "l.png").stat().st_size > 10_000
+    out = subprocess.run([sys.executable, str(script), str(ckpt), str(ckpt), "--strings", "1"], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.count("\n| ") == 2 * 14 + 14 and "mean ± half the spread over the 2 readers" in out
+    assert " ± 0.0 |" in out                             # the same reader twice: no spread
     lenet_ckpt = save_model(build("paper"), tmp_path / "m.pt")
     for args in ([str(lenet_ckpt)], [str(ckpt), "--strings", "0"]):
         r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
