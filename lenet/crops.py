@@ -38,8 +38,9 @@ def clean_image(image, invert: bool = False) -> torch.Tensor:
 
     1. **background**: the image minus its background level: the median grey level of square blocks
        ``BACKGROUND_BLOCK`` × the shorter side wide, each block taking the least of its own and its neighbours'
-       medians (so that a block mostly inked takes a neighbour's), interpolated between the blocks' centres; a
-       constant, uneven or noisy background goes to 0 (its median), the strokes stay;
+       medians (so that a block mostly inked takes a neighbour's), interpolated between the blocks' centres, then
+       the median of what is left below the ink threshold (a neighbour's lower level leaves a little behind on a
+       ramp); a constant, uneven or noisy background goes to 0 (its median), the strokes stay;
     2. **specks**: 8-connected ink components (grey level above ``INK_THRESHOLD``) smaller than ``SPECK_AREA``
        of the largest component, or than 3 pixels, are erased: salt noise and dust would otherwise stretch the
        string's ink height (every length of the segmentation is a fraction of it) and be read as digits;
@@ -54,7 +55,8 @@ def clean_image(image, invert: bool = False) -> torch.Tensor:
     back = _background(x)
     if back is not None:   # (a black background: nothing to subtract, the image stays bit for bit)
         x = np.clip(x - back, 0, 1)
-        rest = float(np.median(x[x <= INK_THRESHOLD]))   # what a neighbour's lower level left behind
+        below = x[x <= INK_THRESHOLD]
+        rest = float(np.median(below)) if below.size else 0.0   # what a neighbour's lower level left behind
         if rest > 0:
             x = np.clip(x - rest, 0, 1)
     lab, n = ndimage.label(x > INK_THRESHOLD, structure=np.ones((3, 3), dtype=bool))
