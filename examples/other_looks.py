@@ -5,6 +5,7 @@ default, `lenet.crops.clean_image`).
     python examples/other_looks.py runs/reader.pt [--strings 500] [--seed 3] [--json out.json]
     python examples/other_looks.py runs/reader_s0.pt runs/reader_s1.pt runs/reader_s2.pt   # + mean ± spread
     python examples/other_looks.py runs/reader.pt --picture docs/img/other_looks.png   # each look, as is and cleaned
+    python examples/other_looks.py runs/reader.pt --max-width 1.6   # segmentation: allow wider segments
 
 Renders ``--strings`` strings of 3-6 **test-split** digits at the renderer's default setting (the example's test
 setting: 30 % of neighbouring pairs touching, overlaps up to 2 columns, height 32; seed ``--seed``), turns each
@@ -15,6 +16,7 @@ one configuration) it reads the same images with each and then prints the string
 mean ± half the spread over them.
 """
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -73,6 +75,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=3, help="the strings' seed and the looks' random draws (default 3)")
     ap.add_argument("--json", help="also write the rows as JSON here (one list per checkpoint)")
     ap.add_argument("--picture", help="also draw the first string in every look, as is and cleaned (PNG)")
+    ap.add_argument("--max-width", type=float,
+                    help="segmentation readers (alone or in a combination): read with this widest segment (× ink "
+                         "height) instead of the checkpoint's")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(argv)
@@ -85,13 +90,20 @@ def main(argv=None):
         if not hasattr(reader, "decode"):
             sys.exit(f"{path} is not a reader checkpoint (this is a {type(reader).__name__}; "
                      f"examples/multi_digit.py --out PATH trains a reader)")
+        if a.max_width is not None:
+            segmenting = [m for m in getattr(reader, "members", [reader]) if hasattr(m, "params")]
+            if not segmenting:
+                sys.exit(f"--max-width applies to segmentation readers; {path} has none")
+            for m in segmenting:
+                m.params = dataclasses.replace(m.params, max_width=a.max_width)
         readers.append(reader)
     strings = make_strings(a.strings, "test", seed=a.seed)
     m = machine()
     every = []
     for path, reader in zip(a.checkpoints, readers):
         rows = other_looks(reader, strings, seed=a.seed, progress=sys.stderr.isatty() and not a.no_progress)
-        print(f"{path}: {a.strings} strings of 3-6 test digits (seed {a.seed}) in {len(rows)} looks; {m['cpu']} "
+        how = f" (segments up to {a.max_width} × the ink height wide)" if a.max_width is not None else ""
+        print(f"{path}{how}: {a.strings} strings of 3-6 test digits (seed {a.seed}) in {len(rows)} looks; {m['cpu']} "
               f"({m['cpu_capability']}), torch {m['torch']}, {m['threads']} torch thread(s)")
         print(looks_table(rows), flush=True)
         every.append(rows)

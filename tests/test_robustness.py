@@ -268,15 +268,18 @@ def test_looks_script_reads_a_checkpoint(tmp_path):
     script = Path(__file__).resolve().parents[1] / "examples" / "other_looks.py"
     ckpt = save_reader(StringReader(build("paper")), tmp_path / "r.pt")
     out = subprocess.run([sys.executable, str(script), str(ckpt), str(ckpt), "--strings", "2", "--json",
-                          str(tmp_path / "l.json"), "--picture", str(tmp_path / "l.png")],
+                          str(tmp_path / "l.json"), "--picture", str(tmp_path / "l.png"), "--max-width", "1.6"],
                          capture_output=True, text=True, check=True).stdout
-    assert out.count("2 strings of 3-6 test digits (seed 3) in 12 looks") == 2
+    assert out.count("r.pt (segments up to 1.6 × the ink height wide): 2 strings of 3-6 test digits (seed 3) in 12 "
+                     "looks") == 2
     assert out.count("\n| ") == 2 * 14 + 14 and "mean ± half the spread over the 2 readers" in out
     assert " ± 0.0 |" in out                             # the same reader twice: no spread
     rows = json.loads((tmp_path / "l.json").read_text())
     assert len(rows) == 2 and [r["look"] for r in rows[1]][:2] == ["as drawn", "grey background (+0.08)"]
     assert (tmp_path / "l.png").stat().st_size > 10_000
     lenet_ckpt = save_model(build("paper"), tmp_path / "m.pt")
-    for args in ([str(lenet_ckpt)], [str(ckpt), "--strings", "0"]):
+    from lenet.sdnn import SDNNReader, save_sdnn
+    sdnn_ckpt = save_sdnn(SDNNReader(), tmp_path / "s.pt")
+    for args in ([str(lenet_ckpt)], [str(ckpt), "--strings", "0"], [str(sdnn_ckpt), "--max-width", "1.6"]):
         r = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
         assert r.returncode != 0 and "Traceback" not in r.stderr
