@@ -35,8 +35,9 @@ def picture(image, out: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from lenet.crops import clean_image
+    from lenet.segment import as_float_image
 
-    x = image.float() / 255
+    x = as_float_image(image)
     fig, axes = plt.subplots(len(LOOKS), 2, figsize=(7, 0.75 * len(LOOKS) + 0.4))
     for j, (name, look) in enumerate(LOOKS.items()):
         y = look(x, np.random.default_rng([0, j, 0]))

@@ -262,12 +262,13 @@ def other_looks(reader, strings, looks: Optional[Dict[str, Callable]] = None, se
     from .metrics import string_metrics
     from .progress import progress_bar
     from .reading import recognize
+    from .segment import as_float_image
 
     looks = LOOKS if looks is None else looks
     if not strings:
         raise ValueError("other_looks needs at least one string")
     truth = [s.label for s in strings]
-    base = [s.image.float() / 255 if s.image.dtype == torch.uint8 else s.image.float() for s in strings]
+    base = [as_float_image(s.image) for s in strings]
     rows = []
     with progress_bar(2 * len(looks) * len(strings), "other looks", "str", enabled=progress) as bar:
         for j, (name, look) in enumerate(looks.items()):
