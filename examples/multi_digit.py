@@ -57,11 +57,11 @@ from lenet.resume import States
 CONFIGS = {
     "default": dict(iso_epochs=60, iso_limit=None, distort=True, train_strings=4000, global_epochs=16,
                     workers=1, fresh=True, batch_size=16, test_strings=1000, monitor_strings=200, lr=1e-3,
-                    seg_lr=1e-2, vary=False, cut_paths=0.0, max_pieces=6, grid_strings=200,
+                    seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", max_pieces=6, grid_strings=200,
                     val_digits=500, val_strings=500, isolated_weight=0.0),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
                   workers=1, fresh=False, batch_size=16, test_strings=40, monitor_strings=24, lr=1e-3,
-                  seg_lr=1e-2, vary=False, cut_paths=0.0, max_pieces=6, grid_strings=2,
+                  seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", max_pieces=6, grid_strings=2,
                   val_digits=100, val_strings=24, isolated_weight=0.0),
 }
 #: The segmentation reader holds out the last ``val_digits`` training digits from both trainings and, after
@@ -118,6 +118,10 @@ def parse(argv=None):
                         "training digits, added to every step's string loss; 0: strings alone)")
     p.add_argument("--cut-paths", type=float, help="segmentation: radius of the least-ink cut paths inside a "
                                                     "component, × ink height (0: straight vertical cuts)")
+    p.add_argument("--cut-starts", choices=["candidates", "every"],
+                   help="segmentation, with --cut-paths: start the cut paths at the straight cuts' candidate "
+                        "columns (default) or at every column of a wide component, keeping the cheapest paths "
+                        "at least the smallest piece apart (lenet.segment.SegmentParams.cut_starts)")
     p.add_argument("--max-pieces", type=int, help="segmentation: most pieces in one segment")
     p.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
                    help="train on strings of varied rendering settings (lenet.strings.RenderRanges; default off)")
@@ -241,7 +245,8 @@ def run(args, ctx=SINGLE):
     model = model.float()
 
     if args.system == "hos":
-        reader = StringReader(model, SegmentParams(cut_paths=cfg["cut_paths"], max_pieces=cfg["max_pieces"]),
+        reader = StringReader(model, SegmentParams(cut_paths=cfg["cut_paths"], cut_starts=cfg["cut_starts"],
+                                                   max_pieces=cfg["max_pieces"]),
                               lengths=lengths)
         bias = reader.calibrate(fit[0])
         bias = reader.tune_bias([s.image for s in monitor], [s.label for s in monitor])

@@ -65,10 +65,17 @@ class SegmentParams:
                               #: off the vertical, following the least ink (0: straight vertical cuts)
     cut_paths: float = 0.0    #: "components": cuts inside a component are least-ink paths from top to bottom,
                               #: free to run round strokes, within this × unit of their start column (0: off)
+    cut_starts: str = "candidates"  #: with cut paths, where they start: "candidates" (the straight cuts' columns)
+                                    #: or "every" (every column of a wide component, the cheapest paths kept)
 
     def __post_init__(self):
         if self.pieces not in ("components", "columns"):
             raise ValueError(f"pieces must be 'components' or 'columns', not {self.pieces!r}")
+        if self.cut_starts not in ("candidates", "every"):
+            raise ValueError(f"cut_starts must be 'candidates' or 'every', not {self.cut_starts!r}")
+        if self.cut_starts == "every" and (self.pieces != "components" or self.cut_paths <= 0):
+            raise ValueError("cut_starts='every' chooses where cut paths start: it needs pieces='components' and "
+                             "cut_paths > 0")
         if (self.max_pieces < 1 or not 0 < self.min_piece < self.max_piece or self.max_width <= 0
                 or not 0 <= self.drift < 1 or not 0 <= self.cut_paths < 2):
             raise ValueError(f"bad segmentation settings {self}")
@@ -353,7 +360,7 @@ def _compiled_dp(name: str = "path_dp"):
     return getattr(cutpath_numba, name)
 
 
-def _cut_paths(jobs, radius: int):
+def _cut_paths(jobs, radius: int, spacing: int = 0):
     """Least-ink cut paths from the top to the bottom of a component's grey image ``xc`` (0 outside it).
 
     A path is one cut position per row (``paths[k, y] = p``: row ``y`` is cut between columns ``p - 1`` and
@@ -370,7 +377,8 @@ def _cut_paths(jobs, radius: int):
     it and from it to the bottom: a dynamic program over rows in each direction, vectorised over the paths and
     their window (a sideways run costs a difference of prefix sums, so each row's best predecessor is a running
     minimum from the left and one from the right). Paths are then taken cheapest first, dropping any that crosses
-    one already taken (pieces need a left-to-right order), and sorted left to right. All components of an image go through one dynamic program
+    one already taken (pieces need a left-to-right order) and, with ``spacing`` > 0, any that lies on average
+    (over the rows) less than ``spacing`` columns from one already taken, and sorted left to right. All components of an image go through one dynamic program
     (``jobs``: ``(xc, cols, c0, c1)`` per component). Returns one ``int64 [N, H]`` array per job.
     """
     off = np.arange(-radius, radius + 1)
@@ -421,6 +429,8 @@ def _cut_paths(jobs, radius: int):
         P = paths[mine]
         le = (P[:, None, :] <= P[None, :, :]).all(2)
         fits = (le | le.T) & ~(le & le.T)        # ordered one way or the other, and not the same path
+        if spacing > 0:                          # and not (nearly) another path taken already
+            fits &= np.abs(P[:, None, :] - P[None, :, :]).mean(2) >= spacing
         taken = np.zeros(len(mine), dtype=bool)
         for i in range(len(mine)):               # a path crossing (or repeating) one already taken is dropped
             taken[i] = bool(fits[i, taken].all())
@@ -462,10 +472,14 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
             xc = np.where(mine, x, 0.0)
             proj, count, cand = _profiles(xc, mine)
             inner = _split_run(c0, c1, proj, count, cand, x.shape[0], min_piece, max_piece)
+        if radius > 0 and inner and params.cut_starts == "every":
+            # a path from every column at least min_piece inside the component; the cheapest are kept
+            inner = list(range(c0 + min_piece, c1 - min_piece + 1)) or inner
         plan.append((c, c0, c1, inner))
     # cut paths: one dynamic program for every component that needs cutting
     jobs = [(np.where(lab == c, x, 0.0), inner, c0, c1) for c, c0, c1, inner in plan if radius > 0 and inner]
-    found = iter(zip(jobs, _cut_paths(jobs, radius)) if jobs else [])
+    spacing = min_piece if params.cut_starts == "every" else 0
+    found = iter(zip(jobs, _cut_paths(jobs, radius, spacing)) if jobs else [])
     for c, c0, c1, inner in plan:
         if radius > 0 and inner:
             job, paths = next(found)
