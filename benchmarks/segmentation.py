@@ -1,12 +1,14 @@
 """Coverage of the segmentation graph over the robustness grid: how often the true segmentation is a path.
 
     python benchmarks/segmentation.py [--strings 200] [--tolerance 0.1 0.2] [--picture docs/img/cut_paths.png]
-    python benchmarks/segmentation.py --bounds   # also what any grouping of the pieces, or any vertical cuts, could
+    python benchmarks/segmentation.py --bounds   # also what any grouping of the pieces, any vertical cuts, or cut
+                                                 # paths placed row by row could
 
 For every cell of `lenet.strings.GRID` (heights 24/32/40; no touching pairs, or 30 % / 60 % touching with ink
 boxes overlapping by up to 0-4 columns) it renders ``--strings`` strings of 3-6 test digits and reports, for
-the straight vertical cuts (``SegmentParams(cut_paths=0)``, the default) and for the least-ink cut paths
-(``SegmentParams(cut_paths=0.3, max_pieces=10)``, the example's ``--cut-paths 0.3 --max-pieces 10``), the **coverage** — the share of strings
+the straight vertical cuts (``SegmentParams(cut_paths=0)``, the default), for the least-ink cut paths
+(``SegmentParams(cut_paths=0.3, max_pieces=10)``, the example's ``--cut-paths 0.3 --max-pieces 10``) and for the
+same cut paths started from every column (``cut_starts="every"``, ``--cut-starts every``), the **coverage** — the share of strings
 whose true segmentation is a path of their graph (`lenet.segment.true_path`: each segment holds at least
 1 - tolerance of its digit's ink and at least 1 - tolerance of its ink is that digit's, judged on the renderer's
 owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
@@ -22,10 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this folder's lenet.py would shadow the package
 import lenet  # noqa: E402
-from lenet.segment import SegmentParams, column_bound, grouping_bound, segment, true_path  # noqa: E402
+from lenet.segment import (SegmentParams, column_bound, grouping_bound, row_cut_bound, segment,  # noqa: E402
+                           true_path)
 from lenet.strings import GRID, make_strings  # noqa: E402
 
-CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10)}
+CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10),
+           "cut paths from every column": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every")}
 
 
 def picture(path, n=4, seed=5):
@@ -35,8 +39,9 @@ def picture(path, n=4, seed=5):
     import matplotlib.pyplot as plt
     strings = make_strings(40, "test", seed=seed, touch=1.0, max_overlap=3, lengths=(3, 4))
     shown = []
+    shown_configs = {n: CONFIGS[n] for n in ("straight cuts", "cut paths")}
     for s in strings:   # strings the cut paths cover and the straight cuts do not
-        a, b = (segment(s.image, p) for p in CONFIGS.values())
+        a, b = (segment(s.image, p) for p in shown_configs.values())
         if true_path(a, s.image, s.owner) is None and true_path(b, s.image, s.owner) is not None:
             shown.append((s, a, b))
         if len(shown) == n:
@@ -45,7 +50,7 @@ def picture(path, n=4, seed=5):
     cm = plt.get_cmap("tab10")
     for row, (s, *segs) in zip(axes, shown):
         x = s.image.numpy() / 255.0
-        for ax, seg, name in zip(row, segs, CONFIGS):
+        for ax, seg, name in zip(row, segs, shown_configs):
             pm = seg.piece_map.numpy()
             rgb = np.array([cm(i % 10)[:3] for i in pm.ravel()]).reshape(*pm.shape, 3) * x[..., None]
             ax.imshow(rgb, interpolation="nearest")
@@ -64,8 +69,9 @@ def main():
     ap.add_argument("--picture", help="write a PNG of both segmentations of overlapping digits")
     ap.add_argument("--bounds", action="store_true",
                     help="also the bounds at the first tolerance: the share of strings whose pieces some grouping "
-                         "could make the true segmentation (lenet.segment.grouping_bound), and the share that "
-                         "vertical cuts at some columns could (lenet.segment.column_bound)")
+                         "could make the true segmentation (lenet.segment.grouping_bound), the share that "
+                         "vertical cuts at some columns could (lenet.segment.column_bound), and the share that cut "
+                         "paths placed row by row with the owner map's knowledge do (lenet.segment.row_cut_bound)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     digits = lenet.load_digits("test", raw=True)
@@ -85,6 +91,8 @@ def main():
         res[name] = rows
     columns = ([np.mean([column_bound(s.image, s.owner, a.tolerance[0]) for s in strings]) for _, strings in cells]
                if a.bounds else None)
+    row_cuts = ([np.mean([row_cut_bound(s.image, s.owner, a.tolerance[0]) for s in strings]) for _, strings in cells]
+                if a.bounds else None)
     tols = " / ".join(f"{t:g}" for t in a.tolerance)
     head = " | ".join(f"{n}: coverage at {tols}, arcs" for n in CONFIGS)
     print(f"{a.strings} strings of 3-6 test digits per cell; tolerance {tols} of each digit's ink")
@@ -103,15 +111,15 @@ def main():
               f"{np.mean([r[2] for r in res[n]]):.1f} ms per string")
     if a.bounds:
         t0 = a.tolerance[0]
-        print(f"\nbounds at tolerance {t0:g}: coverage / any grouping of the same pieces, per segmentation; and "
-              f"vertical cuts at any columns")
+        print(f"\nbounds at tolerance {t0:g}: coverage / any grouping of the same pieces, per segmentation; "
+              f"vertical cuts at any columns; cut paths placed row by row (lenet.segment.row_cut_bound)")
         print("| height | touching | overlap ≤ | " + " | ".join(f"{n}: coverage / any grouping" for n in CONFIGS) +
-              " | cuts at any columns |")
-        print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " | --- |")
+              " | cuts at any columns | cut paths placed row by row |")
+        print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " | --- | --- |")
         for i, (cell, _) in enumerate(cells):
             parts = [f"{100 * res[n][i][0][0]:.1f} % / {100 * res[n][i][3]:.1f} %" for n in CONFIGS]
             print(f"| {cell['height']} | {100 * cell['touch']:.0f} % | {cell['max_overlap']} | " + " | ".join(parts)
-                  + f" | {100 * columns[i]:.1f} % |")
+                  + f" | {100 * columns[i]:.1f} % | {100 * row_cuts[i]:.1f} % |")
         ov = np.array([c["max_overlap"] for c, _ in cells])
         for n in CONFIGS:
             cov = np.array([r[0][0] for r in res[n]])
@@ -121,6 +129,9 @@ def main():
         col = np.array(columns)
         print(f"cuts at any columns: mean {100 * col.mean():.1f} %, worst {100 * col.min():.1f} % (overlap ≤ 2: worst "
               f"{100 * col[ov <= 2].min():.1f} %, overlap 3: worst {100 * col[ov == 3].min():.1f} %)")
+        rc = np.array(row_cuts)
+        print(f"cut paths placed row by row: mean {100 * rc.mean():.1f} %, worst {100 * rc.min():.1f} % (overlap ≤ 2: "
+              f"worst {100 * rc[ov <= 2].min():.1f} %, overlap 3: worst {100 * rc[ov == 3].min():.1f} %)")
     if a.picture:
         picture(a.picture)
         print(f"wrote {a.picture}")

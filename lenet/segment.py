@@ -42,7 +42,8 @@ import torch
 import gtn
 
 __all__ = ["SegmentParams", "Segmentation", "WholeImage", "as_float_image", "find_cuts", "segment", "segment_batch",
-           "plot_segmentation", "NUM_SEG_FEATURES", "true_path", "coverage", "grouping_bound", "column_bound"]
+           "plot_segmentation", "NUM_SEG_FEATURES", "true_path", "coverage", "grouping_bound", "column_bound",
+           "row_cut_bound", "row_cuts"]
 
 #: Ink threshold on grey levels in 0..1: fainter pixels are background for cutting (anti-aliasing halo).
 INK_THRESHOLD = 0.1
@@ -678,9 +679,9 @@ def plot_segmentation(image, seg: Optional[Segmentation] = None, path_segments: 
     return ax
 
 
-def _piece_mass(piece_map: torch.Tensor, num_pieces: int, image, owner) -> Tuple[torch.Tensor, int]:
+def _piece_mass(piece_map: torch.Tensor, num_pieces: Optional[int], image, owner) -> Tuple[torch.Tensor, int]:
     """``(mass [P, L + 1], L)``: the ink (grey-level mass) of each digit in each piece of ``piece_map``; column
-    ``L`` holds the ink no digit owns (noise)."""
+    ``L`` holds the ink no digit owns (noise). ``num_pieces=None``: one piece per digit (``P = L``)."""
     x = as_float_image(image)
     own = torch.as_tensor(owner).long()
     if own.shape != x.shape:
@@ -688,6 +689,8 @@ def _piece_mass(piece_map: torch.Tensor, num_pieces: int, image, owner) -> Tuple
     L = int(own.max()) + 1
     if L <= 0:
         raise ValueError("the owner map names no digit")
+    if num_pieces is None:   # the pieces are the digits
+        num_pieces = L
     ink = x > INK_THRESHOLD
     pid = piece_map[ink]
     w = x[ink].double()
@@ -729,6 +732,50 @@ def column_bound(image, owner: torch.Tensor, tolerance: float = 0.1) -> bool:
         if not bool(reach.any()):
             return False
     return bool(reach[W])
+
+
+def row_cuts(image, owner) -> torch.Tensor:
+    """The digit of every pixel under the top-to-bottom cuts that, row by row, give the least ink to the wrong
+    digit: ``int64 [H, W]``, non-decreasing along each row (so the ``L - 1`` boundaries are non-crossing cut
+    paths with one position per row, the form of `SegmentParams.cut_paths`' pieces, placed with the owner map's
+    knowledge). Each row is one dynamic program over its columns (states: the digit a column goes to, never
+    decreasing to the right), all rows at once; a pixel of the wrong digit costs its grey level, ink no digit
+    owns and faint pixels cost nothing."""
+    x = as_float_image(image).numpy().astype(np.float64)
+    own = np.asarray(torch.as_tensor(owner).long())
+    if own.shape != x.shape:
+        raise ValueError(f"owner map {tuple(own.shape)} does not match the image {tuple(x.shape)}")
+    L = int(own.max()) + 1
+    if L <= 0:
+        raise ValueError("the owner map names no digit")
+    H, W = x.shape
+    mass = np.where((x > INK_THRESHOLD) & (own >= 0), x, 0.0)
+    wrong = mass[:, :, None] * (own[:, :, None] != np.arange(L))                 # [H, W, L]
+    idx = np.broadcast_to(np.arange(L), (H, L))
+    back = np.zeros((H, W, L), dtype=np.int64)
+    acc = np.full((H, L), np.inf)
+    acc[:, 0] = 0.0
+    for c in range(W):   # one step per column, all rows and digits at once
+        best = np.minimum.accumulate(acc, axis=1)                                  # from any digit <= k
+        back[:, c] = np.maximum.accumulate(np.where(acc <= best, idx, 0), axis=1)
+        acc = best + wrong[:, c]
+    digit = np.empty((H, W), dtype=np.int64)
+    k = acc.argmin(1)                      # a row may end (and start) with any digit: only ink costs
+    for c in range(W - 1, -1, -1):
+        digit[:, c] = k
+        k = back[np.arange(H), c, k]
+    return torch.from_numpy(digit)
+
+
+def row_cut_bound(image, owner: torch.Tensor, tolerance: float = 0.1) -> bool:
+    """Whether the cut paths of `row_cuts` — top-to-bottom cuts placed row by row with the owner map's
+    knowledge, each digit's pieces the columns between its two cuts — make the true segmentation (`true_path`'s
+    test). One construction, not a search over all cut paths: where it says ``True``, cut paths in the right
+    places would cover the string; its share over strings is a lower bound on what pieces of the cut-path form
+    could cover (`column_bound` is the same question for straight vertical cuts, answered exactly)."""
+    mass, L = _piece_mass(row_cuts(image, owner), None, image, owner)
+    own = mass[:, :L].diagonal()                                   # digit k's ink among the pixels given to k
+    return bool(((own >= (1 - tolerance) * mass[:, :L].sum(0)) & (own >= (1 - tolerance) * mass.sum(1))).all())
 
 
 #: `_groupable` tries every assignment of the mixed pieces up to this many; beyond, each mixed piece may go
