@@ -2,6 +2,7 @@
 
     python examples/robustness_grid.py runs/reader.pt [--strings 200] [--json out.json]
     python examples/robustness_grid.py runs/reader.pt --cut-paths 0.3 --max-pieces 10   # read with cut paths
+    python examples/robustness_grid.py runs/cp.pt --cut-starts every   # cut paths started from every column
     python examples/robustness_grid.py runs/reader.pt --split-coverage   # right among covered / uncovered strings
 
 Reads ``--strings`` strings of 3-6 test digits at every cell of `lenet.strings.GRID` (heights 24/32/40; no
@@ -28,6 +29,8 @@ def main(argv=None):
     ap.add_argument("--cut-paths", type=float, help="segmentation reader: read with these cut paths instead of "
                                                      "the checkpoint's (× ink height; 0: straight cuts)")
     ap.add_argument("--max-pieces", type=int, help="segmentation reader: most pieces in one segment")
+    ap.add_argument("--cut-starts", choices=["candidates", "every"],
+                    help="segmentation reader with cut paths: where the cut paths start (SegmentParams.cut_starts)")
     ap.add_argument("--split-coverage", action="store_true",
                     help="segmentation reader: also count the strings whose true segmentation is not a path of "
                          "the graph, and how many of them (and of the others) are read right")
@@ -37,18 +40,23 @@ def main(argv=None):
     if not hasattr(reader, "decode"):
         sys.exit(f"{a.checkpoint} is not a reader checkpoint (lenet.recognize reads readers; this is "
                  f"{type(reader).__name__})")
-    if a.cut_paths is not None or a.max_pieces is not None:
+    if a.cut_paths is not None or a.max_pieces is not None or a.cut_starts is not None:
         if not hasattr(reader, "params"):
-            sys.exit("--cut-paths and --max-pieces apply to segmentation readers only")
+            sys.exit("--cut-paths, --max-pieces and --cut-starts apply to segmentation readers only")
         import dataclasses
-        change = {k: v for k, v in (("cut_paths", a.cut_paths), ("max_pieces", a.max_pieces)) if v is not None}
-        reader.params = dataclasses.replace(reader.params, **change)
+        change = {k: v for k, v in (("cut_paths", a.cut_paths), ("max_pieces", a.max_pieces),
+                                    ("cut_starts", a.cut_starts)) if v is not None}
+        try:
+            reader.params = dataclasses.replace(reader.params, **change)
+        except ValueError as e:   # e.g. --cut-starts every on a reader with straight cuts
+            sys.exit(f"{a.checkpoint}: {e}")
     if a.split_coverage and not hasattr(reader, "interpret"):
         sys.exit("--split-coverage applies to segmentation readers only")
     rows = robustness(reader, strings_per_cell=a.strings, progress=sys.stderr.isatty(),
                       split_coverage=a.split_coverage)
     seg = getattr(reader, "params", None)
-    how = f" (segmentation: cut_paths {seg.cut_paths}, max_pieces {seg.max_pieces})" if seg is not None else ""
+    starts = f", cut_starts {seg.cut_starts}" if seg is not None and seg.cut_starts != "candidates" else ""
+    how = f" (segmentation: cut_paths {seg.cut_paths}, max_pieces {seg.max_pieces}{starts})" if seg is not None else ""
     print(f"{a.checkpoint}: {a.strings} strings of test digits per cell{how}")
     print(robustness_table(rows))
     if a.split_coverage:
