@@ -12,7 +12,9 @@ same cut paths started from every column (``cut_starts="every"``, ``--cut-starts
 whose true segmentation is a path of their graph (`lenet.segment.true_path`: each segment holds at least
 1 - tolerance of its digit's ink and at least 1 - tolerance of its ink is that digit's, judged on the renderer's
 owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
-thread). ``--picture`` draws both segmentations of a few strings with overlapping digits.
+thread). ``--picture`` draws both segmentations of a few strings with overlapping digits; ``--misses-picture``
+strings the cut paths from every column miss, beside the cut paths placed row by row with the owner map's
+knowledge.
 """
 import argparse
 import sys
@@ -62,11 +64,46 @@ def picture(path, n=4, seed=5):
     plt.close(fig)
 
 
+def misses_picture(path, n=4, seed=5):
+    """Strings whose neighbours all touch and overlap that the cut paths from every column miss: their pieces
+    (left) against the cut paths placed row by row with the owner map's knowledge (`row_cuts`, right), each piece
+    or digit in its own colour (colours repeat every ten)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from lenet.segment import row_cuts
+    params = CONFIGS["cut paths from every column"]
+    strings = make_strings(60, "test", seed=seed, touch=1.0, max_overlap=3, lengths=(3, 4))
+    shown = []
+    for s in strings:
+        seg = segment(s.image, params)
+        if true_path(seg, s.image, s.owner) is None and row_cut_bound(s.image, s.owner):
+            shown.append((s, seg))
+        if len(shown) == n:
+            break
+    fig, axes = plt.subplots(len(shown), 2, figsize=(7, 1.25 * len(shown)), squeeze=False)
+    cm = plt.get_cmap("tab10")
+    for row, (s, seg) in zip(axes, shown):
+        x = s.image.numpy() / 255.0
+        for ax, pm, name in zip(row, (seg.piece_map.numpy(), row_cuts(s.image, s.owner).numpy()),
+                                ("cut paths from every column", "cut paths placed row by row")):
+            rgb = np.array([cm(i % 10)[:3] for i in pm.ravel()]).reshape(*pm.shape, 3) * x[..., None]
+            ax.imshow(rgb, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(f"{name}: {s.label}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--strings", type=int, default=200, help="strings per grid cell")
     ap.add_argument("--tolerance", type=float, nargs="+", default=[0.1, 0.2])
     ap.add_argument("--picture", help="write a PNG of both segmentations of overlapping digits")
+    ap.add_argument("--misses-picture", help="write a PNG of strings the cut paths from every column miss, beside "
+                                             "the cut paths placed row by row (lenet.segment.row_cuts)")
     ap.add_argument("--bounds", action="store_true",
                     help="also the bounds at the first tolerance: the share of strings whose pieces some grouping "
                          "could make the true segmentation (lenet.segment.grouping_bound), the share that "
@@ -135,6 +172,9 @@ def main():
     if a.picture:
         picture(a.picture)
         print(f"wrote {a.picture}")
+    if a.misses_picture:
+        misses_picture(a.misses_picture)
+        print(f"wrote {a.misses_picture}")
 
 
 if __name__ == "__main__":

@@ -606,14 +606,15 @@ def test_compiled_path_walk_equals_the_numpy_reference():
         assert (j0[np.arange(A), ya] == start).all() and ((0 <= j0) & (j0 < J)).all()
 
 
-def test_segmentation_benchmark_prints_coverage_and_bounds():
+def test_segmentation_benchmark_prints_coverage_and_bounds(tmp_path):
     import os
     import subprocess
     import sys
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, str(root / "benchmarks" / "segmentation.py"), "--strings", "2", "--bounds"],
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "segmentation.py"), "--strings", "2", "--bounds",
+                        "--misses-picture", str(tmp_path / "misses.png")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
@@ -622,3 +623,4 @@ def test_segmentation_benchmark_prints_coverage_and_bounds():
                for line in bounds.splitlines()) == 33
     assert "cuts at any columns: mean" in bounds and "any grouping of its pieces mean" in bounds
     assert "cut paths placed row by row: mean" in bounds and "cut paths from every column: coverage mean" in bounds
+    assert (tmp_path / "misses.png").stat().st_size > 0
