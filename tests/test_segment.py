@@ -73,7 +73,7 @@ def sample_paths(fsa, n, rng):
 
 
 #: graphs with more complete paths than this are checked on this many paths drawn uniformly
-ENUMERATE_LIMIT = 5_000
+ENUMERATE_LIMIT = 2_000
 
 
 @pytest.mark.parametrize("params", MODES, ids=MODE_IDS)
