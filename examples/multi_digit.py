@@ -194,6 +194,11 @@ def run(args, ctx=SINGLE):
         v = getattr(args, k, None)
         if v is not None:
             cfg[k] = v
+    if args.system == "hos":   # bad segmentation settings: refused now, not after the isolated training
+        try:
+            SegmentParams(cut_paths=cfg["cut_paths"], cut_starts=cfg["cut_starts"], max_pieces=cfg["max_pieces"])
+        except ValueError as e:
+            sys.exit(f"segmentation settings: {e}")
     progress = not args.no_progress and ctx.is_main
     torch.manual_seed(args.seed)
     out = Path(args.out)

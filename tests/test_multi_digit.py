@@ -23,6 +23,14 @@ def run(tmp_path, *args, timeout=600):
     return p, out
 
 
+def test_bad_segmentation_settings_are_refused_before_training(tmp_path):
+    """Cut paths from every column without cut paths: one line, before any training, and nothing written."""
+    p, out = run(tmp_path, "--quick", "--cut-starts", "every", timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr
+    assert "segmentation settings" in p.stderr and "cut_paths > 0" in p.stderr
+    assert "isolated" not in p.stdout and not out.exists()
+
+
 def test_quick_run_trains_and_lowers_the_loss(tmp_path):
     p, out = run(tmp_path, "--quick", "--seed", "1")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
