@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this folder's lenet.py would shadow the package
 import lenet  # noqa: E402
-from lenet.segment import (SegmentParams, column_bound, grouping_bound, row_cut_bound, segment,  # noqa: E402
-                           true_path)
+from lenet.segment import (SegmentParams, column_bound, grouping_bound, row_cut_bound, row_cuts,  # noqa: E402
+                           segment, true_path)
 from lenet.strings import GRID, make_strings  # noqa: E402
 
 CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10),
@@ -36,9 +36,6 @@ CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentPa
 
 def picture(path, n=4, seed=5):
     """Straight cuts (left) and cut paths (right) on strings whose neighbours all touch and overlap."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     strings = make_strings(40, "test", seed=seed, touch=1.0, max_overlap=3, lengths=(3, 4))
     shown = []
     shown_configs = {n: CONFIGS[n] for n in ("straight cuts", "cut paths")}
@@ -48,12 +45,21 @@ def picture(path, n=4, seed=5):
             shown.append((s, a, b))
         if len(shown) == n:
             break
-    fig, axes = plt.subplots(len(shown), 2, figsize=(7, 1.25 * len(shown)), squeeze=False)
+    _draw(path, [(s, [(name, seg.piece_map) for name, seg in zip(shown_configs, segs)]) for s, *segs in shown])
+
+
+def _draw(path, rows):
+    """One row of panels per string: ``rows`` = ``[(string, [(title, piece_map), ...]), ...]``, every piece (or
+    digit) of a map in its own colour (colours repeat every ten), shaded by the string's ink."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(rows), len(rows[0][1]), figsize=(7, 1.25 * len(rows)), squeeze=False)
     cm = plt.get_cmap("tab10")
-    for row, (s, *segs) in zip(axes, shown):
+    for row, (s, maps) in zip(axes, rows):
         x = s.image.numpy() / 255.0
-        for ax, seg, name in zip(row, segs, shown_configs):
-            pm = seg.piece_map.numpy()
+        for ax, (name, pm) in zip(row, maps):
+            pm = pm.numpy()
             rgb = np.array([cm(i % 10)[:3] for i in pm.ravel()]).reshape(*pm.shape, 3) * x[..., None]
             ax.imshow(rgb, interpolation="nearest")
             ax.set_xticks([])
@@ -68,10 +74,6 @@ def misses_picture(path, n=4, seed=5):
     """Strings whose neighbours all touch and overlap that the cut paths from every column miss: their pieces
     (left) against the cut paths placed row by row with the owner map's knowledge (`row_cuts`, right), each piece
     or digit in its own colour (colours repeat every ten)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from lenet.segment import row_cuts
     params = CONFIGS["cut paths from every column"]
     strings = make_strings(60, "test", seed=seed, touch=1.0, max_overlap=3, lengths=(3, 4))
     shown = []
@@ -81,20 +83,8 @@ def misses_picture(path, n=4, seed=5):
             shown.append((s, seg))
         if len(shown) == n:
             break
-    fig, axes = plt.subplots(len(shown), 2, figsize=(7, 1.25 * len(shown)), squeeze=False)
-    cm = plt.get_cmap("tab10")
-    for row, (s, seg) in zip(axes, shown):
-        x = s.image.numpy() / 255.0
-        for ax, pm, name in zip(row, (seg.piece_map.numpy(), row_cuts(s.image, s.owner).numpy()),
-                                ("cut paths from every column", "cut paths placed row by row")):
-            rgb = np.array([cm(i % 10)[:3] for i in pm.ravel()]).reshape(*pm.shape, 3) * x[..., None]
-            ax.imshow(rgb, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"{name}: {s.label}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _draw(path, [(s, [("cut paths from every column", seg.piece_map),
+                      ("cut paths placed row by row", row_cuts(s.image, s.owner))]) for s, seg in shown])
 
 
 def main():

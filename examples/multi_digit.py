@@ -194,9 +194,11 @@ def run(args, ctx=SINGLE):
         v = getattr(args, k, None)
         if v is not None:
             cfg[k] = v
+    seg_params = None
     if args.system == "hos":   # bad segmentation settings: refused now, not after the isolated training
         try:
-            SegmentParams(cut_paths=cfg["cut_paths"], cut_starts=cfg["cut_starts"], max_pieces=cfg["max_pieces"])
+            seg_params = SegmentParams(cut_paths=cfg["cut_paths"], cut_starts=cfg["cut_starts"],
+                                       max_pieces=cfg["max_pieces"])
         except ValueError as e:
             sys.exit(f"segmentation settings: {e}")
     progress = not args.no_progress and ctx.is_main
@@ -250,9 +252,7 @@ def run(args, ctx=SINGLE):
     model = model.float()
 
     if args.system == "hos":
-        reader = StringReader(model, SegmentParams(cut_paths=cfg["cut_paths"], cut_starts=cfg["cut_starts"],
-                                                   max_pieces=cfg["max_pieces"]),
-                              lengths=lengths)
+        reader = StringReader(model, seg_params, lengths=lengths)
         bias = reader.calibrate(fit[0])
         bias = reader.tune_bias([s.image for s in monitor], [s.label for s in monitor])
         print(f"segmentation bias (median best penalty of isolated training digits, then the best multiple "

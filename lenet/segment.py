@@ -470,12 +470,14 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
         c0, c1 = int(cols[0]), int(cols[-1]) + 1
         inner = []
         if c1 - c0 > max_piece:
-            xc = np.where(mine, x, 0.0)
-            proj, count, cand = _profiles(xc, mine)
-            inner = _split_run(c0, c1, proj, count, cand, x.shape[0], min_piece, max_piece)
-        if radius > 0 and inner and params.cut_starts == "every":
-            # a path from every column at least min_piece inside the component; the cheapest are kept
-            inner = list(range(c0 + min_piece, c1 - min_piece + 1)) or inner
+            # cut_starts="every": a path from every column at least min_piece inside the component (the cheapest
+            # are kept); otherwise, and where no column is that far inside, the straight cuts' candidates
+            if radius > 0 and params.cut_starts == "every":
+                inner = list(range(c0 + min_piece, c1 - min_piece + 1))
+            if not inner:
+                xc = np.where(mine, x, 0.0)
+                proj, count, cand = _profiles(xc, mine)
+                inner = _split_run(c0, c1, proj, count, cand, x.shape[0], min_piece, max_piece)
         plan.append((c, c0, c1, inner))
     # cut paths: one dynamic program for every component that needs cutting
     jobs = [(np.where(lab == c, x, 0.0), inner, c0, c1) for c, c0, c1, inner in plan if radius > 0 and inner]
