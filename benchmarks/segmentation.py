@@ -1,8 +1,8 @@
 """Coverage of the segmentation graph over the robustness grid: how often the true segmentation is a path.
 
     python benchmarks/segmentation.py [--strings 200] [--tolerance 0.1 0.2] [--picture docs/img/cut_paths.png]
-    python benchmarks/segmentation.py --bounds   # also what any grouping of the pieces, any vertical cuts, or cut
-                                                 # paths placed row by row could
+    python benchmarks/segmentation.py --bounds   # also what any grouping of the pieces, any vertical cuts, cut
+                                                 # paths placed row by row, or a graph of cuts could
 
 For every cell of `lenet.strings.GRID` (heights 24/32/40; no touching pairs, or 30 % / 60 % touching with ink
 boxes overlapping by up to 0-4 columns) it renders ``--strings`` strings of 3-6 test digits and reports, for
@@ -14,7 +14,11 @@ whose true segmentation is a path of their graph (`lenet.segment.true_path`: eac
 owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
 thread). ``--picture`` draws both segmentations of a few strings with overlapping digits; ``--misses-picture``
 strings the cut paths from every column miss, beside the cut paths placed row by row with the owner map's
-knowledge.
+knowledge. ``--bounds`` adds what bounds the coverage, among them the cut paths from every column taken in the
+order of their closeness to the true boundaries instead of their ink cost (`lenet.segment.ranked_path_bound`), and
+a graph whose states are the least-ink cut paths started from every column, none dropped
+(`lenet.segment.cut_graph`): its coverage and arcs per string, with cuts that split the ink alike merged at each
+setting of ``CUT_GRAPH_MERGES``.
 """
 import argparse
 import sys
@@ -26,9 +30,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this folder's lenet.py would shadow the package
 import lenet  # noqa: E402
-from lenet.segment import (SegmentParams, column_bound, grouping_bound, row_cut_bound, row_cuts,  # noqa: E402
-                           segment, true_path)
+from lenet.segment import (SegmentParams, column_bound, cut_graph, cut_graph_bound, grouping_bound,  # noqa: E402
+                           row_cut_bound, row_cuts, segment, true_path, truth_ranked_segment)
 from lenet.strings import GRID, make_strings  # noqa: E402
+
+#: `--bounds`: the graphs of cuts measured (`lenet.segment.cut_graph`'s ``merge``: cuts splitting the ink alike up
+#: to this × unit² pixels are one state); the first is the table's column.
+CUT_GRAPH_MERGES = (0.0, 0.01, 0.02, 0.04)
 
 CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10),
            "cut paths from every column": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every")}
@@ -97,8 +105,12 @@ def main():
     ap.add_argument("--bounds", action="store_true",
                     help="also the bounds at the first tolerance: the share of strings whose pieces some grouping "
                          "could make the true segmentation (lenet.segment.grouping_bound), the share that "
-                         "vertical cuts at some columns could (lenet.segment.column_bound), and the share that cut "
-                         "paths placed row by row with the owner map's knowledge do (lenet.segment.row_cut_bound)")
+                         "vertical cuts at some columns could (lenet.segment.column_bound), the share that cut "
+                         "paths placed row by row with the owner map's knowledge do (lenet.segment.row_cut_bound), "
+                         "the share that the cut paths from every column ranked by their closeness to the true "
+                         "boundaries make (lenet.segment.ranked_path_bound), and the share that a graph whose states "
+                         "are the least-ink cut paths from every column, none dropped, holds "
+                         "(lenet.segment.cut_graph_bound), with its arcs, for the merge settings CUT_GRAPH_MERGES")
     a = ap.parse_args()
     torch.set_num_threads(1)
     digits = lenet.load_digits("test", raw=True)
@@ -120,6 +132,19 @@ def main():
                if a.bounds else None)
     row_cuts = ([np.mean([row_cut_bound(s.image, s.owner, a.tolerance[0]) for s in strings]) for _, strings in cells]
                 if a.bounds else None)
+    ranked = []   # per cell: (share covered, arcs per string)
+    for _, strings in (cells if a.bounds else ()):
+        segs = [truth_ranked_segment(s.image, s.owner, CONFIGS["cut paths from every column"]) for s in strings]
+        ranked.append((np.mean([true_path(g, s.image, s.owner, a.tolerance[0]) is not None
+                                for g, s in zip(segs, strings)]), np.mean([g.num_segments for g in segs])))
+    graphs = {}   # merge -> per cell: (share covered, arcs per string)
+    for merge in (CUT_GRAPH_MERGES if a.bounds else ()):
+        per_cell = []
+        for _, strings in cells:
+            gs = [cut_graph(s.image, CONFIGS["cut paths from every column"], merge) for s in strings]
+            per_cell.append((np.mean([cut_graph_bound(s.image, s.owner, tolerance=a.tolerance[0], graph=g)
+                                      for g, s in zip(gs, strings)]), np.mean([g.num_arcs for g in gs])))
+        graphs[merge] = per_cell
     tols = " / ".join(f"{t:g}" for t in a.tolerance)
     head = " | ".join(f"{n}: coverage at {tols}, arcs" for n in CONFIGS)
     print(f"{a.strings} strings of 3-6 test digits per cell; tolerance {tols} of each digit's ink")
@@ -139,14 +164,20 @@ def main():
     if a.bounds:
         t0 = a.tolerance[0]
         print(f"\nbounds at tolerance {t0:g}: coverage / any grouping of the same pieces, per segmentation; "
-              f"vertical cuts at any columns; cut paths placed row by row (lenet.segment.row_cut_bound)")
+              f"vertical cuts at any columns; cut paths placed row by row (lenet.segment.row_cut_bound); the cut "
+              f"paths from every column taken nearest the true boundaries first (lenet.segment.ranked_path_bound), "
+              f"and its arcs; a graph of every least-ink cut path from every column "
+              f"(lenet.segment.cut_graph_bound), and its arcs")
         print("| height | touching | overlap ≤ | " + " | ".join(f"{n}: coverage / any grouping" for n in CONFIGS) +
-              " | cuts at any columns | cut paths placed row by row |")
-        print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " | --- | --- |")
+              " | cuts at any columns | cut paths placed row by row | cut paths from every column, ranked by the "
+              "truth: coverage, arcs | graph of cuts: coverage, arcs |")
+        print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " | --- | --- | --- | --- |")
+        g0 = graphs[CUT_GRAPH_MERGES[0]]
         for i, (cell, _) in enumerate(cells):
             parts = [f"{100 * res[n][i][0][0]:.1f} % / {100 * res[n][i][3]:.1f} %" for n in CONFIGS]
             print(f"| {cell['height']} | {100 * cell['touch']:.0f} % | {cell['max_overlap']} | " + " | ".join(parts)
-                  + f" | {100 * columns[i]:.1f} % | {100 * row_cuts[i]:.1f} % |")
+                  + f" | {100 * columns[i]:.1f} % | {100 * row_cuts[i]:.1f} % | {100 * ranked[i][0]:.1f} %, "
+                  f"{ranked[i][1]:.0f} | {100 * g0[i][0]:.1f} %, {g0[i][1]:.0f} |")
         ov = np.array([c["max_overlap"] for c, _ in cells])
         for n in CONFIGS:
             cov = np.array([r[0][0] for r in res[n]])
@@ -159,6 +190,16 @@ def main():
         rc = np.array(row_cuts)
         print(f"cut paths placed row by row: mean {100 * rc.mean():.1f} %, worst {100 * rc.min():.1f} % (overlap ≤ 2: "
               f"worst {100 * rc[ov <= 2].min():.1f} %, overlap 3: worst {100 * rc[ov == 3].min():.1f} %)")
+        rk = np.array([c for c, _ in ranked])
+        print(f"cut paths from every column, ranked by the truth: mean {100 * rk.mean():.1f} %, worst "
+              f"{100 * rk.min():.1f} % (overlap ≤ 2: worst {100 * rk[ov <= 2].min():.1f} %, overlap 3: worst "
+              f"{100 * rk[ov == 3].min():.1f} %); {np.mean([n for _, n in ranked]):.1f} arcs per string")
+        for merge, per_cell in graphs.items():
+            cov = np.array([c for c, _ in per_cell])
+            print(f"graph of cuts, cuts merged below {merge:g} × unit² ink pixels apart: mean "
+                  f"{100 * cov.mean():.1f} %, worst {100 * cov.min():.1f} % (overlap ≤ 2: worst "
+                  f"{100 * cov[ov <= 2].min():.1f} %, overlap 3: "
+                  f"worst {100 * cov[ov == 3].min():.1f} %); {np.mean([n for _, n in per_cell]):.1f} arcs per string")
     if a.picture:
         picture(a.picture)
         print(f"wrote {a.picture}")

@@ -43,7 +43,8 @@ import gtn
 
 __all__ = ["SegmentParams", "Segmentation", "WholeImage", "as_float_image", "find_cuts", "segment", "segment_batch",
            "plot_segmentation", "NUM_SEG_FEATURES", "true_path", "coverage", "grouping_bound", "column_bound",
-           "row_cut_bound", "row_cuts"]
+           "row_cut_bound", "row_cuts", "CutGraph", "cut_graph", "cut_graph_bound",
+           "ranked_path_bound", "truth_ranked_segment", "true_boundaries", "boundary_distance"]
 
 #: Ink threshold on grey levels in 0..1: fainter pixels are background for cutting (anti-aliasing halo).
 INK_THRESHOLD = 0.1
@@ -361,7 +362,7 @@ def _compiled_dp(name: str = "path_dp"):
     return getattr(cutpath_numba, name)
 
 
-def _cut_paths(jobs, radius: int, spacing: int = 0):
+def _cut_paths(jobs, radius: int, spacing: int = 0, priority=None):
     """Least-ink cut paths from the top to the bottom of a component's grey image ``xc`` (0 outside it).
 
     A path is one cut position per row (``paths[k, y] = p``: row ``y`` is cut between columns ``p - 1`` and
@@ -379,11 +380,34 @@ def _cut_paths(jobs, radius: int, spacing: int = 0):
     their window (a sideways run costs a difference of prefix sums, so each row's best predecessor is a running
     minimum from the left and one from the right). Paths are then taken cheapest first, dropping any that crosses
     one already taken (pieces need a left-to-right order) and, with ``spacing`` > 0, any that lies on average
-    (over the rows) less than ``spacing`` columns from one already taken, and sorted left to right. All components of an image go through one dynamic program
-    (``jobs``: ``(xc, cols, c0, c1)`` per component). Returns one ``int64 [N, H]`` array per job.
+    (over the rows) less than ``spacing`` columns from one already taken, and sorted left to right. All components
+    of an image go through one dynamic program (``jobs``: ``(xc, cols, c0, c1)`` per component). ``priority``
+    (``(job, paths [A, H], costs [A]) -> [A]``, lowest first) replaces the ink cost as the order in which paths are
+    taken (`ranked_path_bound` takes them by their closeness to the true boundaries). Returns one ``int64 [N, H]``
+    array per job.
     """
+    paths, costs, job_of = _anchored_paths(jobs, radius)
+    out = []
+    for n in range(len(jobs)):   # a handful of components
+        mine = np.flatnonzero(job_of == n)
+        rank = costs[mine] if priority is None else np.asarray(priority(n, paths[mine], costs[mine]))
+        mine = mine[np.argsort(rank, kind="stable")]                     # the cheapest (or first-ranked) first
+        P = paths[mine]
+        le = (P[:, None, :] <= P[None, :, :]).all(2)
+        fits = (le | le.T) & ~(le & le.T)        # ordered one way or the other, and not the same path
+        if spacing > 0:                          # and not (nearly) another path taken already
+            fits &= np.abs(P[:, None, :] - P[None, :, :]).mean(2) >= spacing
+        taken = np.zeros(len(mine), dtype=bool)
+        for i in range(len(mine)):               # a path crossing (or repeating) one already taken is dropped
+            taken[i] = bool(fits[i, taken].all())
+        kept = P[taken]
+        out.append(kept[np.argsort(kept.mean(1), kind="stable")])
+    return out
+
+
+def _anchored_paths(jobs, radius: int):
+    """Every anchored least-ink path of `_cut_paths`, none dropped: ``(paths int64 [A, H], costs [A], job [A])``."""
     off = np.arange(-radius, radius + 1)
-    J = off.size
     thr, sides, poss, owner = [], [], [], []
     for n, (xc, cols, c0, c1) in enumerate(jobs):
         H, W = xc.shape
@@ -421,28 +445,14 @@ def _cut_paths(jobs, radius: int, spacing: int = 0):
     ya = np.where(free, 0, ya)
     costs = np.where(free, up[0, ka, start], down[ya, ka, start] + up[ya, ka, start] - through[ya, ka, start])
     j = _follow_paths(back_down, back_up, ka, ya, start)
-    paths = pos[ka[:, None], j]                                          # [A, H]
-    job_of = np.asarray(owner)[ka]
-    out = []
-    for n in range(len(jobs)):   # a handful of components
-        mine = np.flatnonzero(job_of == n)
-        mine = mine[np.argsort(costs[mine], kind="stable")]              # the cheapest first
-        P = paths[mine]
-        le = (P[:, None, :] <= P[None, :, :]).all(2)
-        fits = (le | le.T) & ~(le & le.T)        # ordered one way or the other, and not the same path
-        if spacing > 0:                          # and not (nearly) another path taken already
-            fits &= np.abs(P[:, None, :] - P[None, :, :]).mean(2) >= spacing
-        taken = np.zeros(len(mine), dtype=bool)
-        for i in range(len(mine)):               # a path crossing (or repeating) one already taken is dropped
-            taken[i] = bool(fits[i, taken].all())
-        kept = P[taken]
-        out.append(kept[np.argsort(kept.mean(1), kind="stable")])
-    return out
+    return pos[ka[:, None], j], costs, np.asarray(owner)[ka]
 
 
-def _component_pieces(x: np.ndarray, params: SegmentParams):
+def _component_pieces(x: np.ndarray, params: SegmentParams, priority=None):
     """``"components"`` pieces: ``(piece_map int64 [H, W], the same with straight cuts, component of each piece
-    [P], unit)`` (the two maps are one array when no cut bends)."""
+    [P], unit)`` (the two maps are one array when no cut bends). ``priority``: as in `_cut_paths`, called as
+    ``priority(x, unit, job, paths, costs)`` with the component's ``job`` (``(xc, cols, c0, c1)``, ``xc`` its grey
+    image, 0 outside it); ``None``: cheapest first."""
     from scipy import ndimage
 
     ink = x > INK_THRESHOLD
@@ -482,7 +492,8 @@ def _component_pieces(x: np.ndarray, params: SegmentParams):
     # cut paths: one dynamic program for every component that needs cutting
     jobs = [(np.where(lab == c, x, 0.0), inner, c0, c1) for c, c0, c1, inner in plan if radius > 0 and inner]
     spacing = min_piece if params.cut_starts == "every" else 0
-    found = iter(zip(jobs, _cut_paths(jobs, radius, spacing)) if jobs else [])
+    rank = None if priority is None else (lambda n, paths, costs: priority(x, unit, jobs[n], paths, costs))
+    found = iter(zip(jobs, _cut_paths(jobs, radius, spacing, rank)) if jobs else [])
     for c, c0, c1, inner in plan:
         if radius > 0 and inner:
             job, paths = next(found)
@@ -548,6 +559,11 @@ NUM_SEG_FEATURES = 4
 
 def segment(image, params: SegmentParams = SegmentParams()) -> Segmentation:
     """Over-segment one image (see the module docstring) into its `Segmentation` and segmentation graph."""
+    return _segment(image, params)
+
+
+def _segment(image, params: SegmentParams, priority=None) -> Segmentation:
+    """`segment`, with the cut paths taken in the order of ``priority`` (see `_component_pieces`)."""
     x = as_float_image(image)
     xn = x.numpy()
     H, W = xn.shape
@@ -559,7 +575,7 @@ def segment(image, params: SegmentParams = SegmentParams()) -> Segmentation:
         pmap = np.broadcast_to(pmap[None, :], (H, W)).copy()
         separate = gap[:-1].clone()      # piece p starts at cut p
     else:
-        pmap, straight, comp_np, unit = _component_pieces(xn, params)
+        pmap, straight, comp_np, unit = _component_pieces(xn, params, priority)
         P = int(comp_np.size)
         comp = torch.from_numpy(comp_np)
         separate = torch.cat([torch.ones(1, dtype=torch.bool), comp[1:] != comp[:-1]])
@@ -778,6 +794,179 @@ def row_cut_bound(image, owner: torch.Tensor, tolerance: float = 0.1) -> bool:
     mass, L = _piece_mass(row_cuts(image, owner), None, image, owner)
     own = mass[:, :L].diagonal()                                   # digit k's ink among the pixels given to k
     return bool(((own >= (1 - tolerance) * mass[:, :L].sum(0)) & (own >= (1 - tolerance) * mass.sum(1))).all())
+
+
+@dataclass
+class CutGraph:
+    """A segmentation graph whose states are **cuts** rather than piece boundaries (`cut_graph`): any two cuts
+    in left-to-right order bound a segment, so cuts may cross each other, unlike the pieces' cuts.
+
+    Attributes:
+        cuts: ``int64 [N, H]`` each cut's position in every row (row ``y`` cut between columns ``p - 1`` and
+            ``p``); cut 0 is the left edge (all 0), cut ``N - 1`` the right edge (all ``W``).
+        ink_left: ``int64 [N, H]`` how many ink pixels of each row lie left of each cut (the cut's split of the
+            ink; the cuts are sorted by its sum).
+        arcs: ``bool [N, N]`` the segment arcs: ``arcs[a, b]`` when cut ``a`` lies left of cut ``b`` in every row
+            (by the ink: ``ink_left[a] <= ink_left[b]``, the two not alike) and the ink between them is at most
+            ``max_width`` × ``unit`` columns wide. Every path from cut 0 to cut ``N - 1`` covers the ink once.
+        unit: the ink height (the unit of every length).
+    """
+
+    cuts: np.ndarray
+    ink_left: np.ndarray
+    arcs: np.ndarray
+    unit: float
+
+    @property
+    def num_arcs(self) -> int:
+        return int(self.arcs.sum())
+
+
+def cut_graph(image, params: SegmentParams = SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every"),
+              merge: float = 0.0) -> CutGraph:
+    """The least-ink cut paths started from every column of the whole image (those of `SegmentParams.cut_paths`,
+    within ``params.cut_paths`` × unit of their start, one per run of ink at the start column), **none dropped**
+    for crossing another or lying near it, as the states of a graph of cuts (`CutGraph`): a diagnostic of what
+    the pieces' left-to-right order costs (`cut_graph_bound`). Cuts that split the ink alike are one state; with
+    ``merge`` > 0, a cut is also dropped when fewer than ``merge`` × unit² ink pixels lie on different sides of it
+    and of a cheaper cut kept (cheapest first, a loop over the cuts: this is a measurement, not a reader's path).
+    ``params.max_width`` bounds the arcs' ink width. Raises ``ValueError`` when ``params.cut_paths`` is 0."""
+    if params.cut_paths <= 0:
+        raise ValueError("cut_graph follows cut paths: it needs params.cut_paths > 0")
+    x = as_float_image(image).numpy().astype(np.float64)
+    H, W = x.shape
+    ink = x > INK_THRESHOLD
+    unit = _unit(ink)
+    radius = int(round(params.cut_paths * unit))
+    paths, costs, _ = _anchored_paths([(x, np.arange(1, W), 0, W)], radius) if W > 1 else \
+        (np.zeros((0, H), np.int64), np.zeros(0), None)
+    return _graph_of_cuts(x, paths[np.argsort(costs, kind="stable")], unit, params.max_width, merge)
+
+
+def _graph_of_cuts(x: np.ndarray, paths: np.ndarray, unit: float, max_width: float, merge: float) -> CutGraph:
+    """The `CutGraph` of the cut paths ``paths [N, H]`` (earlier ones kept first when two split the ink alike)
+    and the two edges of the image ``x``."""
+    H, W = x.shape
+    ink = x > INK_THRESHOLD
+    paths = np.clip(paths, 0, W)
+    rows = np.arange(H)
+    count = np.concatenate([np.zeros((H, 1), np.int64), np.cumsum(ink, 1)], 1)   # [H, W + 1] ink left of x
+    edges = np.stack([np.zeros(H, np.int64), np.full(H, W)])
+    cuts = np.concatenate([edges, paths])                                        # the edges always stay
+    key = count[rows[None, :], cuts]                                             # [N, H]
+    _, first = np.unique(key, axis=0, return_index=True)                         # one cut per split of the ink
+    keep = np.sort(first)
+    if merge > 0:
+        K = key[keep]
+        apart = np.abs(K[:, None, :] - K[None, :, :]).sum(2) >= merge * unit * unit
+        taken = np.zeros(len(keep), dtype=bool)
+        taken[:2] = True                                                         # the edges
+        for i in range(2, len(keep)):
+            taken[i] = bool(apart[i, taken].all())
+        keep = keep[taken]
+    cuts, key = cuts[keep], key[keep]
+    order = np.argsort(key.sum(1), kind="stable")                                # left edge first, right edge last
+    cuts, key = cuts[order], key[order]
+    total = key.sum(1)
+    before = (key[:, None, :] <= key[None, :, :]).all(2) & (total[:, None] < total[None, :])
+    # the ink columns of the segment between a and b: row y holds the ink pixels ranked key[a, y]..key[b, y] - 1
+    rank_col = np.full((H, W + 1), W, dtype=np.int64)                            # column of the r-th ink pixel
+    ys, xs = np.nonzero(ink)
+    rank_col[ys, count[ys, xs]] = xs
+    some = key[None, :, :] > key[:, None, :]                                     # [a, b, H] row y has ink there
+    lo = np.where(some, rank_col[rows, key][:, None, :], W).min(2)
+    hi = np.where(some, rank_col[rows, np.maximum(key - 1, 0)][None, :, :], -1).max(2)
+    arcs = before & (hi - lo + 1 <= max_width * unit)
+    return CutGraph(cuts=cuts, ink_left=key, arcs=arcs, unit=unit)
+
+
+def cut_graph_bound(image, owner: torch.Tensor, params: SegmentParams = SegmentParams(cut_paths=0.3, max_pieces=10,
+                    cut_starts="every"), merge: float = 0.0, tolerance: float = 0.1,
+                    graph: Optional[CutGraph] = None) -> bool:
+    """Whether `cut_graph`'s graph of cuts holds the true segmentation (`true_path`'s test): a chain of cuts from
+    the left edge to the right edge whose ``L`` segments are the ``L`` digits in order. A dynamic program over
+    the digits, each step vectorised over all pairs of cuts (a segment's ink per digit is a difference of the
+    two cuts' sums, since the cuts split each row's ink into a prefix and the rest). ``graph``: a `cut_graph`
+    of this image already made."""
+    g = cut_graph(image, params, merge) if graph is None else graph
+    x = as_float_image(image).numpy().astype(np.float64)
+    own = np.asarray(torch.as_tensor(owner).long())
+    if own.shape != x.shape:
+        raise ValueError(f"owner map {tuple(own.shape)} does not match the image {tuple(x.shape)}")
+    L = int(own.max()) + 1
+    if L <= 0:
+        raise ValueError("the owner map names no digit")
+    H, W = x.shape
+    ink = x > INK_THRESHOLD
+    ys, xs = np.nonzero(ink)
+    mass = np.zeros((H, W + 1, L + 1))                                           # ink by rank in its row, per digit
+    rank = np.concatenate([np.zeros((H, 1), np.int64), np.cumsum(ink, 1)], 1)[ys, xs]
+    mass[ys, rank + 1, np.where(own[ys, xs] >= 0, own[ys, xs], L)] = x[ys, xs]
+    cum = np.cumsum(mass, 1)                                                     # [H, W + 1, L + 1]
+    M = cum[np.arange(H)[None, :], g.ink_left].sum(1)                            # [N, L + 1] ink left of each cut
+    seg = M[None, :, :] - M[:, None, :]                                          # [a, b, L + 1]
+    total = seg.sum(2)
+    digit = M[-1, :L]
+    reach = np.zeros(len(M), dtype=bool)
+    reach[0] = True
+    for k in range(L):   # one step per digit
+        ok = g.arcs & (seg[:, :, k] >= (1 - tolerance) * digit[k]) & (seg[:, :, k] >= (1 - tolerance) * total)
+        reach = (reach[:, None] & ok).any(0)
+        if not reach.any():
+            return False
+    return bool(reach[-1])
+
+
+def true_boundaries(image, owner) -> np.ndarray:
+    """``int64 [L - 1, H]``: the boundaries between neighbouring digits that `row_cuts` places with the owner
+    map's knowledge, as cut paths (the cut position in every row: digits ``< k`` left of boundary ``k - 1``)."""
+    digits = row_cuts(image, owner).numpy()
+    L = int(digits.max()) + 1
+    return np.stack([(digits < k).sum(1) for k in range(1, L)]) if L > 1 else np.zeros((0, digits.shape[0]),
+                                                                                      np.int64)
+
+
+def boundary_distance(xc: np.ndarray, paths: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """``float64 [N]``: for each cut path of ``paths [N, H]``, the ink pixels of ``xc`` (grey levels above the ink
+    threshold) it puts on the other side than the nearest of the cut paths ``bounds [B, H]`` does (the ink left
+    of a cut in a row is a prefix of the row's ink, so this is a difference of counts, summed over the rows);
+    ``inf`` when there are no ``bounds``."""
+    H, W = xc.shape
+    if not len(bounds):
+        return np.full(len(paths), np.inf)
+    rows = np.arange(H)
+    count = np.concatenate([np.zeros((H, 1), np.int64), np.cumsum(xc > INK_THRESHOLD, 1)], 1)
+    key = count[rows[None, :], np.clip(paths, 0, W)]
+    true = count[rows[None, :], np.clip(bounds, 0, W)]
+    return np.abs(key[:, None, :] - true[None, :, :]).sum(2).min(1).astype(np.float64)
+
+
+def truth_ranked_segment(image, owner: torch.Tensor, params: SegmentParams = SegmentParams(
+        cut_paths=0.3, max_pieces=10, cut_starts="every")) -> Segmentation:
+    """`segment` with ``params`` (cut paths; by default started from every column), its candidate cut paths taken
+    not cheapest first but nearest first to the true boundaries — those of `row_cuts` (the owner map's), in ink
+    pixels of the component split otherwise, summed over the rows — with the same rules for dropping paths that
+    cross or lie near one already taken: the graph a perfect ranking of the candidates would give, of the same
+    form and about the same size (`ranked_path_bound`)."""
+    if params.pieces != "components" or params.cut_paths <= 0:
+        raise ValueError("ranking cut paths needs pieces='components' and cut_paths > 0")
+    bounds = true_boundaries(image, owner)                      # (checks the owner map)
+
+    def nearest_first(x, unit, job, paths, costs):
+        if not len(bounds):
+            return costs
+        return boundary_distance(job[0], paths, bounds) + 1e-6 * costs    # ties: the cheapest
+
+    return _segment(image, params, nearest_first)
+
+
+def ranked_path_bound(image, owner: torch.Tensor, params: SegmentParams = SegmentParams(
+        cut_paths=0.3, max_pieces=10, cut_starts="every"), tolerance: float = 0.1) -> bool:
+    """Whether `truth_ranked_segment`'s graph — the candidate cut paths of ``params`` ranked by their closeness
+    to the true boundaries instead of their ink cost — holds the true segmentation (`true_path`'s test): what
+    ranking the same candidates better could cover with a graph of the same form (`cut_graph_bound` keeps every
+    candidate instead, at many times the arcs)."""
+    return true_path(truth_ranked_segment(image, owner, params), image, owner, tolerance) is not None
 
 
 #: `_groupable` tries every assignment of the mixed pieces up to this many; beyond, each mixed piece may go
