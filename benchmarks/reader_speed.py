@@ -4,8 +4,8 @@
 
 Times, in one process with one torch thread, for the default segmentation (straight vertical cuts,
 ``SegmentParams(cut_paths=0)``, up to 6 pieces a segment), cut paths
-(``SegmentParams(cut_paths=0.3, max_pieces=10)``) and cut paths from every column (the same with
-``cut_starts="every"``), on the same strings (the example's test setting: 3-6 test
+(``SegmentParams(cut_paths=0.3, max_pieces=10)``), cut paths from every column (the same with
+``cut_starts="every"``) and those kept in the learned order (``cut_rank="learned"``), on the same strings (the example's test setting: 3-6 test
 digits, 30 % touching, overlaps up to 2 columns) and the same network:
 
 * **training**: ``--strings`` strings in batches of 16 through ``reader.prepare`` (segmentation and crops),
@@ -33,7 +33,9 @@ from lenet.strings import make_strings  # noqa: E402
 
 SETTINGS = {"straight cuts (the default)": SegmentParams(cut_paths=0.0, max_pieces=6),
             "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10),
-            "cut paths from every column": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every")}
+            "cut paths from every column": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every"),
+            "the same, kept in the learned order": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every",
+                                                                 cut_rank="learned")}
 
 
 def train_rate(reader, strings, batch=16):

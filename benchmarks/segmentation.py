@@ -8,7 +8,8 @@ For every cell of `lenet.strings.GRID` (heights 24/32/40; no touching pairs, or 
 boxes overlapping by up to 0-4 columns) it renders ``--strings`` strings of 3-6 test digits and reports, for
 the straight vertical cuts (``SegmentParams(cut_paths=0)``, the default), for the least-ink cut paths
 (``SegmentParams(cut_paths=0.3, max_pieces=10)``, the example's ``--cut-paths 0.3 --max-pieces 10``) and for the
-same cut paths started from every column (``cut_starts="every"``, ``--cut-starts every``), the **coverage** — the share of strings
+same cut paths started from every column (``cut_starts="every"``, ``--cut-starts every``) and for those kept in the
+learned order (``cut_rank="learned"``, `lenet.cut_ranker`, ``--cut-rank learned``), the **coverage** — the share of strings
 whose true segmentation is a path of their graph (`lenet.segment.true_path`: each segment holds at least
 1 - tolerance of its digit's ink and at least 1 - tolerance of its ink is that digit's, judged on the renderer's
 owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
@@ -39,7 +40,9 @@ from lenet.strings import GRID, make_strings  # noqa: E402
 CUT_GRAPH_MERGES = (0.0, 0.01, 0.02, 0.04)
 
 CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10),
-           "cut paths from every column": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every")}
+           "cut paths from every column": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every"),
+           "the same, kept in the learned order": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every",
+                                                                cut_rank="learned")}
 
 
 def picture(path, n=4, seed=5):

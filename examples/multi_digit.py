@@ -57,11 +57,13 @@ from lenet.resume import States
 CONFIGS = {
     "default": dict(iso_epochs=60, iso_limit=None, distort=True, train_strings=4000, global_epochs=16,
                     workers=1, fresh=True, batch_size=16, test_strings=1000, monitor_strings=200, lr=1e-3,
-                    seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", max_pieces=6, grid_strings=200,
+                    seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", cut_rank="ink", max_pieces=6,
+                    grid_strings=200,
                     val_digits=500, val_strings=500, isolated_weight=0.0),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
                   workers=1, fresh=False, batch_size=16, test_strings=40, monitor_strings=24, lr=1e-3,
-                  seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", max_pieces=6, grid_strings=2,
+                  seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", cut_rank="ink", max_pieces=6,
+                  grid_strings=2,
                   val_digits=100, val_strings=24, isolated_weight=0.0),
 }
 #: The segmentation reader holds out the last ``val_digits`` training digits from both trainings and, after
@@ -122,6 +124,10 @@ def parse(argv=None):
                    help="segmentation, with --cut-paths: start the cut paths at the straight cuts' candidate "
                         "columns (default) or at every column of a wide component, keeping the cheapest paths "
                         "at least the smallest piece apart (lenet.segment.SegmentParams.cut_starts)")
+    p.add_argument("--cut-rank", choices=["ink", "learned"],
+                   help="segmentation, with --cut-paths: keep the candidate cut paths cheapest first (default) or "
+                        "in the order of the shipped cut-path ranker (lenet.cut_ranker, "
+                        "lenet.segment.SegmentParams.cut_rank)")
     p.add_argument("--max-pieces", type=int, help="segmentation: most pieces in one segment")
     p.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
                    help="train on strings of varied rendering settings (lenet.strings.RenderRanges; default off)")
@@ -198,7 +204,7 @@ def run(args, ctx=SINGLE):
     if args.system == "hos":   # bad segmentation settings: refused now, not after the isolated training
         try:
             seg_params = SegmentParams(cut_paths=cfg["cut_paths"], cut_starts=cfg["cut_starts"],
-                                       max_pieces=cfg["max_pieces"])
+                                       cut_rank=cfg["cut_rank"], max_pieces=cfg["max_pieces"])
         except ValueError as e:
             sys.exit(f"segmentation settings: {e}")
     progress = not args.no_progress and ctx.is_main

@@ -3,6 +3,7 @@
     python examples/robustness_grid.py runs/reader.pt [--strings 200] [--json out.json]
     python examples/robustness_grid.py runs/reader.pt --cut-paths 0.3 --max-pieces 10   # read with cut paths
     python examples/robustness_grid.py runs/cp.pt --cut-starts every   # cut paths started from every column
+    python examples/robustness_grid.py runs/cpe.pt --cut-rank learned   # candidates kept in the ranker's order
     python examples/robustness_grid.py runs/reader.pt --split-coverage   # right among covered / uncovered strings
 
 Reads ``--strings`` strings of 3-6 test digits at every cell of `lenet.strings.GRID` (heights 24/32/40; no
@@ -31,6 +32,9 @@ def main(argv=None):
     ap.add_argument("--max-pieces", type=int, help="segmentation reader: most pieces in one segment")
     ap.add_argument("--cut-starts", choices=["candidates", "every"],
                     help="segmentation reader with cut paths: where the cut paths start (SegmentParams.cut_starts)")
+    ap.add_argument("--cut-rank", choices=["ink", "learned"],
+                    help="segmentation reader with cut paths: the order the candidate cut paths are kept in "
+                         "(SegmentParams.cut_rank: cheapest first, or the shipped ranker's, lenet.cut_ranker)")
     ap.add_argument("--split-coverage", action="store_true",
                     help="segmentation reader: also count the strings whose true segmentation is not a path of "
                          "the graph, and how many of them (and of the others) are read right")
@@ -40,12 +44,12 @@ def main(argv=None):
     if not hasattr(reader, "decode"):
         sys.exit(f"{a.checkpoint} is not a reader checkpoint (lenet.recognize reads readers; this is "
                  f"{type(reader).__name__})")
-    if a.cut_paths is not None or a.max_pieces is not None or a.cut_starts is not None:
+    if a.cut_paths is not None or a.max_pieces is not None or a.cut_starts is not None or a.cut_rank is not None:
         if not hasattr(reader, "params"):
-            sys.exit("--cut-paths, --max-pieces and --cut-starts apply to segmentation readers only")
+            sys.exit("--cut-paths, --max-pieces, --cut-starts and --cut-rank apply to segmentation readers only")
         import dataclasses
         change = {k: v for k, v in (("cut_paths", a.cut_paths), ("max_pieces", a.max_pieces),
-                                    ("cut_starts", a.cut_starts)) if v is not None}
+                                    ("cut_starts", a.cut_starts), ("cut_rank", a.cut_rank)) if v is not None}
         try:
             reader.params = dataclasses.replace(reader.params, **change)
         except ValueError as e:   # e.g. --cut-starts every on a reader with straight cuts
@@ -56,6 +60,8 @@ def main(argv=None):
                       split_coverage=a.split_coverage)
     seg = getattr(reader, "params", None)
     starts = f", cut_starts {seg.cut_starts}" if seg is not None and seg.cut_starts != "candidates" else ""
+    if seg is not None and getattr(seg, "cut_rank", "ink") != "ink":
+        starts += f", cut_rank {seg.cut_rank}"
     how = f" (segmentation: cut_paths {seg.cut_paths}, max_pieces {seg.max_pieces}{starts})" if seg is not None else ""
     print(f"{a.checkpoint}: {a.strings} strings of test digits per cell{how}")
     print(robustness_table(rows))

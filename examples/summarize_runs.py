@@ -2,6 +2,7 @@
 
     for s in 0 1 2; do python examples/multi_digit.py --out runs/reader_s$s.pt --seed $s; done
     python examples/summarize_runs.py runs/reader_s*_metrics.json
+    python examples/summarize_runs.py runs/grid_s*.json   # the --json of examples/robustness_grid.py: grids alone
 
 Reads the ``<stem>_metrics.json`` that each run writes beside its checkpoint and prints, over the runs, the
 mean and the spread (min–max) of the test strings' string accuracy and digit error before and after global
@@ -24,14 +25,18 @@ def fmt(values, scale=100.0, digits=1, unit=" %"):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("metrics", nargs="+", help="the runs' <stem>_metrics.json files")
+    ap.add_argument("metrics", nargs="+", help="the runs' <stem>_metrics.json files (or the grids that "
+                                                   "examples/robustness_grid.py --json writes)")
     a = ap.parse_args(argv)
     runs = []
     for p in a.metrics:
         try:
-            runs.append(json.loads(Path(p).read_text()))
+            run = json.loads(Path(p).read_text())
         except (OSError, ValueError) as e:
             sys.exit(f"cannot read {p}: {e}")
+        if isinstance(run, list):   # the rows examples/robustness_grid.py --json writes: a grid alone
+            run = {"grid": run, "system": "robustness grid"}
+        runs.append(run)
     seeds = [r.get("seed") for r in runs]
     systems = {r.get("system") for r in runs}
     if len(systems) != 1:

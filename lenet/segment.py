@@ -20,7 +20,10 @@ Two ways to make the pieces (``SegmentParams.pieces``):
   them, but they are separate components. With ``drift > 0`` a cut through a component bends: row by row it
   follows the path that severs the least ink, within ``drift`` of the vertical cut (a dynamic program over
   rows), so slanted touching digits part along the valley between them. Bending changes which pixels each
-  piece holds (so each crop), not the pieces, segments, widths or features.
+  piece holds (so each crop), not the pieces, segments, widths or features. With ``cut_paths > 0`` a wide
+  component is cut instead by least-ink cut paths, free to run round strokes (`_cut_paths`): candidates from the
+  straight cuts' columns or from every column (``cut_starts``), kept cheapest first or in a learned order
+  (``cut_rank``, `lenet.cut_ranker`) while they neither cross nor crowd one already kept.
 
 Every pixel belongs to one piece (``Segmentation.piece_map``; faint and background pixels to the nearest
 piece), so a segment's image is exactly the ink of its pieces (`lenet.recognizer.crop_segments`). Segments
@@ -69,12 +72,18 @@ class SegmentParams:
                               #: free to run round strokes, within this × unit of their start column (0: off)
     cut_starts: str = "candidates"  #: with cut paths, where they start: "candidates" (the straight cuts' columns)
                                     #: or "every" (every column of a wide component, the cheapest paths kept)
+    cut_rank: str = "ink"     #: with cut paths, the order candidates are kept in: "ink" (cheapest first) or
+                              #: "learned" (`lenet.cut_ranker`: a network's judgement of a digit boundary)
 
     def __post_init__(self):
         if self.pieces not in ("components", "columns"):
             raise ValueError(f"pieces must be 'components' or 'columns', not {self.pieces!r}")
         if self.cut_starts not in ("candidates", "every"):
             raise ValueError(f"cut_starts must be 'candidates' or 'every', not {self.cut_starts!r}")
+        if self.cut_rank not in ("ink", "learned"):
+            raise ValueError(f"cut_rank must be 'ink' or 'learned', not {self.cut_rank!r}")
+        if self.cut_rank == "learned" and (self.pieces != "components" or self.cut_paths <= 0):
+            raise ValueError("cut_rank='learned' orders the cut paths: it needs pieces='components' and cut_paths > 0")
         if self.cut_starts == "every" and (self.pieces != "components" or self.cut_paths <= 0):
             raise ValueError("cut_starts='every' chooses where cut paths start: it needs pieces='components' and "
                              "cut_paths > 0")
@@ -452,7 +461,7 @@ def _component_pieces(x: np.ndarray, params: SegmentParams, priority=None):
     """``"components"`` pieces: ``(piece_map int64 [H, W], the same with straight cuts, component of each piece
     [P], unit)`` (the two maps are one array when no cut bends). ``priority``: as in `_cut_paths`, called as
     ``priority(x, unit, job, paths, costs)`` with the component's ``job`` (``(xc, cols, c0, c1)``, ``xc`` its grey
-    image, 0 outside it); ``None``: cheapest first."""
+    image, 0 outside it); ``None``: by ``params.cut_rank``."""
     from scipy import ndimage
 
     ink = x > INK_THRESHOLD
@@ -492,6 +501,12 @@ def _component_pieces(x: np.ndarray, params: SegmentParams, priority=None):
     # cut paths: one dynamic program for every component that needs cutting
     jobs = [(np.where(lab == c, x, 0.0), inner, c0, c1) for c, c0, c1, inner in plan if radius > 0 and inner]
     spacing = min_piece if params.cut_starts == "every" else 0
+    if priority is None and params.cut_rank == "learned" and jobs:
+        from .cut_ranker import default_ranker
+        ranker = default_ranker()
+
+        def priority(x, unit, job, paths, costs):
+            return ranker.priority(x, job[0], paths, costs, job[2], job[3], unit)
     rank = None if priority is None else (lambda n, paths, costs: priority(x, unit, jobs[n], paths, costs))
     found = iter(zip(jobs, _cut_paths(jobs, radius, spacing, rank)) if jobs else [])
     for c, c0, c1, inner in plan:

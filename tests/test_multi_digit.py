@@ -23,9 +23,11 @@ def run(tmp_path, *args, timeout=600):
     return p, out
 
 
-def test_bad_segmentation_settings_are_refused_before_training(tmp_path):
-    """Cut paths from every column without cut paths: one line, before any training, and nothing written."""
-    p, out = run(tmp_path, "--quick", "--cut-starts", "every", timeout=120)
+@pytest.mark.parametrize("option", [("--cut-starts", "every"), ("--cut-rank", "learned")])
+def test_bad_segmentation_settings_are_refused_before_training(tmp_path, option):
+    """Cut paths from every column, or in a learned order, without cut paths: one line, before any training, and
+    nothing written."""
+    p, out = run(tmp_path, "--quick", *option, timeout=120)
     assert p.returncode != 0 and "Traceback" not in p.stderr
     assert "segmentation settings" in p.stderr and "cut_paths > 0" in p.stderr
     assert "isolated" not in p.stdout and not out.exists()

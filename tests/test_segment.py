@@ -39,8 +39,9 @@ COLUMNS = SegmentParams(pieces="columns")
 BENT = SegmentParams(drift=0.2)
 PATHS = SegmentParams(cut_paths=0.3, max_pieces=10)
 EVERY = SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every")
-MODES = [SegmentParams(), COLUMNS, BENT, PATHS, EVERY]
-MODE_IDS = ["components", "columns", "bent", "paths", "every"]
+LEARNED = SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every", cut_rank="learned")
+MODES = [SegmentParams(), COLUMNS, BENT, PATHS, EVERY, LEARNED]
+MODE_IDS = ["components", "columns", "bent", "paths", "every", "learned"]
 
 
 def count_paths(fsa):

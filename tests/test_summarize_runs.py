@@ -37,3 +37,21 @@ def test_refuses_mixed_systems_and_bad_files(tmp_path):
     assert r.returncode != 0 and "mix systems" in r.stderr
     r = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "missing.json")], capture_output=True, text=True)
     assert r.returncode != 0 and "cannot read" in r.stderr
+
+
+def test_grids_alone(tmp_path):
+    """The rows examples/robustness_grid.py --json writes are summarised as grids (mean ± spread per cell), and
+    may not be mixed with a training run's metrics."""
+    files = []
+    for seed, acc in ((0, 0.92), (1, 0.86), (2, 0.86)):
+        grid = json.loads(_run(tmp_path, seed, 0.9, acc).read_text())["grid"]
+        p = tmp_path / f"g{seed}.json"
+        p.write_text(json.dumps(grid))
+        files.append(p)
+    out = subprocess.run([sys.executable, str(SCRIPT), *map(str, files)], capture_output=True, text=True,
+                         check=True).stdout
+    assert "3 runs (robustness grid)" in out and "| 32 | 30 % | 2 | 88.0 ± 3.0 % |" in out
+    assert "(means): 1 of 1" in out and "after global training" not in out
+    r = subprocess.run([sys.executable, str(SCRIPT), str(files[0]), str(_run(tmp_path, 5, 0.9, 0.9))],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "mix systems" in r.stderr
