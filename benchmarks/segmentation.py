@@ -9,8 +9,8 @@ boxes overlapping by up to 0-4 columns) it renders ``--strings`` strings of 3-6 
 the straight vertical cuts (``SegmentParams(cut_paths=0)``, the default), for the least-ink cut paths
 (``SegmentParams(cut_paths=0.3, max_pieces=10)``, the example's ``--cut-paths 0.3 --max-pieces 10``) and for the
 same cut paths started from every column (``cut_starts="every"``, ``--cut-starts every``) and for those kept in the
-learned order (``cut_rank="learned"``, `lenet.cut_ranker`, ``--cut-rank learned``), the **coverage** — the share of strings
-whose true segmentation is a path of their graph (`lenet.segment.true_path`: each segment holds at least
+learned order (``cut_rank="learned"``, `lenet.cut_ranker`, ``--cut-rank learned``), the **coverage** — the share
+of strings whose true segmentation is a path of their graph (`lenet.segment.true_path`: each segment holds at least
 1 - tolerance of its digit's ink and at least 1 - tolerance of its ink is that digit's, judged on the renderer's
 owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
 thread). ``--picture`` draws both segmentations of a few strings with overlapping digits; ``--misses-picture``
