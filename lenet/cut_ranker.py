@@ -102,7 +102,7 @@ def cut_examples(strings: Sequence, params, seed: int = 0) -> dict:
     one component that the segmenter must choose between (crossing, or closer than its spacing), the first at
     least ``MARGIN`` ink pixels nearer a true boundary (at most ``PAIRS_PER_COMPONENT`` per component, drawn
     with ``seed``). Components with a single candidate are left out (there is nothing to rank)."""
-    from .segment import _segment, boundary_distance, true_boundaries
+    from .segment import _compatible, _piece_lengths, _segment, boundary_distance, true_boundaries
     strips, numbers, aparts, pairs = [], [], [], []
     offset = 0
     rng = np.random.default_rng(seed)
@@ -113,10 +113,7 @@ def cut_examples(strings: Sequence, params, seed: int = 0) -> dict:
             nonlocal offset
             xc, _, c0, c1 = job
             if len(paths) > 1:
-                spacing = max(2, int(round(params.min_piece * unit)))          # as the segmenter's
-                le = (paths[:, None, :] <= paths[None, :, :]).all(2)
-                ordered = (le | le.T) & ~(le & le.T)
-                clash = ~ordered | (np.abs(paths[:, None, :] - paths[None, :, :]).mean(2) < spacing)
+                clash = ~_compatible(paths, _piece_lengths(unit, params)[0])   # the segmenter's spacing
                 d = boundary_distance(xc, paths, bounds)
                 i, j = np.nonzero(clash & (d[:, None] + MARGIN <= d[None, :]))
                 if len(i) > PAIRS_PER_COMPONENT:

@@ -402,16 +402,45 @@ def _cut_paths(jobs, radius: int, spacing: int = 0, priority=None):
         rank = costs[mine] if priority is None else np.asarray(priority(n, paths[mine], costs[mine]))
         mine = mine[np.argsort(rank, kind="stable")]                     # the cheapest (or first-ranked) first
         P = paths[mine]
-        le = (P[:, None, :] <= P[None, :, :]).all(2)
-        fits = (le | le.T) & ~(le & le.T)        # ordered one way or the other, and not the same path
-        if spacing > 0:                          # and not (nearly) another path taken already
-            fits &= np.abs(P[:, None, :] - P[None, :, :]).mean(2) >= spacing
+        fits = _compatible(P, spacing)
         taken = np.zeros(len(mine), dtype=bool)
         for i in range(len(mine)):               # a path crossing (or repeating) one already taken is dropped
             taken[i] = bool(fits[i, taken].all())
         kept = P[taken]
         out.append(kept[np.argsort(kept.mean(1), kind="stable")])
     return out
+
+
+def _compatible(paths: np.ndarray, spacing: int = 0) -> np.ndarray:
+    """``bool [N, N]``: which pairs of cut paths ``paths [N, H]`` may both be kept — ordered one way or the other
+    (never crossing), not the same path, and with ``spacing`` > 0 on average (over the rows) at least ``spacing``
+    columns apart."""
+    le = (paths[:, None, :] <= paths[None, :, :]).all(2)
+    fits = (le | le.T) & ~(le & le.T)
+    if spacing > 0:
+        fits &= np.abs(paths[:, None, :] - paths[None, :, :]).mean(2) >= spacing
+    return fits
+
+
+def _ink_left(ink: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    """``int64 [N, H]``: how many pixels of the bool map ``ink`` lie left of each cut path of ``paths [N, H]`` in
+    every row (positions clipped to the image)."""
+    H, W = ink.shape
+    count = np.concatenate([np.zeros((H, 1), np.int64), np.cumsum(ink, 1)], 1)   # [H, W + 1] ink left of x
+    return count[np.arange(H)[None, :], np.clip(paths, 0, W)]
+
+
+def _image_and_owner(image, owner):
+    """``(x float64 [H, W], owner int64 [H, W], L)``: the image as `as_float_image` reads it and its owner map,
+    checked to match and to name at least one digit."""
+    x = as_float_image(image).numpy().astype(np.float64)
+    own = np.asarray(torch.as_tensor(owner).long())
+    if own.shape != x.shape:
+        raise ValueError(f"owner map {tuple(own.shape)} does not match the image {tuple(x.shape)}")
+    L = int(own.max()) + 1
+    if L <= 0:
+        raise ValueError("the owner map names no digit")
+    return x, own, L
 
 
 def _anchored_paths(jobs, radius: int):
@@ -774,13 +803,7 @@ def row_cuts(image, owner) -> torch.Tensor:
     knowledge). Each row is one dynamic program over its columns (states: the digit a column goes to, never
     decreasing to the right), all rows at once; a pixel of the wrong digit costs its grey level, ink no digit
     owns and faint pixels cost nothing."""
-    x = as_float_image(image).numpy().astype(np.float64)
-    own = np.asarray(torch.as_tensor(owner).long())
-    if own.shape != x.shape:
-        raise ValueError(f"owner map {tuple(own.shape)} does not match the image {tuple(x.shape)}")
-    L = int(own.max()) + 1
-    if L <= 0:
-        raise ValueError("the owner map names no digit")
+    x, own, L = _image_and_owner(image, owner)
     H, W = x.shape
     mass = np.where((x > INK_THRESHOLD) & (own >= 0), x, 0.0)
     wrong = mass[:, :, None] * (own[:, :, None] != np.arange(L))                 # [H, W, L]
@@ -865,10 +888,9 @@ def _graph_of_cuts(x: np.ndarray, paths: np.ndarray, unit: float, max_width: flo
     ink = x > INK_THRESHOLD
     paths = np.clip(paths, 0, W)
     rows = np.arange(H)
-    count = np.concatenate([np.zeros((H, 1), np.int64), np.cumsum(ink, 1)], 1)   # [H, W + 1] ink left of x
     edges = np.stack([np.zeros(H, np.int64), np.full(H, W)])
     cuts = np.concatenate([edges, paths])                                        # the edges always stay
-    key = count[rows[None, :], cuts]                                             # [N, H]
+    key = _ink_left(ink, cuts)                                                   # [N, H]
     _, first = np.unique(key, axis=0, return_index=True)                         # one cut per split of the ink
     keep = np.sort(first)
     if merge > 0:
@@ -887,7 +909,7 @@ def _graph_of_cuts(x: np.ndarray, paths: np.ndarray, unit: float, max_width: flo
     # the ink columns of the segment between a and b: row y holds the ink pixels ranked key[a, y]..key[b, y] - 1
     rank_col = np.full((H, W + 1), W, dtype=np.int64)                            # column of the r-th ink pixel
     ys, xs = np.nonzero(ink)
-    rank_col[ys, count[ys, xs]] = xs
+    rank_col[ys, np.cumsum(ink, 1)[ys, xs] - 1] = xs                            # (its rank: ink left of it)
     some = key[None, :, :] > key[:, None, :]                                     # [a, b, H] row y has ink there
     lo = np.where(some, rank_col[rows, key][:, None, :], W).min(2)
     hi = np.where(some, rank_col[rows, np.maximum(key - 1, 0)][None, :, :], -1).max(2)
@@ -904,18 +926,12 @@ def cut_graph_bound(image, owner: torch.Tensor, params: SegmentParams = SegmentP
     two cuts' sums, since the cuts split each row's ink into a prefix and the rest). ``graph``: a `cut_graph`
     of this image already made."""
     g = cut_graph(image, params, merge) if graph is None else graph
-    x = as_float_image(image).numpy().astype(np.float64)
-    own = np.asarray(torch.as_tensor(owner).long())
-    if own.shape != x.shape:
-        raise ValueError(f"owner map {tuple(own.shape)} does not match the image {tuple(x.shape)}")
-    L = int(own.max()) + 1
-    if L <= 0:
-        raise ValueError("the owner map names no digit")
+    x, own, L = _image_and_owner(image, owner)
     H, W = x.shape
     ink = x > INK_THRESHOLD
     ys, xs = np.nonzero(ink)
     mass = np.zeros((H, W + 1, L + 1))                                           # ink by rank in its row, per digit
-    rank = np.concatenate([np.zeros((H, 1), np.int64), np.cumsum(ink, 1)], 1)[ys, xs]
+    rank = np.cumsum(ink, 1)[ys, xs] - 1                                         # ink left of each pixel
     mass[ys, rank + 1, np.where(own[ys, xs] >= 0, own[ys, xs], L)] = x[ys, xs]
     cum = np.cumsum(mass, 1)                                                     # [H, W + 1, L + 1]
     M = cum[np.arange(H)[None, :], g.ink_left].sum(1)                            # [N, L + 1] ink left of each cut
@@ -949,10 +965,8 @@ def boundary_distance(xc: np.ndarray, paths: np.ndarray, bounds: np.ndarray) -> 
     H, W = xc.shape
     if not len(bounds):
         return np.full(len(paths), np.inf)
-    rows = np.arange(H)
-    count = np.concatenate([np.zeros((H, 1), np.int64), np.cumsum(xc > INK_THRESHOLD, 1)], 1)
-    key = count[rows[None, :], np.clip(paths, 0, W)]
-    true = count[rows[None, :], np.clip(bounds, 0, W)]
+    ink = xc > INK_THRESHOLD
+    key, true = _ink_left(ink, paths), _ink_left(ink, bounds)
     return np.abs(key[:, None, :] - true[None, :, :]).sum(2).min(1).astype(np.float64)
 
 
