@@ -5,8 +5,9 @@
 Times, in one process with one torch thread, for the default segmentation (straight vertical cuts,
 ``SegmentParams(cut_paths=0)``, up to 6 pieces a segment), cut paths
 (``SegmentParams(cut_paths=0.3, max_pieces=10)``), cut paths from every column (the same with
-``cut_starts="every"``) and those kept in the learned order (``cut_rank="learned"``), on the same strings (the example's test setting: 3-6 test
-digits, 30 % touching, overlaps up to 2 columns) and the same network:
+``cut_starts="every"``), those kept in the learned order (``cut_rank="learned"``) and those priced by the boundary
+network (``cut_cost="learned"``), on the same strings (the example's test setting: 3-6 test digits, 30 % touching,
+overlaps up to 2 columns) and the same network:
 
 * **training**: ``--strings`` strings in batches of 16 through ``reader.prepare`` (segmentation and crops),
   ``reader.loss`` and its backward (an Adam step with a zero rate), all in this one process — the example
@@ -35,7 +36,9 @@ SETTINGS = {"straight cuts (the default)": SegmentParams(cut_paths=0.0, max_piec
             "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10),
             "cut paths from every column": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every"),
             "the same, kept in the learned order": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every",
-                                                                 cut_rank="learned")}
+                                                                 cut_rank="learned"),
+            "the same, priced by the boundary network": SegmentParams(cut_paths=0.3, max_pieces=10,
+                                                                      cut_starts="every", cut_cost="learned")}
 
 
 def train_rate(reader, strings, batch=16):

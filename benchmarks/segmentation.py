@@ -3,13 +3,15 @@
     python benchmarks/segmentation.py [--strings 200] [--tolerance 0.1 0.2] [--picture docs/img/cut_paths.png]
     python benchmarks/segmentation.py --bounds   # also what any grouping of the pieces, any vertical cuts, cut
                                                  # paths placed row by row, or a graph of cuts could
+    python benchmarks/segmentation.py --bounds owner   # only the cut paths priced with the owner map's knowledge
 
 For every cell of `lenet.strings.GRID` (heights 24/32/40; no touching pairs, or 30 % / 60 % touching with ink
 boxes overlapping by up to 0-4 columns) it renders ``--strings`` strings of 3-6 test digits and reports, for
 the straight vertical cuts (``SegmentParams(cut_paths=0)``, the default), for the least-ink cut paths
 (``SegmentParams(cut_paths=0.3, max_pieces=10)``, the example's ``--cut-paths 0.3 --max-pieces 10``) and for the
-same cut paths started from every column (``cut_starts="every"``, ``--cut-starts every``) and for those kept in the
-learned order (``cut_rank="learned"``, `lenet.cut_ranker`, ``--cut-rank learned``), the **coverage** — the share
+same cut paths started from every column (``cut_starts="every"``, ``--cut-starts every``), for those kept in the
+learned order (``cut_rank="learned"``, `lenet.cut_ranker`, ``--cut-rank learned``) and for those priced by the
+boundary network (``cut_cost="learned"``, `lenet.boundary_net`, ``--cut-cost learned``), the **coverage** — the share
 of strings whose true segmentation is a path of their graph (`lenet.segment.true_path`: each segment holds at least
 1 - tolerance of its digit's ink and at least 1 - tolerance of its ink is that digit's, judged on the renderer's
 owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
@@ -19,7 +21,9 @@ knowledge. ``--bounds`` adds what bounds the coverage, among them the cut paths 
 order of their closeness to the true boundaries instead of their ink cost (`lenet.segment.ranked_path_bound`), and
 a graph whose states are the least-ink cut paths started from every column, none dropped
 (`lenet.segment.cut_graph`): its coverage and arcs per string, with cuts that split the ink alike merged at each
-setting of ``CUT_GRAPH_MERGES``.
+setting of ``CUT_GRAPH_MERGES``; and the cut paths from every column priced with the owner map's knowledge
+(`lenet.segment.owner_cost_bound`: severing two pixels of different digits costs nothing), what a perfect boundary
+network would give. ``--bounds NAME ...`` measures only the bounds named (`BOUNDS`).
 """
 import argparse
 import sys
@@ -32,7 +36,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this folder's lenet.py would shadow the package
 import lenet  # noqa: E402
 from lenet.segment import (SegmentParams, column_bound, cut_graph, cut_graph_bound, grouping_bound,  # noqa: E402
-                           row_cut_bound, row_cuts, segment, true_path, truth_ranked_segment)
+                           owner_cost_segment, row_cut_bound, row_cuts, segment, true_path, truth_ranked_segment)
 from lenet.strings import GRID, make_strings  # noqa: E402
 
 #: `--bounds`: the graphs of cuts measured (`lenet.segment.cut_graph`'s ``merge``: cuts splitting the ink alike up
@@ -42,7 +46,13 @@ CUT_GRAPH_MERGES = (0.0, 0.01, 0.02, 0.04)
 CONFIGS = {"straight cuts": SegmentParams(cut_paths=0.0), "cut paths": SegmentParams(cut_paths=0.3, max_pieces=10),
            "cut paths from every column": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every"),
            "the same, kept in the learned order": SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every",
-                                                                cut_rank="learned")}
+                                                                cut_rank="learned"),
+           "the same, priced by the boundary network": SegmentParams(cut_paths=0.3, max_pieces=10,
+                                                                     cut_starts="every", cut_cost="learned")}
+#: What ``--bounds`` can measure (all by default): any grouping of each configuration's pieces, vertical cuts at
+#: any columns, cut paths placed row by row, the candidates ranked by the truth, graphs of cuts, and the cut paths
+#: from every column priced with the owner map's knowledge.
+BOUNDS = ("grouping", "columns", "rows", "ranked", "graph", "owner")
 
 
 def picture(path, n=4, seed=5):
@@ -105,16 +115,19 @@ def main():
     ap.add_argument("--picture", help="write a PNG of both segmentations of overlapping digits")
     ap.add_argument("--misses-picture", help="write a PNG of strings the cut paths from every column miss, beside "
                                              "the cut paths placed row by row (lenet.segment.row_cuts)")
-    ap.add_argument("--bounds", action="store_true",
-                    help="also the bounds at the first tolerance: the share of strings whose pieces some grouping "
+    ap.add_argument("--bounds", nargs="*", choices=BOUNDS, metavar="BOUND",
+                    help=f"also the bounds at the first tolerance (all, or those named: {', '.join(BOUNDS)}): the share of strings whose pieces some grouping "
                          "could make the true segmentation (lenet.segment.grouping_bound), the share that "
                          "vertical cuts at some columns could (lenet.segment.column_bound), the share that cut "
                          "paths placed row by row with the owner map's knowledge do (lenet.segment.row_cut_bound), "
                          "the share that the cut paths from every column ranked by their closeness to the true "
                          "boundaries make (lenet.segment.ranked_path_bound), and the share that a graph whose states "
                          "are the least-ink cut paths from every column, none dropped, holds "
-                         "(lenet.segment.cut_graph_bound), with its arcs, for the merge settings CUT_GRAPH_MERGES")
+                         "(lenet.segment.cut_graph_bound), with its arcs, for the merge settings CUT_GRAPH_MERGES, "
+                         "and the share that the cut paths from every column priced with the owner map's knowledge "
+                         "make (lenet.segment.owner_cost_bound: a perfect boundary network), with its arcs")
     a = ap.parse_args()
+    bounds = set() if a.bounds is None else set(a.bounds or BOUNDS)
     torch.set_num_threads(1)
     digits = lenet.load_digits("test", raw=True)
     cells = [(c, make_strings(a.strings, "test", seed=30_000 + i, digits=digits, **c)) for i, c in enumerate(GRID)]
@@ -128,20 +141,26 @@ def main():
             cov = [np.mean([true_path(g, s.image, s.owner, tol) is not None for g, s in zip(segs, strings)])
                    for tol in a.tolerance]
             group = (np.mean([grouping_bound(g, s.image, s.owner, a.tolerance[0]) for g, s in zip(segs, strings)])
-                     if a.bounds else None)
+                     if "grouping" in bounds else None)
             rows.append((cov, np.mean([g.num_segments for g in segs]), ms, group))
         res[name] = rows
     columns = ([np.mean([column_bound(s.image, s.owner, a.tolerance[0]) for s in strings]) for _, strings in cells]
-               if a.bounds else None)
+               if "columns" in bounds else None)
     row_cuts = ([np.mean([row_cut_bound(s.image, s.owner, a.tolerance[0]) for s in strings]) for _, strings in cells]
-                if a.bounds else None)
-    ranked = []   # per cell: (share covered, arcs per string)
-    for _, strings in (cells if a.bounds else ()):
-        segs = [truth_ranked_segment(s.image, s.owner, CONFIGS["cut paths from every column"]) for s in strings]
-        ranked.append((np.mean([true_path(g, s.image, s.owner, a.tolerance[0]) is not None
-                                for g, s in zip(segs, strings)]), np.mean([g.num_segments for g in segs])))
+                if "rows" in bounds else None)
+    every = CONFIGS["cut paths from every column"]
+    ranked = owner = None   # per cell: (share covered, arcs per string)
+    for name, build in (("ranked", truth_ranked_segment), ("owner", owner_cost_segment)):
+        if name not in bounds:
+            continue
+        per_cell = []
+        for _, strings in cells:
+            segs = [build(s.image, s.owner, every) for s in strings]
+            per_cell.append((np.mean([true_path(g, s.image, s.owner, a.tolerance[0]) is not None
+                                      for g, s in zip(segs, strings)]), np.mean([g.num_segments for g in segs])))
+        ranked, owner = (per_cell, owner) if name == "ranked" else (ranked, per_cell)
     graphs = {}   # merge -> per cell: (share covered, arcs per string)
-    for merge in (CUT_GRAPH_MERGES if a.bounds else ()):
+    for merge in (CUT_GRAPH_MERGES if "graph" in bounds else ()):
         per_cell = []
         for _, strings in cells:
             gs = [cut_graph(s.image, CONFIGS["cut paths from every column"], merge) for s in strings]
@@ -164,45 +183,65 @@ def main():
                             for k, t in enumerate(a.tolerance))
         print(f"{n}: {summary}; {np.mean([r[1] for r in res[n]]):.1f} arcs and "
               f"{np.mean([r[2] for r in res[n]]):.1f} ms per string")
-    if a.bounds:
+    if bounds:
         t0 = a.tolerance[0]
+        ov = np.array([c["max_overlap"] for c, _ in cells])
+
+        def pct(v):
+            return f"{100 * v:.1f} %"
+
+        def worst(v):
+            v = np.asarray(v)
+            return (f"mean {pct(v.mean())}, worst {pct(v.min())} (overlap ≤ 2: worst {pct(v[ov <= 2].min())}, "
+                    f"overlap 3: worst {pct(v[ov == 3].min())})")
+
+        cols = []   # (heading, per-cell text)
+        if "grouping" in bounds:
+            cols += [(f"{n}: coverage / any grouping", [f"{pct(r[0][0])} / {pct(r[3])}" for r in res[n]])
+                     for n in CONFIGS]
+        if columns is not None:
+            cols.append(("cuts at any columns", [pct(v) for v in columns]))
+        if row_cuts is not None:
+            cols.append(("cut paths placed row by row", [pct(v) for v in row_cuts]))
+        if ranked is not None:
+            cols.append(("cut paths from every column, ranked by the truth: coverage, arcs",
+                         [f"{pct(c)}, {n:.0f}" for c, n in ranked]))
+        if graphs:
+            cols.append(("graph of cuts: coverage, arcs",
+                         [f"{pct(c)}, {n:.0f}" for c, n in graphs[CUT_GRAPH_MERGES[0]]]))
+        if owner is not None:
+            cols.append(("cut paths from every column, priced by the owner map: coverage, arcs",
+                         [f"{pct(c)}, {n:.0f}" for c, n in owner]))
         print(f"\nbounds at tolerance {t0:g}: coverage / any grouping of the same pieces, per segmentation; "
               f"vertical cuts at any columns; cut paths placed row by row (lenet.segment.row_cut_bound); the cut "
               f"paths from every column taken nearest the true boundaries first (lenet.segment.ranked_path_bound), "
               f"and its arcs; a graph of every least-ink cut path from every column "
-              f"(lenet.segment.cut_graph_bound), and its arcs")
-        print("| height | touching | overlap ≤ | " + " | ".join(f"{n}: coverage / any grouping" for n in CONFIGS) +
-              " | cuts at any columns | cut paths placed row by row | cut paths from every column, ranked by the "
-              "truth: coverage, arcs | graph of cuts: coverage, arcs |")
-        print("| --- | --- | --- | " + " | ".join("---" for _ in CONFIGS) + " | --- | --- | --- | --- |")
-        g0 = graphs[CUT_GRAPH_MERGES[0]]
+              f"(lenet.segment.cut_graph_bound), and its arcs; the cut paths from every column priced with the owner "
+              f"map's knowledge (lenet.segment.owner_cost_bound), and its arcs (those asked for)")
+        print("| height | touching | overlap ≤ | " + " | ".join(h for h, _ in cols) + " |")
+        print("| --- | --- | --- | " + " | ".join("---" for _ in cols) + " |")
         for i, (cell, _) in enumerate(cells):
-            parts = [f"{100 * res[n][i][0][0]:.1f} % / {100 * res[n][i][3]:.1f} %" for n in CONFIGS]
-            print(f"| {cell['height']} | {100 * cell['touch']:.0f} % | {cell['max_overlap']} | " + " | ".join(parts)
-                  + f" | {100 * columns[i]:.1f} % | {100 * row_cuts[i]:.1f} % | {100 * ranked[i][0]:.1f} %, "
-                  f"{ranked[i][1]:.0f} | {100 * g0[i][0]:.1f} %, {g0[i][1]:.0f} |")
-        ov = np.array([c["max_overlap"] for c, _ in cells])
-        for n in CONFIGS:
-            cov = np.array([r[0][0] for r in res[n]])
-            grp = np.array([r[3] for r in res[n]])
-            print(f"{n}: coverage mean {100 * cov.mean():.1f} %, any grouping of its pieces mean {100 * grp.mean():.1f} %"
-                  f" (the two differ in {int((cov != grp).sum())} of {len(cells)} cells)")
-        col = np.array(columns)
-        print(f"cuts at any columns: mean {100 * col.mean():.1f} %, worst {100 * col.min():.1f} % (overlap ≤ 2: worst "
-              f"{100 * col[ov <= 2].min():.1f} %, overlap 3: worst {100 * col[ov == 3].min():.1f} %)")
-        rc = np.array(row_cuts)
-        print(f"cut paths placed row by row: mean {100 * rc.mean():.1f} %, worst {100 * rc.min():.1f} % (overlap ≤ 2: "
-              f"worst {100 * rc[ov <= 2].min():.1f} %, overlap 3: worst {100 * rc[ov == 3].min():.1f} %)")
-        rk = np.array([c for c, _ in ranked])
-        print(f"cut paths from every column, ranked by the truth: mean {100 * rk.mean():.1f} %, worst "
-              f"{100 * rk.min():.1f} % (overlap ≤ 2: worst {100 * rk[ov <= 2].min():.1f} %, overlap 3: worst "
-              f"{100 * rk[ov == 3].min():.1f} %); {np.mean([n for _, n in ranked]):.1f} arcs per string")
+            print(f"| {cell['height']} | {100 * cell['touch']:.0f} % | {cell['max_overlap']} | "
+                  + " | ".join(v[i] for _, v in cols) + " |")
+        if "grouping" in bounds:
+            for n in CONFIGS:
+                cov = np.array([r[0][0] for r in res[n]])
+                grp = np.array([r[3] for r in res[n]])
+                print(f"{n}: coverage mean {pct(cov.mean())}, any grouping of its pieces mean {pct(grp.mean())}"
+                      f" (the two differ in {int((cov != grp).sum())} of {len(cells)} cells)")
+        if columns is not None:
+            print(f"cuts at any columns: {worst(columns)}")
+        if row_cuts is not None:
+            print(f"cut paths placed row by row: {worst(row_cuts)}")
+        if ranked is not None:
+            print(f"cut paths from every column, ranked by the truth: {worst([c for c, _ in ranked])}; "
+                  f"{np.mean([n for _, n in ranked]):.1f} arcs per string")
         for merge, per_cell in graphs.items():
-            cov = np.array([c for c, _ in per_cell])
-            print(f"graph of cuts, cuts merged below {merge:g} × unit² ink pixels apart: mean "
-                  f"{100 * cov.mean():.1f} %, worst {100 * cov.min():.1f} % (overlap ≤ 2: worst "
-                  f"{100 * cov[ov <= 2].min():.1f} %, overlap 3: "
-                  f"worst {100 * cov[ov == 3].min():.1f} %); {np.mean([n for _, n in per_cell]):.1f} arcs per string")
+            print(f"graph of cuts, cuts merged below {merge:g} × unit² ink pixels apart: "
+                  f"{worst([c for c, _ in per_cell])}; {np.mean([n for _, n in per_cell]):.1f} arcs per string")
+        if owner is not None:
+            print(f"cut paths from every column, priced by the owner map: {worst([c for c, _ in owner])}; "
+                  f"{np.mean([n for _, n in owner]):.1f} arcs per string")
     if a.picture:
         picture(a.picture)
         print(f"wrote {a.picture}")

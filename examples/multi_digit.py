@@ -57,12 +57,14 @@ from lenet.resume import States
 CONFIGS = {
     "default": dict(iso_epochs=60, iso_limit=None, distort=True, train_strings=4000, global_epochs=16,
                     workers=1, fresh=True, batch_size=16, test_strings=1000, monitor_strings=200, lr=1e-3,
-                    seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", cut_rank="ink", max_pieces=6,
+                    seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", cut_rank="ink", cut_cost="ink",
+                    max_pieces=6,
                     grid_strings=200,
                     val_digits=500, val_strings=500, isolated_weight=0.0),
     "quick": dict(iso_epochs=1, iso_limit=1500, distort=False, train_strings=128, global_epochs=1,
                   workers=1, fresh=False, batch_size=16, test_strings=40, monitor_strings=24, lr=1e-3,
-                  seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", cut_rank="ink", max_pieces=6,
+                  seg_lr=1e-2, vary=False, cut_paths=0.0, cut_starts="candidates", cut_rank="ink", cut_cost="ink",
+                  max_pieces=6,
                   grid_strings=2,
                   val_digits=100, val_strings=24, isolated_weight=0.0),
 }
@@ -128,6 +130,10 @@ def parse(argv=None):
                    help="segmentation, with --cut-paths: keep the candidate cut paths cheapest first (default) or "
                         "in the order of the shipped cut-path ranker (lenet.cut_ranker, "
                         "lenet.segment.SegmentParams.cut_rank)")
+    p.add_argument("--cut-cost", choices=["ink", "learned"],
+                   help="segmentation, with --cut-paths: what severing ink costs a cut path: its grey level "
+                        "(default), or that discounted where the shipped boundary network sees two digits meet "
+                        "(lenet.boundary_net, lenet.segment.SegmentParams.cut_cost)")
     p.add_argument("--max-pieces", type=int, help="segmentation: most pieces in one segment")
     p.add_argument("--vary", action=argparse.BooleanOptionalAction, default=None,
                    help="train on strings of varied rendering settings (lenet.strings.RenderRanges; default off)")
@@ -204,7 +210,8 @@ def run(args, ctx=SINGLE):
     if args.system == "hos":   # bad segmentation settings: refused now, not after the isolated training
         try:
             seg_params = SegmentParams(cut_paths=cfg["cut_paths"], cut_starts=cfg["cut_starts"],
-                                       cut_rank=cfg["cut_rank"], max_pieces=cfg["max_pieces"])
+                                       cut_rank=cfg["cut_rank"], cut_cost=cfg["cut_cost"],
+                                       max_pieces=cfg["max_pieces"])
         except ValueError as e:
             sys.exit(f"segmentation settings: {e}")
     progress = not args.no_progress and ctx.is_main

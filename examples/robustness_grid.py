@@ -35,6 +35,10 @@ def main(argv=None):
     ap.add_argument("--cut-rank", choices=["ink", "learned"],
                     help="segmentation reader with cut paths: the order the candidate cut paths are kept in "
                          "(SegmentParams.cut_rank: cheapest first, or the shipped ranker's, lenet.cut_ranker)")
+    ap.add_argument("--cut-cost", choices=["ink", "learned"],
+                    help="segmentation reader with cut paths: what severing ink costs a cut path "
+                         "(SegmentParams.cut_cost: its grey level, or discounted by the shipped boundary network, "
+                         "lenet.boundary_net)")
     ap.add_argument("--split-coverage", action="store_true",
                     help="segmentation reader: also count the strings whose true segmentation is not a path of "
                          "the graph, and how many of them (and of the others) are read right")
@@ -44,12 +48,14 @@ def main(argv=None):
     if not hasattr(reader, "decode"):
         sys.exit(f"{a.checkpoint} is not a reader checkpoint (lenet.recognize reads readers; this is "
                  f"{type(reader).__name__})")
-    if a.cut_paths is not None or a.max_pieces is not None or a.cut_starts is not None or a.cut_rank is not None:
+    if any(v is not None for v in (a.cut_paths, a.max_pieces, a.cut_starts, a.cut_rank, a.cut_cost)):
         if not hasattr(reader, "params"):
-            sys.exit("--cut-paths, --max-pieces, --cut-starts and --cut-rank apply to segmentation readers only")
+            sys.exit("--cut-paths, --max-pieces, --cut-starts, --cut-rank and --cut-cost apply to segmentation "
+                     "readers only")
         import dataclasses
         change = {k: v for k, v in (("cut_paths", a.cut_paths), ("max_pieces", a.max_pieces),
-                                    ("cut_starts", a.cut_starts), ("cut_rank", a.cut_rank)) if v is not None}
+                                    ("cut_starts", a.cut_starts), ("cut_rank", a.cut_rank),
+                                    ("cut_cost", a.cut_cost)) if v is not None}
         try:
             reader.params = dataclasses.replace(reader.params, **change)
         except ValueError as e:   # e.g. --cut-starts every on a reader with straight cuts
@@ -62,6 +68,8 @@ def main(argv=None):
     starts = f", cut_starts {seg.cut_starts}" if seg is not None and seg.cut_starts != "candidates" else ""
     if seg is not None and getattr(seg, "cut_rank", "ink") != "ink":
         starts += f", cut_rank {seg.cut_rank}"
+    if seg is not None and getattr(seg, "cut_cost", "ink") != "ink":
+        starts += f", cut_cost {seg.cut_cost}"
     how = f" (segmentation: cut_paths {seg.cut_paths}, max_pieces {seg.max_pieces}{starts})" if seg is not None else ""
     print(f"{a.checkpoint}: {a.strings} strings of test digits per cell{how}")
     print(robustness_table(rows))

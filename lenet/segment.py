@@ -23,7 +23,9 @@ Two ways to make the pieces (``SegmentParams.pieces``):
   piece holds (so each crop), not the pieces, segments, widths or features. With ``cut_paths > 0`` a wide
   component is cut instead by least-ink cut paths, free to run round strokes (`_cut_paths`): candidates from the
   straight cuts' columns or from every column (``cut_starts``), kept cheapest first or in a learned order
-  (``cut_rank``, `lenet.cut_ranker`) while they neither cross nor crowd one already kept.
+  (``cut_rank``, `lenet.cut_ranker`) while they neither cross nor crowd one already kept; the ink they sever is
+  priced by its grey level or, with ``cut_cost="learned"``, discounted where a network sees two digits meet
+  (`lenet.boundary_net`).
 
 Every pixel belongs to one piece (``Segmentation.piece_map``; faint and background pixels to the nearest
 piece), so a segment's image is exactly the ink of its pieces (`lenet.recognizer.crop_segments`). Segments
@@ -47,7 +49,8 @@ import gtn
 __all__ = ["SegmentParams", "Segmentation", "WholeImage", "as_float_image", "find_cuts", "segment", "segment_batch",
            "plot_segmentation", "NUM_SEG_FEATURES", "true_path", "coverage", "grouping_bound", "column_bound",
            "row_cut_bound", "row_cuts", "CutGraph", "cut_graph", "cut_graph_bound",
-           "ranked_path_bound", "truth_ranked_segment", "true_boundaries", "boundary_distance"]
+           "ranked_path_bound", "truth_ranked_segment", "true_boundaries", "boundary_distance", "owner_apart",
+           "owner_cost_segment", "owner_cost_bound"]
 
 #: Ink threshold on grey levels in 0..1: fainter pixels are background for cutting (anti-aliasing halo).
 INK_THRESHOLD = 0.1
@@ -74,6 +77,9 @@ class SegmentParams:
                                     #: or "every" (every column of a wide component, the cheapest paths kept)
     cut_rank: str = "ink"     #: with cut paths, the order candidates are kept in: "ink" (cheapest first) or
                               #: "learned" (`lenet.cut_ranker`: a network's judgement of a digit boundary)
+    cut_cost: str = "ink"     #: with cut paths, what severing two inked pixels costs: "ink" (the fainter one's
+                              #: grey level) or "learned" (that, times one minus `lenet.boundary_net`'s chance
+                              #: that the two belong to different digits)
 
     def __post_init__(self):
         if self.pieces not in ("components", "columns"):
@@ -82,6 +88,10 @@ class SegmentParams:
             raise ValueError(f"cut_starts must be 'candidates' or 'every', not {self.cut_starts!r}")
         if self.cut_rank not in ("ink", "learned"):
             raise ValueError(f"cut_rank must be 'ink' or 'learned', not {self.cut_rank!r}")
+        if self.cut_cost not in ("ink", "learned"):
+            raise ValueError(f"cut_cost must be 'ink' or 'learned', not {self.cut_cost!r}")
+        if self.cut_cost == "learned" and (self.pieces != "components" or self.cut_paths <= 0):
+            raise ValueError("cut_cost='learned' prices the cut paths: it needs pieces='components' and cut_paths > 0")
         if self.cut_rank == "learned" and (self.pieces != "components" or self.cut_paths <= 0):
             raise ValueError("cut_rank='learned' orders the cut paths: it needs pieces='components' and cut_paths > 0")
         if self.cut_starts == "every" and (self.pieces != "components" or self.cut_paths <= 0):
@@ -371,7 +381,7 @@ def _compiled_dp(name: str = "path_dp"):
     return getattr(cutpath_numba, name)
 
 
-def _cut_paths(jobs, radius: int, spacing: int = 0, priority=None):
+def _cut_paths(jobs, radius: int, spacing: int = 0, priority=None, apart=None):
     """Least-ink cut paths from the top to the bottom of a component's grey image ``xc`` (0 outside it).
 
     A path is one cut position per row (``paths[k, y] = p``: row ``y`` is cut between columns ``p - 1`` and
@@ -392,10 +402,11 @@ def _cut_paths(jobs, radius: int, spacing: int = 0, priority=None):
     (over the rows) less than ``spacing`` columns from one already taken, and sorted left to right. All components
     of an image go through one dynamic program (``jobs``: ``(xc, cols, c0, c1)`` per component). ``priority``
     (``(job, paths [A, H], costs [A]) -> [A]``, lowest first) replaces the ink cost as the order in which paths are
-    taken (`ranked_path_bound` takes them by their closeness to the true boundaries). Returns one ``int64 [N, H]``
-    array per job.
+    taken (`ranked_path_bound` takes them by their closeness to the true boundaries). ``apart`` (of the whole
+    image, see `_severed`) discounts the ink severed between two digits (``cut_cost="learned"``). Returns one
+    ``int64 [N, H]`` array per job.
     """
-    paths, costs, job_of = _anchored_paths(jobs, radius)
+    paths, costs, job_of = _anchored_paths(jobs, radius, apart)
     out = []
     for n in range(len(jobs)):   # a handful of components
         mine = np.flatnonzero(job_of == n)
@@ -443,8 +454,23 @@ def _image_and_owner(image, owner):
     return x, own, L
 
 
-def _anchored_paths(jobs, radius: int):
-    """Every anchored least-ink path of `_cut_paths`, none dropped: ``(paths int64 [A, H], costs [A], job [A])``."""
+def _severed(xc: np.ndarray, apart=None):
+    """The cost of separating neighbouring pixels of the grey image ``xc``: ``(across [H, W], under [H - 1, W])``,
+    ``across[y, p]`` for cutting row ``y`` between columns ``p - 1`` and ``p`` (column 0: as column 1),
+    ``under[y, x]`` for running sideways between rows ``y`` and ``y + 1`` under column ``x``: the fainter of the
+    two pixels, times ``1 - apart`` when ``apart = (across, under)`` gives the chance that the two pixels belong
+    to different digits (`lenet.boundary_net`): severing ink between two digits costs nothing."""
+    across = np.minimum(xc[:, :-1], xc[:, 1:])
+    across = np.concatenate([across[:, :1], across], 1)
+    under = np.minimum(xc[:-1], xc[1:])
+    if apart is not None:
+        across, under = across * (1 - apart[0]), under * (1 - apart[1])
+    return across, under
+
+
+def _anchored_paths(jobs, radius: int, apart=None):
+    """Every anchored least-ink path of `_cut_paths`, none dropped: ``(paths int64 [A, H], costs [A], job [A])``.
+    ``apart``: as for `_severed`, of the whole image (all jobs are components of one image)."""
     off = np.arange(-radius, radius + 1)
     thr, sides, poss, owner = [], [], [], []
     for n, (xc, cols, c0, c1) in enumerate(jobs):
@@ -452,11 +478,11 @@ def _anchored_paths(jobs, radius: int):
         cols = np.asarray(cols, dtype=np.int64)
         pos = cols[:, None] + off[None, :]                               # [K, J] candidate cut positions
         valid = (pos > c0) & (pos < c1)
-        pc = np.clip(pos, 1, W - 1)
-        through = np.minimum(xc[:, pc - 1], xc[:, pc])                   # [H, K, J] ink severed in each row
+        across, under = _severed(xc, apart)
+        through = across[:, np.clip(pos, 1, W - 1)]                      # [H, K, J] ink severed in each row
         thr.append(np.where(valid[None], through + DEVIATION_COST * np.abs(off)[None, None, :], np.inf))
         # sideways between rows y and y+1 under column x = pos: the fainter of (y, x) and (y+1, x)
-        under = np.minimum(xc[:-1], xc[1:])[:, np.clip(pos, 0, W - 1)] + SIDEWAYS_COST   # [H-1, K, J]
+        under = under[:, np.clip(pos, 0, W - 1)] + SIDEWAYS_COST        # [H-1, K, J]
         sides.append(np.concatenate([np.zeros((H - 1, len(cols), 1)), np.cumsum(under, 2)[:, :, :-1]], 2))
         poss.append(pos)
         owner += [n] * len(cols)
@@ -486,11 +512,12 @@ def _anchored_paths(jobs, radius: int):
     return pos[ka[:, None], j], costs, np.asarray(owner)[ka]
 
 
-def _component_pieces(x: np.ndarray, params: SegmentParams, priority=None):
+def _component_pieces(x: np.ndarray, params: SegmentParams, priority=None, apart=None):
     """``"components"`` pieces: ``(piece_map int64 [H, W], the same with straight cuts, component of each piece
     [P], unit)`` (the two maps are one array when no cut bends). ``priority``: as in `_cut_paths`, called as
     ``priority(x, unit, job, paths, costs)`` with the component's ``job`` (``(xc, cols, c0, c1)``, ``xc`` its grey
-    image, 0 outside it); ``None``: by ``params.cut_rank``."""
+    image, 0 outside it); ``None``: by ``params.cut_rank``. ``apart``: as in `_severed`; ``None``: by
+    ``params.cut_cost`` (the shipped `lenet.boundary_net` for ``"learned"``)."""
     from scipy import ndimage
 
     ink = x > INK_THRESHOLD
@@ -536,8 +563,11 @@ def _component_pieces(x: np.ndarray, params: SegmentParams, priority=None):
 
         def priority(x, unit, job, paths, costs):
             return ranker.priority(x, job[0], paths, costs, job[2], job[3], unit)
+    if apart is None and params.cut_cost == "learned" and jobs:
+        from .boundary_net import default_boundary_net
+        apart = default_boundary_net().apart(x)
     rank = None if priority is None else (lambda n, paths, costs: priority(x, unit, jobs[n], paths, costs))
-    found = iter(zip(jobs, _cut_paths(jobs, radius, spacing, rank)) if jobs else [])
+    found = iter(zip(jobs, _cut_paths(jobs, radius, spacing, rank, apart)) if jobs else [])
     for c, c0, c1, inner in plan:
         if radius > 0 and inner:
             job, paths = next(found)
@@ -606,8 +636,9 @@ def segment(image, params: SegmentParams = SegmentParams()) -> Segmentation:
     return _segment(image, params)
 
 
-def _segment(image, params: SegmentParams, priority=None) -> Segmentation:
-    """`segment`, with the cut paths taken in the order of ``priority`` (see `_component_pieces`)."""
+def _segment(image, params: SegmentParams, priority=None, apart=None) -> Segmentation:
+    """`segment`, with the cut paths taken in the order of ``priority`` and priced with ``apart`` (see
+    `_component_pieces`)."""
     x = as_float_image(image)
     xn = x.numpy()
     H, W = xn.shape
@@ -619,7 +650,7 @@ def _segment(image, params: SegmentParams, priority=None) -> Segmentation:
         pmap = np.broadcast_to(pmap[None, :], (H, W)).copy()
         separate = gap[:-1].clone()      # piece p starts at cut p
     else:
-        pmap, straight, comp_np, unit = _component_pieces(xn, params, priority)
+        pmap, straight, comp_np, unit = _component_pieces(xn, params, priority, apart)
         P = int(comp_np.size)
         comp = torch.from_numpy(comp_np)
         separate = torch.cat([torch.ones(1, dtype=torch.bool), comp[1:] != comp[:-1]])
@@ -996,6 +1027,38 @@ def ranked_path_bound(image, owner: torch.Tensor, params: SegmentParams = Segmen
     ranking the same candidates better could cover with a graph of the same form (`cut_graph_bound` keeps every
     candidate instead, at many times the arcs)."""
     return true_path(truth_ranked_segment(image, owner, params), image, owner, tolerance) is not None
+
+
+def owner_apart(owner) -> Tuple[np.ndarray, np.ndarray]:
+    """The owner map's answer to what `lenet.boundary_net.BoundaryNet.apart` guesses: ``(across [H, W],
+    under [H - 1, W])``, 1 where pixel ``(y, p)`` and its left neighbour (``across``), or ``(y, x)`` and the pixel
+    below (``under``), are owned by two different digits, else 0."""
+    own = np.asarray(torch.as_tensor(owner).long())
+    if own.ndim != 2:
+        raise ValueError(f"an owner map is [H, W], not {tuple(own.shape)}")
+    owned = own >= 0
+    across = np.zeros(own.shape)
+    across[:, 1:] = (own[:, 1:] != own[:, :-1]) & owned[:, 1:] & owned[:, :-1]
+    under = ((own[1:] != own[:-1]) & owned[1:] & owned[:-1]).astype(np.float64)
+    return across, under
+
+
+def owner_cost_segment(image, owner: torch.Tensor, params: SegmentParams = SegmentParams(
+        cut_paths=0.3, max_pieces=10, cut_starts="every")) -> Segmentation:
+    """`segment` with ``params`` (cut paths; by default from every column), severing two inked pixels of different
+    digits (`owner_apart`) free: the graph a perfect `lenet.boundary_net` would give (``cut_cost="learned"``
+    with the owner map's knowledge), of the same form (`owner_cost_bound`)."""
+    if params.pieces != "components" or params.cut_paths <= 0:
+        raise ValueError("pricing cut paths needs pieces='components' and cut_paths > 0")
+    _, own, _ = _image_and_owner(image, owner)      # (checks the owner map)
+    return _segment(image, params, apart=owner_apart(own))
+
+
+def owner_cost_bound(image, owner: torch.Tensor, params: SegmentParams = SegmentParams(
+        cut_paths=0.3, max_pieces=10, cut_starts="every"), tolerance: float = 0.1) -> bool:
+    """Whether `owner_cost_segment`'s graph holds the true segmentation (`true_path`'s test): what a perfect
+    learned cut cost could cover with cut paths of ``params``' form."""
+    return true_path(owner_cost_segment(image, owner, params), image, owner, tolerance) is not None
 
 
 #: `_groupable` tries every assignment of the mixed pieces up to this many; beyond, each mixed piece may go

@@ -23,7 +23,7 @@ def run(tmp_path, *args, timeout=600):
     return p, out
 
 
-@pytest.mark.parametrize("option", [("--cut-starts", "every"), ("--cut-rank", "learned")])
+@pytest.mark.parametrize("option", [("--cut-starts", "every"), ("--cut-rank", "learned"), ("--cut-cost", "learned")])
 def test_bad_segmentation_settings_are_refused_before_training(tmp_path, option):
     """Cut paths from every column, or in a learned order, without cut paths: one line, before any training, and
     nothing written."""

@@ -85,10 +85,10 @@ def test_grid_script_reads_a_checkpoint(tmp_path):
     ckpt = save_reader(StringReader(build("paper")), tmp_path / "r.pt")
     out = subprocess.run([sys.executable, str(script), str(ckpt), "--strings", "1", "--json", str(tmp_path / "g.json"),
                           "--cut-paths", "0.3", "--max-pieces", "10", "--cut-starts", "every", "--cut-rank", "learned",
-                          "--split-coverage"],
+                          "--cut-cost", "learned", "--split-coverage"],
                          capture_output=True, text=True, check=True).stdout
     assert out.count("\n| ") == 35       # header, rule and 33 cells
-    assert "(segmentation: cut_paths 0.3, max_pieces 10, cut_starts every, cut_rank learned)" in out
+    assert "(segmentation: cut_paths 0.3, max_pieces 10, cut_starts every, cut_rank learned, cut_cost learned)" in out
     assert "true segmentation not a path of the graph (tolerance 0.1): " in out and " of 33 strings; read right" in out
     import json
     assert len(json.loads((tmp_path / "g.json").read_text())) == 33
@@ -100,7 +100,7 @@ def test_grid_script_reads_a_checkpoint(tmp_path):
                        text=True)
     assert r.returncode != 0
     # cut paths from every column need cut paths: refused in one line on a straight-cut reader
-    for option in ("--cut-starts", "every"), ("--cut-rank", "learned"):
+    for option in ("--cut-starts", "every"), ("--cut-rank", "learned"), ("--cut-cost", "learned"):
         r = subprocess.run([sys.executable, str(script), str(ckpt), *option], capture_output=True, text=True)
         assert r.returncode != 0 and "cut_paths > 0" in r.stderr and "Traceback" not in r.stderr
 

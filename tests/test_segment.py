@@ -40,8 +40,9 @@ BENT = SegmentParams(drift=0.2)
 PATHS = SegmentParams(cut_paths=0.3, max_pieces=10)
 EVERY = SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every")
 LEARNED = SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every", cut_rank="learned")
-MODES = [SegmentParams(), COLUMNS, BENT, PATHS, EVERY, LEARNED]
-MODE_IDS = ["components", "columns", "bent", "paths", "every", "learned"]
+PRICED = SegmentParams(cut_paths=0.3, max_pieces=10, cut_starts="every", cut_cost="learned")
+MODES = [SegmentParams(), COLUMNS, BENT, PATHS, EVERY, LEARNED, PRICED]
+MODE_IDS = ["components", "columns", "bent", "paths", "every", "learned", "priced"]
 
 
 def count_paths(fsa):
@@ -789,4 +790,12 @@ def test_segmentation_benchmark_prints_coverage_and_bounds(tmp_path):
     assert "cuts at any columns: mean" in bounds and "any grouping of its pieces mean" in bounds
     assert "cut paths placed row by row: mean" in bounds and "cut paths from every column: coverage mean" in bounds
     assert "ranked by the truth: mean" in bounds and bounds.count("graph of cuts, cuts merged below") == 4
+    assert "priced by the owner map: mean" in bounds and "the same, priced by the boundary network: " in out
     assert (tmp_path / "misses.png").stat().st_size > 0
+    # only the bounds named: one column, one summary line
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "segmentation.py"), "--strings", "1", "--bounds",
+                        "owner"], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    bounds = r.stdout[r.stdout.index("bounds at tolerance 0.1"):]
+    assert "priced by the owner map: mean" in bounds and "graph of cuts" not in bounds
+    assert "row by row: mean" not in bounds and "| height | touching | overlap ≤ | cut paths from every" in bounds
