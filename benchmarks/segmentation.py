@@ -17,13 +17,14 @@ of strings whose true segmentation is a path of their graph (`lenet.segment.true
 owner map) — with the graph's size (segment arcs per string) and the segmentation time per string (one torch
 thread). ``--picture`` draws both segmentations of a few strings with overlapping digits; ``--misses-picture``
 strings the cut paths from every column miss, beside the cut paths placed row by row with the owner map's
-knowledge. ``--bounds`` adds what bounds the coverage, among them the cut paths from every column taken in the
-order of their closeness to the true boundaries instead of their ink cost (`lenet.segment.ranked_path_bound`), and
-a graph whose states are the least-ink cut paths started from every column, none dropped
-(`lenet.segment.cut_graph`): its coverage and arcs per string, with cuts that split the ink alike merged at each
-setting of ``CUT_GRAPH_MERGES``; and the cut paths from every column priced with the owner map's knowledge
-(`lenet.segment.owner_cost_bound`: severing two pixels of different digits costs nothing), what a perfect boundary
-network would give. ``--bounds NAME ...`` measures only the bounds named (`BOUNDS`).
+knowledge; ``--boundary-picture`` strings the boundary network's price covers and the ink price does not.
+``--bounds`` adds what bounds the coverage, among them the cut paths from every column taken in the order of their
+closeness to the true boundaries instead of their ink cost (`lenet.segment.ranked_path_bound`), and a graph whose
+states are the least-ink cut paths started from every column, none dropped (`lenet.segment.cut_graph`): its
+coverage and arcs per string, with cuts that split the ink alike merged at each setting of ``CUT_GRAPH_MERGES``;
+and the cut paths from every column priced with the owner map's knowledge (`lenet.segment.owner_cost_bound`:
+severing two pixels of different digits costs nothing), what a perfect boundary network would give. ``--bounds NAME
+...`` measures only the bounds named (`BOUNDS`).
 """
 import argparse
 import sys
@@ -35,8 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this folder's lenet.py would shadow the package
 import lenet  # noqa: E402
-from lenet.segment import (SegmentParams, column_bound, cut_graph, cut_graph_bound, grouping_bound,  # noqa: E402
-                           owner_cost_segment, row_cut_bound, row_cuts, segment, true_path, truth_ranked_segment)
+from lenet.segment import (INK_THRESHOLD, SegmentParams, column_bound, cut_graph, cut_graph_bound,  # noqa: E402
+                           grouping_bound, owner_cost_segment, row_cut_bound, row_cuts, segment, true_path, truth_ranked_segment)
 from lenet.strings import GRID, make_strings  # noqa: E402
 
 #: `--bounds`: the graphs of cuts measured (`lenet.segment.cut_graph`'s ``merge``: cuts splitting the ink alike up
@@ -71,7 +72,8 @@ def picture(path, n=4, seed=5):
 
 def _draw(path, rows):
     """One row of panels per string: ``rows`` = ``[(string, [(title, piece_map), ...]), ...]``, every piece (or
-    digit) of a map in its own colour (colours repeat every ten), shaded by the string's ink."""
+    digit) of a map in its own colour (colours repeat every ten), shaded by the string's ink; a floating-point map
+    (a chance per pixel) is drawn in red over the grey ink."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -80,8 +82,12 @@ def _draw(path, rows):
     for row, (s, maps) in zip(axes, rows):
         x = s.image.numpy() / 255.0
         for ax, (name, pm) in zip(row, maps):
-            pm = pm.numpy()
-            rgb = np.array([cm(i % 10)[:3] for i in pm.ravel()]).reshape(*pm.shape, 3) * x[..., None]
+            pm = np.asarray(pm)
+            if np.issubdtype(pm.dtype, np.floating):
+                grey = 0.6 * x
+                rgb = np.stack([np.maximum(grey, pm), grey * (1 - pm), grey * (1 - pm)], -1)
+            else:
+                rgb = np.array([cm(i % 10)[:3] for i in pm.ravel()]).reshape(*pm.shape, 3) * x[..., None]
             ax.imshow(rgb, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
@@ -89,6 +95,34 @@ def _draw(path, rows):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def boundary_picture(path, n=4, seed=5):
+    """Strings whose neighbours all touch and overlap that the cut paths from every column cover when priced by
+    the boundary network and not when priced by their ink: the ink-priced pieces (left), the network's chance
+    that a pixel and its left or lower neighbour belong to different digits (the larger of the two, on pairs of
+    inked pixels, middle),
+    and the network-priced pieces (right)."""
+    from lenet.boundary_net import default_boundary_net
+    from lenet.segment import as_float_image
+    net = default_boundary_net()
+    by_ink, priced = CONFIGS["cut paths from every column"], CONFIGS["the same, priced by the boundary network"]
+    strings = make_strings(60, "test", seed=seed, touch=1.0, max_overlap=3, lengths=(3, 4))
+    rows = []
+    for s in strings:
+        a, b = segment(s.image, by_ink), segment(s.image, priced)
+        if true_path(a, s.image, s.owner) is None and true_path(b, s.image, s.owner) is not None:
+            x = as_float_image(s.image).numpy()
+            across, under = net.apart(x)
+            ink = x > INK_THRESHOLD           # only pairs of two inked pixels are priced: the others are not shown
+            across = across * ink * np.concatenate([ink[:, :1], ink[:, :-1]], 1)
+            under = under * ink[:-1] * ink[1:]
+            chance = np.maximum(across, np.concatenate([under, np.zeros_like(under[:1])]))
+            rows.append((s, [("priced by ink", a.piece_map), ("two digits meet", chance),
+                             ("priced by the network", b.piece_map)]))
+        if len(rows) == n:
+            break
+    _draw(path, rows)
 
 
 def misses_picture(path, n=4, seed=5):
@@ -115,8 +149,11 @@ def main():
     ap.add_argument("--picture", help="write a PNG of both segmentations of overlapping digits")
     ap.add_argument("--misses-picture", help="write a PNG of strings the cut paths from every column miss, beside "
                                              "the cut paths placed row by row (lenet.segment.row_cuts)")
+    ap.add_argument("--boundary-picture", help="write a PNG of strings the boundary network's price covers and the "
+                                               "ink price does not, with the network's map")
     ap.add_argument("--bounds", nargs="*", choices=BOUNDS, metavar="BOUND",
-                    help=f"also the bounds at the first tolerance (all, or those named: {', '.join(BOUNDS)}): the share of strings whose pieces some grouping "
+                    help=f"also the bounds at the first tolerance (all, or those named: {', '.join(BOUNDS)}): "
+                         "the share of strings whose pieces some grouping "
                          "could make the true segmentation (lenet.segment.grouping_bound), the share that "
                          "vertical cuts at some columns could (lenet.segment.column_bound), the share that cut "
                          "paths placed row by row with the owner map's knowledge do (lenet.segment.row_cut_bound), "
@@ -248,6 +285,9 @@ def main():
     if a.misses_picture:
         misses_picture(a.misses_picture)
         print(f"wrote {a.misses_picture}")
+    if a.boundary_picture:
+        boundary_picture(a.boundary_picture)
+        print(f"wrote {a.boundary_picture}")
 
 
 if __name__ == "__main__":

@@ -114,11 +114,13 @@ def _batch(strings: Sequence, idx: Sequence[int]):
 
 
 def train_boundary_net(strings: Sequence, epochs: int = 6, batch_size: int = 32, lr: float = 3e-3, width: int = 16,
-                       fine: int = 8, pos_weight: float = 1.0, seed: int = 0, progress: Optional[Callable[[int, float], None]] = None) -> BoundaryNet:
+                       fine: int = 8, pos_weight: float = 1.0, seed: int = 0,
+                       progress: Optional[Callable[[int, float], None]] = None) -> BoundaryNet:
     """Fit a `BoundaryNet` to ``strings`` (`lenet.strings.DigitString` with owner maps): the mean logistic loss
     over each batch's pairs of neighbouring inked pixels (`apart_targets`); Adam, the learning rate halved for each
-    epoch of the second half. Deterministic in ``seed`` (for a given torch build and thread count).
-    ``progress(epoch, mean loss)`` is called after each epoch."""
+    epoch of the second half; ``width`` and ``fine``: the network's channels (`BoundaryNet`); ``pos_weight``: the
+    weight of the pairs of different digits in the loss. Deterministic in ``seed`` (for a given torch build and
+    thread count). ``progress(epoch, mean loss)`` is called after each epoch."""
     if not len(strings):
         raise ValueError("no strings to train on")
     if any(s.owner is None for s in strings):

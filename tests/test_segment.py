@@ -780,7 +780,8 @@ def test_segmentation_benchmark_prints_coverage_and_bounds(tmp_path):
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, str(root / "benchmarks" / "segmentation.py"), "--strings", "2", "--bounds",
-                        "--misses-picture", str(tmp_path / "misses.png")],
+                        "--misses-picture", str(tmp_path / "misses.png"), "--boundary-picture",
+                        str(tmp_path / "boundary.png")],
                        capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     out = r.stdout
@@ -791,7 +792,7 @@ def test_segmentation_benchmark_prints_coverage_and_bounds(tmp_path):
     assert "cut paths placed row by row: mean" in bounds and "cut paths from every column: coverage mean" in bounds
     assert "ranked by the truth: mean" in bounds and bounds.count("graph of cuts, cuts merged below") == 4
     assert "priced by the owner map: mean" in bounds and "the same, priced by the boundary network: " in out
-    assert (tmp_path / "misses.png").stat().st_size > 0
+    assert (tmp_path / "misses.png").stat().st_size > 0 and (tmp_path / "boundary.png").stat().st_size > 0
     # only the bounds named: one column, one summary line
     r = subprocess.run([sys.executable, str(root / "benchmarks" / "segmentation.py"), "--strings", "1", "--bounds",
                         "owner"], capture_output=True, text=True, env=env, timeout=600)
